@@ -1,0 +1,217 @@
+//! Config -> a Pingora server: listeners, the proxy service, the admin service and the
+//! background tasks (upstream discovery and health checks). Nothing else.
+//!
+//! Invariant: every check that can fail does so here, before a listener opens, with a message
+//! naming what failed; a server that [`build`] returned only fails on operating-system errors.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::GenBackgroundService;
+use pingora::services::listening::Service;
+use pingora::services::ServiceWithDependents;
+
+use crate::admin::Admin;
+use crate::client::Trusted;
+use crate::config::{self, Config};
+use crate::cors;
+use crate::headers::Headers;
+use crate::proxy::Proxy;
+use crate::routing::{Route, Router, Upstream};
+
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen {
+        addr: String,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("TLS listener: {0}")]
+    Tls(String),
+    #[error("cannot start: {0}")]
+    Runtime(String),
+}
+
+/// A configured server, ready to run.
+pub struct App {
+    server: Server,
+}
+
+/// Build the server for `config`; `extra` services (the demo's sample upstreams) run beside it.
+pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Result<App, Error> {
+    check_listeners(config)?;
+
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.0.as_secs() + 1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let upstreams: BTreeMap<String, Arc<Upstream>> = config
+        .upstreams
+        .iter()
+        .map(|(name, c)| (name.clone(), Arc::new(Upstream::new(name, c))))
+        .collect();
+    discover_now(&upstreams)?;
+    for upstream in upstreams.values() {
+        server.add_service(GenBackgroundService::new(
+            format!("upstream {}", upstream.name),
+            upstream.balancer.clone(),
+        ));
+    }
+
+    let policies: BTreeMap<String, Arc<cors::Policy>> = config
+        .cors
+        .iter()
+        .map(|(name, c)| (name.clone(), Arc::new(cors::Policy::new(c))))
+        .collect();
+    let routes = config
+        .routes
+        .iter()
+        .filter_map(|r| {
+            Some(Arc::new(Route {
+                name: r.name.clone(),
+                prefix: r.prefix.clone(),
+                upstream: upstreams.get(&r.upstream)?.clone(),
+                strip_prefix: r.strip_prefix,
+                rewrite: r.rewrite.clone(),
+                cors: r.cors.as_ref().and_then(|p| policies.get(p)).cloned(),
+            }))
+        })
+        .collect();
+
+    let trusted = Trusted::new(
+        config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| config::parse_cidr(c).ok())
+            .collect(),
+    );
+    let proxy = Proxy {
+        router: Router::new(routes),
+        headers: Headers::new(&config.headers),
+        trusted,
+    };
+    let mut service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "rampart");
+    service.add_tcp(&config.server.listen);
+    if let Some(tls) = &config.server.tls {
+        service
+            .add_tls(&tls.listen, &tls.cert, &tls.key)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    }
+    server.add_service(service);
+
+    let mut admin = Service::new("admin".to_string(), Admin::new(config));
+    admin.add_tcp(&config.server.admin_listen);
+    server.add_service(admin);
+
+    for s in extra {
+        server.add_boxed_service(s);
+    }
+    Ok(App { server })
+}
+
+/// Pingora logs and exits deep inside its start-up when a bind fails; probing first turns that
+/// into an error naming the config key.
+fn check_listeners(config: &Config) -> Result<(), Error> {
+    let mut wanted = vec![
+        (config.server.listen.clone(), "server.listen"),
+        (config.server.admin_listen.clone(), "server.admin_listen"),
+    ];
+    if let Some(tls) = &config.server.tls {
+        wanted.push((tls.listen.clone(), "server.tls.listen"));
+    }
+    for (addr, key) in wanted {
+        TcpListener::bind(&addr).map_err(|source| Error::Listen {
+            addr: addr.clone(),
+            key,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Resolve every upstream once before listening, so the first request has addresses.
+fn discover_now(upstreams: &BTreeMap<String, Arc<Upstream>>) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    rt.block_on(async {
+        for u in upstreams.values() {
+            if let Err(e) = u.balancer.update().await {
+                log::warn!("upstream {}: discovery failed: {e}", u.name);
+            }
+        }
+    });
+    Ok(())
+}
+
+impl App {
+    /// Run until SIGTERM (graceful) or SIGINT (fast); the process exits afterwards.
+    pub fn run_forever(self) -> ! {
+        self.server.run_forever()
+    }
+
+    /// Run on a thread of its own until [`Running::stop`]: for tests and embedding.
+    pub fn spawn(self) -> Running {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let signal = StopSignal(stop.clone());
+        let thread = std::thread::spawn(move || {
+            self.server.run(RunArgs {
+                shutdown_signal: Box::new(signal),
+            })
+        });
+        Running {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A server started with [`App::spawn`]; stopping it closes its listeners.
+pub struct Running {
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct StopSignal(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}

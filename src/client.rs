@@ -1,0 +1,162 @@
+//! Who the client is: the address limits, logs and `X-Real-IP` are about.
+//!
+//! Phase: `request_filter` (computed once per request, kept in the context).
+//!
+//! Invariant: `X-Forwarded-For` and `X-Forwarded-Proto` are believed only when the TCP peer is
+//! a configured trusted proxy; from anyone else they cannot change the client's identity.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// The configured trusted proxies.
+#[derive(Debug, Clone, Default)]
+pub struct Trusted {
+    nets: Vec<IpNet>,
+}
+
+impl Trusted {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self { nets }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// The client as Rampart sees it.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The TCP peer (`None` only for non-IP transports).
+    pub peer: Option<IpAddr>,
+    /// The client's address: the peer, or when the peer is trusted, the right-most entry of
+    /// `X-Forwarded-For` that is not itself a trusted proxy.
+    pub ip: Option<IpAddr>,
+    /// `https` when the connection to Rampart is TLS, or a trusted peer says so.
+    pub scheme: &'static str,
+    /// Whether the peer is a trusted proxy (its forwarding headers were believed).
+    pub via_trusted_proxy: bool,
+}
+
+impl Client {
+    pub fn identify(
+        peer: Option<IpAddr>,
+        forwarded_for: Option<&[u8]>,
+        forwarded_proto: Option<&[u8]>,
+        tls: bool,
+        trusted: &Trusted,
+    ) -> Self {
+        let peer = peer.map(canonical);
+        let via_trusted_proxy = peer.is_some_and(|p| trusted.contains(p));
+        let mut ip = peer;
+        let mut scheme = if tls { "https" } else { "http" };
+        if via_trusted_proxy {
+            if let Some(xff) = forwarded_for.and_then(|v| std::str::from_utf8(v).ok()) {
+                // Walk from the right: entries added by our own trusted proxies are skipped,
+                // the first untrusted one is the client. Garbage stops the walk (keep what we
+                // had) rather than letting a malformed entry pick the identity.
+                for entry in xff.rsplit(',') {
+                    match parse_entry(entry) {
+                        Some(addr) => {
+                            ip = Some(addr);
+                            if !trusted.contains(addr) {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            }
+            match forwarded_proto.map(|v| v.eq_ignore_ascii_case(b"https")) {
+                Some(true) => scheme = "https",
+                Some(false) => scheme = "http",
+                None => {}
+            }
+        }
+        Self {
+            peer,
+            ip,
+            scheme,
+            via_trusted_proxy,
+        }
+    }
+}
+
+/// `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:80`.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    let e = entry.trim();
+    if let Ok(ip) = e.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Ok(sa) = e.parse::<std::net::SocketAddr>() {
+        return Some(canonical(sa.ip()));
+    }
+    None
+}
+
+/// IPv4-mapped IPv6 (`::ffff:1.2.3.4`, from dual-stack listeners) counts as the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted() -> Trusted {
+        Trusted::new(vec![
+            "10.0.0.0/8".parse().expect("net"),
+            "127.0.0.1/32".parse().expect("net"),
+        ])
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().expect("ip"))
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_spoof() {
+        let c = Client::identify(
+            ip("203.0.113.9"),
+            Some(b"1.1.1.1"),
+            Some(b"https"),
+            false,
+            &trusted(),
+        );
+        assert_eq!(c.ip, ip("203.0.113.9"));
+        assert_eq!(c.scheme, "http");
+    }
+
+    #[test]
+    fn trusted_peer_right_most_untrusted() {
+        let c = Client::identify(
+            ip("10.0.0.2"),
+            Some(b"6.6.6.6, 198.51.100.7, 10.0.0.9"),
+            Some(b"https"),
+            false,
+            &trusted(),
+        );
+        assert_eq!(c.ip, ip("198.51.100.7"));
+        assert_eq!(c.scheme, "https");
+    }
+
+    #[test]
+    fn garbage_entry_stops() {
+        let c = Client::identify(
+            ip("10.0.0.2"),
+            Some(b"6.6.6.6, nonsense"),
+            None,
+            false,
+            &trusted(),
+        );
+        assert_eq!(c.ip, ip("10.0.0.2"));
+    }
+}

@@ -1,0 +1,203 @@
+//! CORS: per-route policies, preflight answers and the headers on actual responses.
+//!
+//! Phases: `request_filter` (a preflight is answered here, never proxied) and every response
+//! Rampart sends (`response_filter` for proxied and cached ones, `respond` for its own).
+//!
+//! Invariants: an allowed origin is echoed, never a list; `*` is only sent when the policy
+//! allows any origin without credentials; `Vary: Origin` is set whenever the answer depends on
+//! the request's `Origin`, so a shared cache cannot hand one origin's answer to another.
+
+use http::header::{HeaderName, HeaderValue};
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use serde::Deserialize;
+
+use crate::config::{Duration, Invalid};
+
+/// `[cors.NAME]`: a policy routes refer to by name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Exact origins (`https://app.example.com`) or `"*"` for any.
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    pub max_age: Duration,
+    pub allow_credentials: bool,
+}
+
+impl Default for Config {
+    /// The old nginx.conf's `/api/` CORS block.
+    fn default() -> Self {
+        Self {
+            allow_origins: vec!["*".into()],
+            allow_methods: ["GET", "POST", "PUT", "DELETE", "OPTIONS"]
+                .map(String::from)
+                .to_vec(),
+            allow_headers: [
+                "DNT",
+                "User-Agent",
+                "X-Requested-With",
+                "If-Modified-Since",
+                "Cache-Control",
+                "Content-Type",
+                "Range",
+                "Authorization",
+            ]
+            .map(String::from)
+            .to_vec(),
+            expose_headers: Vec::new(),
+            max_age: Duration::secs(600),
+            allow_credentials: false,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
+        if self.allow_origins.is_empty() {
+            return Err(Invalid::new(
+                "allow_origins",
+                "at least one origin, or \"*\" for any",
+            ));
+        }
+        for (i, o) in self.allow_origins.iter().enumerate() {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(Invalid::new(
+                    format!("allow_origins[{i}]"),
+                    format!("\"*\" or an origin such as \"https://app.example.com\", not \"{o}\""),
+                ));
+            }
+            if o.ends_with('/') {
+                return Err(Invalid::new(
+                    format!("allow_origins[{i}]"),
+                    "an origin has no trailing slash",
+                ));
+            }
+        }
+        if self.allow_credentials && self.allow_origins.iter().any(|o| o == "*") {
+            return Err(Invalid::new(
+                "allow_credentials",
+                "credentials cannot be allowed for any origin (\"*\"); list the origins",
+            ));
+        }
+        for (i, m) in self.allow_methods.iter().enumerate() {
+            Method::from_bytes(m.as_bytes())
+                .map_err(|_| Invalid::new(format!("allow_methods[{i}]"), "an HTTP method name"))?;
+        }
+        for (field, list) in [
+            ("allow_headers", &self.allow_headers),
+            ("expose_headers", &self.expose_headers),
+        ] {
+            for (i, h) in list.iter().enumerate() {
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| Invalid::new(format!("{field}[{i}]"), "a header name"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A policy ready for requests: header values joined once at start.
+#[derive(Debug)]
+pub struct Policy {
+    any_origin: bool,
+    origins: Vec<String>,
+    credentials: bool,
+    methods: HeaderValue,
+    headers: HeaderValue,
+    expose: Option<HeaderValue>,
+    max_age: HeaderValue,
+}
+
+/// What the request asked, as far as CORS cares.
+pub enum Request {
+    /// No `Origin`: not a CORS request.
+    None,
+    /// `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+    Preflight { allowed: bool },
+    /// Any other request with an `Origin`.
+    Actual,
+}
+
+impl Policy {
+    pub fn new(c: &Config) -> Self {
+        let join = |v: &[String]| {
+            HeaderValue::from_str(&v.join(", ")).unwrap_or(HeaderValue::from_static(""))
+        };
+        Self {
+            any_origin: c.allow_origins.iter().any(|o| o == "*"),
+            origins: c.allow_origins.clone(),
+            credentials: c.allow_credentials,
+            methods: join(&c.allow_methods),
+            headers: join(&c.allow_headers),
+            expose: (!c.expose_headers.is_empty()).then(|| join(&c.expose_headers)),
+            max_age: HeaderValue::from(c.max_age.0.as_secs()),
+        }
+    }
+
+    fn allows(&self, origin: &[u8]) -> bool {
+        self.any_origin || self.origins.iter().any(|o| o.as_bytes() == origin)
+    }
+
+    pub fn classify(&self, req: &RequestHeader) -> Request {
+        let Some(origin) = req.headers.get(http::header::ORIGIN) else {
+            return Request::None;
+        };
+        if req.method == Method::OPTIONS
+            && req
+                .headers
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            Request::Preflight {
+                allowed: self.allows(origin.as_bytes()),
+            }
+        } else {
+            Request::Actual
+        }
+    }
+
+    /// Headers for the answer to a preflight (only called when the origin is allowed).
+    pub fn preflight_headers(&self, resp: &mut ResponseHeader) {
+        let _ = resp.insert_header(
+            http::header::ACCESS_CONTROL_ALLOW_METHODS,
+            self.methods.clone(),
+        );
+        let _ = resp.insert_header(
+            http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+            self.headers.clone(),
+        );
+        let _ = resp.insert_header(http::header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
+    }
+
+    /// Headers every response to a request on this route gets (preflight included).
+    pub fn response_headers(&self, req: &RequestHeader, resp: &mut ResponseHeader) {
+        let echo_origin = !self.any_origin || self.credentials;
+        if echo_origin {
+            crate::headers::add_vary(resp, "Origin");
+        }
+        let Some(origin) = req.headers.get(http::header::ORIGIN) else {
+            return;
+        };
+        if !self.allows(origin.as_bytes()) {
+            return;
+        }
+        let allow = if echo_origin {
+            origin.clone()
+        } else {
+            HeaderValue::from_static("*")
+        };
+        let _ = resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+        if self.credentials {
+            let _ = resp.insert_header(
+                http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        if let Some(expose) = &self.expose {
+            let _ = resp.insert_header(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Per-request context: what one phase learns and a later one needs, one field per feature.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora::lb::Backend;
+
+use crate::client::Client;
+use crate::routing::Route;
+
+pub struct Ctx {
+    /// When Rampart first saw the request.
+    pub started: Instant,
+    /// `X-Request-Id`: the client's when sane, else generated; echoed on the response.
+    pub request_id: String,
+    /// Who sent it (peer, or the client behind a trusted proxy).
+    pub client: Option<Client>,
+    /// Arrived over the TLS listener.
+    pub tls: bool,
+    /// The matched route; `None` until `request_filter` found one.
+    pub route: Option<Arc<Route>>,
+    /// Addresses this request already tried to connect to (retries go elsewhere).
+    pub tried: Vec<Backend>,
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            request_id: String::new(),
+            client: None,
+            tls: false,
+            route: None,
+            tried: Vec::new(),
+        }
+    }
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

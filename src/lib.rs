@@ -1,0 +1,18 @@
+//! Rampart: a hardening reverse proxy on Pingora.
+//!
+//! Start reading at [`proxy`] (the request path, phase by phase) and [`config`] (the file an
+//! operator edits). Each other module is one capability.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod cors;
+pub mod ctx;
+pub mod demo;
+pub mod headers;
+pub mod proxy;
+pub mod respond;
+pub mod routing;
+pub mod store;

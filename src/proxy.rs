@@ -1,0 +1,202 @@
+//! The request path: the only file that names Pingora's phases.
+//!
+//! Each phase is a short, ordered list of calls into the feature modules; the table in the
+//! README's architecture section mirrors this file. Decisions live in the modules, the order
+//! lives here.
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::ErrorSource;
+
+use crate::client::{Client, Trusted};
+use crate::cors;
+use crate::ctx::Ctx;
+use crate::headers::{self, Headers};
+use crate::respond;
+use crate::routing::{self, Router};
+
+/// Everything the request path reads; built once by `app`, shared by all workers.
+pub struct Proxy {
+    pub router: Router,
+    pub headers: Headers,
+    pub trusted: Trusted,
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    /// identify -> route (none: 404) -> CORS preflight.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = headers::request_id(session.req_header());
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let req = session.req_header();
+        ctx.client = Some(Client::identify(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+            req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+            ctx.tls,
+            &self.trusted,
+        ));
+
+        if let Some(reason) = routing::unroutable(req) {
+            respond::problem(session, &self.headers, ctx, 400, reason).await?;
+            return Ok(true);
+        }
+        let Some(route) = self.router.route(req.uri.path()).cloned() else {
+            respond::problem(
+                session,
+                &self.headers,
+                ctx,
+                404,
+                "no route matches this path",
+            )
+            .await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route);
+
+        if let Some(policy) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
+            match policy.classify(session.req_header()) {
+                cors::Request::Preflight { allowed: true } => {
+                    respond::preflight(session, &self.headers, ctx).await?;
+                    return Ok(true);
+                }
+                cors::Request::Preflight { allowed: false } => {
+                    respond::problem(session, &self.headers, ctx, 403, "origin not allowed")
+                        .await?;
+                    return Ok(true);
+                }
+                cors::Request::Actual | cors::Request::None => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// The route's group, next untried address round-robin.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no route for upstream_peer");
+        };
+        let upstream = &route.upstream;
+        let Some(backend) = upstream.select(&ctx.tried) else {
+            return Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                format!("upstream group {} has no usable address", upstream.name),
+            );
+        };
+        let peer = upstream.peer(&backend);
+        ctx.tried.push(backend);
+        Ok(Box::new(peer))
+    }
+
+    /// A refused or timed-out connect is retried on another address, idempotent methods only.
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let retry = ctx.route.as_ref().is_some_and(|r| {
+            ctx.tried.len() <= r.upstream.config.connect_retries
+                && session.req_header().method.is_idempotent()
+                && r.upstream.select(&ctx.tried).is_some()
+        });
+        e.set_retry(retry);
+        e
+    }
+
+    /// rewrite path -> Host -> forwarding headers and request id.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(());
+        };
+        let original = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str());
+        if let Some(path) = route.upstream_path(original) {
+            let uri = path.parse::<http::Uri>().or_err(
+                ErrorType::InvalidHTTPHeader,
+                "rewritten path is not a valid URI",
+            )?;
+            upstream_request.set_uri(uri);
+        }
+        let host = match &route.upstream.config.host {
+            Some(h) => Some(h.as_str()),
+            None if !upstream_request.headers.contains_key(http::header::HOST) => {
+                Some(route.upstream.host_header())
+            }
+            None => None,
+        };
+        if let Some(client) = &ctx.client {
+            self.headers
+                .forward(upstream_request, client, &ctx.request_id, host);
+        }
+        Ok(())
+    }
+
+    /// security, CORS and request-id headers (cache hits pass here too).
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        respond::finish_headers(&self.headers, session.req_header(), ctx, upstream_response);
+        Ok(())
+    }
+
+    /// An error before a response went out: problem+json with the status decided here.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (code, detail) = error_status(e);
+        if code > 0 {
+            if let Err(write_err) =
+                respond::problem(session, &self.headers, ctx, code, detail).await
+            {
+                log::debug!("could not send {code} to the client: {write_err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// The status a client sees for a failed request, and the sentence explaining it.
+/// `0`: the client is gone, nothing to send.
+fn error_status(e: &Error) -> (u16, &'static str) {
+    use ErrorType::*;
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(code), _) => (*code, "request rejected"),
+        (ConnectTimedout | TLSHandshakeTimedout, _) => (504, "upstream connect timed out"),
+        (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
+            (504, "upstream did not answer in time")
+        }
+        (ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure, _) => {
+            (502, "upstream unreachable")
+        }
+        (_, ErrorSource::Upstream) => (502, "upstream failed"),
+        (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => (0, ""),
+        (ReadTimedout | WriteTimedout, ErrorSource::Downstream) => (408, "request timed out"),
+        (_, ErrorSource::Downstream) => (400, "malformed request"),
+        _ => (500, "internal error"),
+    }
+}

@@ -1,0 +1,383 @@
+//! Routing: which upstream group a request goes to, and which address in it.
+//!
+//! Phases: `request_filter` ([`Router::route`]), `upstream_peer` ([`Upstream::peer`]),
+//! `upstream_request_filter` ([`Route::upstream_path`]).
+//!
+//! Invariants: the longest matching prefix wins (ties are impossible, config rejects duplicate
+//! prefixes); a path is forwarded byte for byte unless the route configures a rewrite; an
+//! address that refused a connection is not tried again by the same request.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::lb::discovery::ServiceDiscovery;
+use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::prelude::HttpPeer;
+use serde::Deserialize;
+
+use crate::config::{check_name, Duration, Invalid};
+
+/// `[upstreams.NAME]`: a group of interchangeable addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// One or more `host:port`; names are resolved at start and every `resolve_interval`.
+    pub addrs: Vec<String>,
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Duration,
+    #[serde(default = "defaults::io_timeout")]
+    pub read_timeout: Duration,
+    #[serde(default = "defaults::io_timeout")]
+    pub write_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse ("0s" disables keepalive).
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
+    /// How many other addresses to try when connecting fails (idempotent requests only).
+    #[serde(default = "defaults::connect_retries")]
+    pub connect_retries: usize,
+    /// TCP health check period; failing addresses are skipped while others are healthy.
+    #[serde(default = "defaults::health_check_interval")]
+    pub health_check_interval: Duration,
+    /// Re-resolve DNS names this often (containers get new addresses when they restart).
+    #[serde(default = "defaults::resolve_interval")]
+    pub resolve_interval: Duration,
+    /// `Host` to send instead of the client's (default: the client's `Host` is preserved).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// `[[routes]]`: a path prefix sent to an upstream group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Used in metrics labels, logs and cache keys; unique.
+    pub name: String,
+    /// Matches when the request path starts with it; the longest matching prefix wins.
+    pub prefix: String,
+    /// Name of an `[upstreams.NAME]` group.
+    pub upstream: String,
+    /// Remove the prefix before forwarding (`/api/v1/x` with prefix `/api` -> `/v1/x`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the prefix with this before forwarding (`/old/x` -> `/new/x`).
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// Name of a `[cors.NAME]` policy applied to this route.
+    #[serde(default)]
+    pub cors: Option<String>,
+}
+
+mod defaults {
+    use crate::config::Duration;
+    pub fn connect_timeout() -> Duration {
+        Duration::secs(2)
+    }
+    pub fn io_timeout() -> Duration {
+        Duration::secs(60)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::secs(60)
+    }
+    pub fn connect_retries() -> usize {
+        2
+    }
+    pub fn health_check_interval() -> Duration {
+        Duration::secs(5)
+    }
+    pub fn resolve_interval() -> Duration {
+        Duration::secs(30)
+    }
+}
+
+impl UpstreamConfig {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
+        if self.addrs.is_empty() {
+            return Err(Invalid::new("addrs", "at least one \"host:port\" address"));
+        }
+        for (i, a) in self.addrs.iter().enumerate() {
+            check_addr(a).map_err(|m| Invalid::new(format!("addrs[{i}]"), m))?;
+        }
+        if self.connect_timeout.0.is_zero() {
+            return Err(Invalid::new("connect_timeout", "a duration above zero"));
+        }
+        if self.read_timeout.0.is_zero() {
+            return Err(Invalid::new("read_timeout", "a duration above zero"));
+        }
+        if self.write_timeout.0.is_zero() {
+            return Err(Invalid::new("write_timeout", "a duration above zero"));
+        }
+        if self.connect_retries > 16 {
+            return Err(Invalid::new("connect_retries", "at most 16"));
+        }
+        if self.health_check_interval.0 < std::time::Duration::from_millis(100) {
+            return Err(Invalid::new("health_check_interval", "at least \"100ms\""));
+        }
+        if self.resolve_interval.0 < std::time::Duration::from_secs(1) {
+            return Err(Invalid::new("resolve_interval", "at least \"1s\""));
+        }
+        Ok(())
+    }
+}
+
+impl RouteConfig {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
+        check_name(&self.name).map_err(|m| Invalid::new("name", m))?;
+        if !self.prefix.starts_with('/') {
+            return Err(Invalid::new("prefix", "a path prefix starting with \"/\""));
+        }
+        if let Some(r) = &self.rewrite {
+            if !r.starts_with('/') {
+                return Err(Invalid::new("rewrite", "a path starting with \"/\""));
+            }
+            if self.strip_prefix {
+                return Err(Invalid::new(
+                    "rewrite",
+                    "either strip_prefix or rewrite, not both",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` with a port from 1 to 65535 and a non-empty host.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    let bad = || format!("a \"host:port\" address such as \"backend:8000\", not \"{addr}\"");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains('/') || host.contains(' ') {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// A group of addresses: round-robin over healthy ones, DNS re-resolved in the background.
+pub struct Upstream {
+    pub name: String,
+    pub config: UpstreamConfig,
+    pub balancer: Arc<LoadBalancer<RoundRobin>>,
+}
+
+impl Upstream {
+    /// The load balancer is returned unstarted: `app` runs it as a background service
+    /// (discovery and health checks) and awaits one discovery before listening.
+    pub fn new(name: &str, config: &UpstreamConfig) -> Self {
+        let discovery = Box::new(Dns {
+            addrs: config.addrs.clone(),
+        });
+        let mut balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(discovery));
+        let mut hc = TcpHealthCheck::new();
+        hc.peer_template.options.connection_timeout = Some(config.connect_timeout.0);
+        hc.consecutive_failure = 2;
+        balancer.set_health_check(hc);
+        balancer.health_check_frequency = Some(config.health_check_interval.0);
+        balancer.update_frequency = Some(config.resolve_interval.0);
+        balancer.parallel_health_check = true;
+        Self {
+            name: name.to_string(),
+            config: config.clone(),
+            balancer: Arc::new(balancer),
+        }
+    }
+
+    /// The next address round-robin, skipping those this request already failed on.
+    /// Healthy addresses first; when none is healthy, any untried one (so a recovered
+    /// upstream is used at once and the client sees the real connect error otherwise).
+    pub fn select(&self, tried: &[Backend]) -> Option<Backend> {
+        let untried = |b: &Backend| !tried.contains(b);
+        let n = self.config.addrs.len().max(1) * 4;
+        self.balancer
+            .select_with(b"", n, |b, healthy| healthy && untried(b))
+            .or_else(|| self.balancer.select_with(b"", n, |b, _| untried(b)))
+    }
+
+    /// A peer for `backend` with this group's timeouts and keepalive.
+    pub fn peer(&self, backend: &Backend) -> HttpPeer {
+        let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.config.connect_timeout.0);
+        o.read_timeout = Some(self.config.read_timeout.0);
+        o.write_timeout = Some(self.config.write_timeout.0);
+        o.idle_timeout = Some(self.config.idle_timeout.0);
+        peer
+    }
+
+    /// The address used as `Host` when the client sent none (HTTP/1.0) or `host` is set.
+    pub fn host_header(&self) -> &str {
+        self.config
+            .host
+            .as_deref()
+            .unwrap_or_else(|| self.config.addrs.first().map_or("", String::as_str))
+    }
+}
+
+/// Service discovery by DNS: written here because pingora's `Static` discovery resolves once,
+/// at start, which breaks when a container restarts with a new address (nginx has the same
+/// flaw without `resolve`). A name that does not resolve is logged and skipped; the other
+/// addresses stay in service.
+struct Dns {
+    addrs: Vec<String>,
+}
+
+#[async_trait]
+impl ServiceDiscovery for Dns {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut backends = BTreeSet::new();
+        for addr in &self.addrs {
+            match tokio::net::lookup_host(addr.as_str()).await {
+                Ok(resolved) => {
+                    for sock in resolved {
+                        backends.insert(Backend::new(&sock.to_string())?);
+                    }
+                }
+                Err(e) => log::warn!("upstream address {addr} does not resolve: {e}"),
+            }
+        }
+        Ok((backends, HashMap::new()))
+    }
+}
+
+/// A configured route, resolved: upstream and CORS policy are shared handles.
+pub struct Route {
+    pub name: String,
+    pub prefix: String,
+    pub upstream: Arc<Upstream>,
+    pub strip_prefix: bool,
+    pub rewrite: Option<String>,
+    pub cors: Option<Arc<crate::cors::Policy>>,
+}
+
+impl Route {
+    /// The path (and query) to send upstream: byte for byte unless a rewrite is configured.
+    pub fn upstream_path(&self, path_and_query: &str) -> Option<String> {
+        let replacement = match (&self.rewrite, self.strip_prefix) {
+            (Some(r), _) => r.as_str(),
+            (None, true) => "",
+            (None, false) => return None,
+        };
+        let rest = path_and_query.get(self.prefix.len()..).unwrap_or("");
+        let mut out = String::with_capacity(replacement.len() + rest.len() + 1);
+        out.push_str(replacement);
+        if !out.ends_with('/') && !rest.starts_with('/') && !rest.starts_with('?') {
+            out.push('/');
+        }
+        if out.ends_with('/') && rest.starts_with('/') {
+            out.pop();
+        }
+        out.push_str(rest);
+        if out.is_empty() || out.starts_with('?') {
+            out.insert(0, '/');
+        }
+        Some(out)
+    }
+}
+
+/// Longest-prefix matching over the configured routes.
+pub struct Router {
+    /// Sorted by prefix length, longest first: the first match is the longest.
+    routes: Vec<Arc<Route>>,
+}
+
+impl Router {
+    pub fn new(mut routes: Vec<Arc<Route>>) -> Self {
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Self { routes }
+    }
+
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| path.starts_with(&r.prefix))
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+}
+
+/// Why a request must not be routed at all (answered 400), or `None`.
+///
+/// `.`/`..` path segments, raw or percent-encoded, are refused: the upstream might normalise
+/// them into a path another route (with other limits) should have handled. (Requests with
+/// both `Content-Length` and `Transfer-Encoding` need nothing here: Pingora's parser drops the
+/// length and closes the connection afterwards, as RFC 9112 section 6.1 asks.)
+pub fn unroutable(req: &pingora::http::RequestHeader) -> Option<&'static str> {
+    if has_dot_segments(req.uri.path()) {
+        return Some("path has dot segments");
+    }
+    None
+}
+
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let lower = seg.to_ascii_lowercase();
+        matches!(
+            lower.as_str(),
+            "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, strip: bool, rewrite: Option<&str>) -> Route {
+        let cfg = UpstreamConfig {
+            addrs: vec!["127.0.0.1:1".into()],
+            connect_timeout: Duration::secs(1),
+            read_timeout: Duration::secs(1),
+            write_timeout: Duration::secs(1),
+            idle_timeout: Duration::secs(1),
+            connect_retries: 0,
+            health_check_interval: Duration::secs(1),
+            resolve_interval: Duration::secs(1),
+            host: None,
+        };
+        Route {
+            name: "r".into(),
+            prefix: prefix.into(),
+            upstream: Arc::new(Upstream::new("u", &cfg)),
+            strip_prefix: strip,
+            rewrite: rewrite.map(String::from),
+            cors: None,
+        }
+    }
+
+    #[test]
+    fn rewrites() {
+        assert_eq!(
+            route("/api/", false, None).upstream_path("/api/x?q=1"),
+            None
+        );
+        let strip = route("/api", true, None);
+        assert_eq!(
+            strip.upstream_path("/api/v1/x?q").as_deref(),
+            Some("/v1/x?q")
+        );
+        assert_eq!(strip.upstream_path("/api").as_deref(), Some("/"));
+        assert_eq!(strip.upstream_path("/api?a=b").as_deref(), Some("/?a=b"));
+        let rw = route("/old/", false, Some("/new/"));
+        assert_eq!(rw.upstream_path("/old/a/b").as_deref(), Some("/new/a/b"));
+        let rw2 = route("/old", false, Some("/new"));
+        assert_eq!(rw2.upstream_path("/old/a").as_deref(), Some("/new/a"));
+    }
+
+    #[test]
+    fn dot_segments() {
+        assert!(has_dot_segments("/api/../admin"));
+        assert!(has_dot_segments("/api/%2E%2e/admin"));
+        assert!(has_dot_segments("/./x"));
+        assert!(!has_dot_segments("/api/v1.2/x..y"));
+    }
+
+    #[test]
+    fn addresses() {
+        assert!(check_addr("backend:8000").is_ok());
+        assert!(check_addr("[::1]:80").is_ok());
+        assert!(check_addr("backend").is_err());
+        assert!(check_addr("backend:0").is_err());
+        assert!(check_addr(":80").is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! The config file and the CLI: shipped configs pass `rampart check`, every broken fixture is
+//! rejected with its line and key, `run` refuses a broken file, the demo answers its curl lines.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn rampart() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rampart"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env_remove("RAMPART_CONFIG");
+    c
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn shipped_configs_pass_check() {
+    for file in ["config/proxy.toml", "config/demo.toml", "config/bench.toml"] {
+        let out = rampart()
+            .args(["check", "--config", file])
+            .output()
+            .expect("run rampart check");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.starts_with(&format!("{file}: ok: ")), "{stdout}");
+        assert!(stdout.contains("route(s)"), "{stdout}");
+    }
+}
+
+/// Each fixture's first line says where the error is: `# expect: LINE KEY`.
+#[test]
+fn every_broken_fixture_is_rejected_with_its_line_and_key() {
+    let dir = repo("tests/fixtures/broken");
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixtures dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= 10, "fixtures: {fixtures:?}");
+    for fixture in fixtures {
+        let text = std::fs::read_to_string(&fixture).expect("read fixture");
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: first line must be '# expect: LINE KEY'",
+                    fixture.display()
+                )
+            });
+        let (line, key) = expect.split_once(' ').expect("LINE KEY");
+        let rel = fixture
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .expect("inside the repo")
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string();
+        let out = rampart()
+            .args(["check", "--config", &rel])
+            .output()
+            .expect("run rampart check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{rel} must be rejected: {stderr}"
+        );
+        let located = format!("{rel}:{line}:");
+        assert!(
+            stderr.starts_with(&located),
+            "{rel}: expected the error at line {line}, got: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!(": {key}")),
+            "{rel}: expected key {key} in: {stderr}"
+        );
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{rel}: one line: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn run_refuses_a_broken_config_and_starts_nothing() {
+    let port = free_port();
+    let out = rampart()
+        .args([
+            "run",
+            "--config",
+            "tests/fixtures/broken/unknown_upstream.toml",
+        ])
+        .env("RAMPART_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .expect("run rampart");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].upstream"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let out = rampart()
+        .args(["check", "--config", "config/nope.toml"])
+        .output()
+        .expect("run rampart check");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("config/nope.toml: cannot read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn environment_overrides_upstream_addresses() {
+    let out = rampart()
+        .args(["check", "--config", "config/proxy.toml"])
+        .env("RAMPART_UPSTREAM_BACKEND", "not an address")
+        .output()
+        .expect("run rampart check");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("RAMPART_UPSTREAM_BACKEND"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let out = rampart().arg("--help").output().expect("help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for word in ["run", "check", "demo", "--config"] {
+        assert!(help.contains(word), "{word} missing from --help: {help}");
+    }
+    let out = rampart().arg("--version").output().expect("version");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("rampart {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn admin_healthz_answers() {
+    let up = Upstream::named("x");
+    let r = Rampart::start(&format!(
+        "{}[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up.addr])
+    ));
+    let h = r.admin_get("/healthz");
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["status"], "ok");
+    assert_eq!(h.json()["routes"], 1);
+    // The public listener does not serve admin endpoints: this goes to the upstream.
+    assert_eq!(r.get("/healthz").text(), "x");
+}
+
+/// `rampart demo` (the README's first command) answers the curl lines it prints.
+#[test]
+fn demo_answers_its_curl_lines() {
+    let (port, admin, api, page) = (free_port(), free_port(), free_port(), free_port());
+    let mut child = rampart()
+        .arg("demo")
+        .env("RAMPART_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RAMPART_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("RAMPART_UPSTREAM_BACKEND", format!("127.0.0.1:{api}"))
+        .env("RAMPART_UPSTREAM_FRONTEND", format!("127.0.0.1:{page}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        let done = line.contains("Ctrl-C");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let curls: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.trim_start().starts_with("curl "))
+        .collect();
+    assert!(curls.len() >= 5, "{lines:?}");
+
+    let base = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + READY;
+    while send_raw(
+        base,
+        b"GET /health HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    )
+    .map_or(true, |r| r.status != 200)
+    {
+        assert!(Instant::now() < deadline, "demo did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kpis = get(base, "/api/v1/dashboard/kpis");
+    assert_eq!(kpis.status, 200);
+    assert_eq!(kpis.json()["kpis"].as_array().map(Vec::len), Some(12));
+    let echo = get(base, "/api/v1/echo");
+    assert_eq!(echo.json()["headers"]["x-real-ip"], "127.0.0.1");
+    let page = get(base, "/");
+    assert!(page.text().contains("KPI dashboard"));
+    let pre = request(
+        base,
+        "OPTIONS",
+        "/api/v1/dashboard/kpis",
+        &[
+            ("Origin", "https://dash.example.com"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
+        None,
+    );
+    assert_eq!(pre.status, 204);
+    let health = get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
+        "/healthz",
+    );
+    assert_eq!(health.status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,102 @@
+//! Errors: 404/502/504 as problem+json naming the request id; malformed input gets 4xx and
+//! the proxy keeps serving.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn assert_problem(resp: &Response, status: u16) {
+    assert_eq!(resp.status, status, "{}", resp.text());
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/problem+json")
+    );
+    let body = resp.json();
+    assert_eq!(body["status"], status);
+    assert!(body["title"].is_string());
+    assert!(body["detail"].is_string());
+    assert_eq!(
+        body["request_id"].as_str(),
+        resp.header("x-request-id"),
+        "the body names the request id"
+    );
+    assert_eq!(resp.header("x-frame-options"), Some("SAMEORIGIN"));
+}
+
+#[test]
+fn no_route_is_404() {
+    let up = Upstream::named("ok");
+    let r = Rampart::start(&format!(
+        "{}[[routes]]\nname = \"api\"\nprefix = \"/api/\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up.addr])
+    ));
+    assert_problem(&r.get("/"), 404);
+    assert_problem(&r.get("/ap"), 404);
+    let head = r.request("HEAD", "/nope", &[], None);
+    assert_eq!(head.status, 404);
+    assert!(head.body.is_empty());
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn refused_upstream_is_502() {
+    let dead = free_port();
+    let r = Rampart::start(&format!(
+        "[upstreams.u]\naddrs = [\"127.0.0.1:{dead}\"]\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"u\"\n"
+    ));
+    assert_problem(&r.get("/api/v1/dashboard/kpis"), 502);
+    assert_problem(&r.request("POST", "/api", &[], Some(b"{}")), 502);
+}
+
+#[test]
+fn slow_upstream_is_504_within_the_read_timeout() {
+    let up = Upstream::start(|_| Reply::ok("late").delay(Duration::from_secs(3)));
+    let r = Rampart::start(&format!(
+        "[upstreams.u]\naddrs = [\"{}\"]\nread_timeout = \"300ms\"\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"u\"\n",
+        up.addr
+    ));
+    let started = Instant::now();
+    let resp = r.get("/slow");
+    assert_problem(&resp, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered before the upstream"
+    );
+}
+
+#[test]
+fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
+    let up = Upstream::named("ok");
+    let r = Rampart::start(&format!(
+        "{}[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up.addr])
+    ));
+    let garbage: [&[u8]; 3] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: nope\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header Without Colon\r\n\r\n",
+    ];
+    for raw in garbage {
+        if let Ok(resp) = send_raw(r.addr, raw) {
+            assert!(
+                (400..500).contains(&resp.status),
+                "{:?} -> {}",
+                String::from_utf8_lossy(raw),
+                resp.status
+            );
+        } // a closed connection is an acceptable answer to garbage too
+    }
+    // The request-smuggling shape: Transfer-Encoding wins, the length never reaches the
+    // upstream, and the connection is not reused (RFC 9112 section 6.1).
+    let smuggle = b"POST /te HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let resp = send_raw(r.addr, smuggle).expect("answered");
+    assert_eq!(resp.header("connection"), Some("close"));
+    let seen = up.last();
+    assert_eq!(seen.target, "/te");
+    assert_eq!(seen.header("content-length"), None);
+    assert!(seen.body.is_empty());
+    assert!(up.requests().iter().all(|q| q.target != "/smuggled"));
+    assert_problem(&r.get("/api/../admin"), 400);
+    assert_problem(&r.get("/api/%2e%2e/admin"), 400);
+    assert_eq!(r.get("/still-alive").status, 200);
+}

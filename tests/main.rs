@@ -1,0 +1,10 @@
+//! Rampart's integration tests: one binary (Pingora links once), one module per feature.
+//! Every test starts real servers on loopback: upstreams, redis-server, Rampart itself.
+
+mod common;
+
+mod config;
+mod cors;
+mod errors;
+mod headers;
+mod routing;

@@ -1,0 +1,171 @@
+//! Routing: longest prefix, byte-for-byte forwarding, rewrites, round-robin, retries, bodies.
+
+use crate::common::*;
+
+fn dashboard(backend: &Upstream, frontend: &Upstream, special: &Upstream) -> Rampart {
+    Rampart::start(&format!(
+        r#"{}{}{}
+[[routes]]
+name = "frontend"
+prefix = "/"
+upstream = "frontend"
+
+[[routes]]
+name = "api"
+prefix = "/api/"
+upstream = "backend"
+
+[[routes]]
+name = "special"
+prefix = "/api/v1/special/"
+upstream = "special"
+
+[[routes]]
+name = "health"
+prefix = "/health"
+upstream = "backend"
+"#,
+        upstream_toml("backend", &[&backend.addr]),
+        upstream_toml("frontend", &[&frontend.addr]),
+        upstream_toml("special", &[&special.addr]),
+    ))
+}
+
+#[test]
+fn longest_prefix_wins() {
+    let (b, f, s) = (
+        Upstream::named("backend"),
+        Upstream::named("frontend"),
+        Upstream::named("special"),
+    );
+    let r = dashboard(&b, &f, &s);
+    for (path, who) in [
+        ("/api/v1/dashboard/kpis", "backend"),
+        ("/api/v1/special/x", "special"),
+        ("/api/v1/special", "backend"),
+        ("/health", "backend"),
+        ("/", "frontend"),
+        ("/apix", "frontend"),
+        ("/static/app.js", "frontend"),
+    ] {
+        let resp = r.get(path);
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.text(), who, "{path}");
+    }
+    assert_eq!(
+        b.requests()
+            .iter()
+            .filter(|q| q.target == "/health")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn path_and_query_are_forwarded_byte_for_byte() {
+    let (b, f, s) = (
+        Upstream::named("b"),
+        Upstream::named("f"),
+        Upstream::named("s"),
+    );
+    let r = dashboard(&b, &f, &s);
+    let target = "/api/v1/dashboard/kpis?z=1&a=%20x&a=2&empty=&utf=%C3%A9;semi";
+    assert_eq!(r.get(target).status, 200);
+    assert_eq!(b.last().target, target);
+    assert_eq!(b.last().method, "GET");
+}
+
+#[test]
+fn rewrite_and_strip_prefix() {
+    let up = Upstream::named("u");
+    let r = Rampart::start(&format!(
+        r#"{}
+[[routes]]
+name = "legacy"
+prefix = "/legacy/"
+upstream = "u"
+rewrite = "/api/v2/"
+
+[[routes]]
+name = "stripped"
+prefix = "/svc"
+upstream = "u"
+strip_prefix = true
+"#,
+        upstream_toml("u", &[&up.addr])
+    ));
+    r.get("/legacy/items?id=7");
+    assert_eq!(up.last().target, "/api/v2/items?id=7");
+    r.get("/svc/v1/x?q");
+    assert_eq!(up.last().target, "/v1/x?q");
+    r.get("/svc");
+    assert_eq!(up.last().target, "/");
+}
+
+#[test]
+fn round_robin_over_a_groups_addresses() {
+    let (a, b) = (Upstream::named("a"), Upstream::named("b"));
+    let r = Rampart::start(&format!(
+        "{}[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&a.addr, &b.addr])
+    ));
+    for _ in 0..10 {
+        assert_eq!(r.get("/").status, 200);
+    }
+    assert_eq!(a.count(), 5, "a got {}, b got {}", a.count(), b.count());
+    assert_eq!(b.count(), 5);
+}
+
+#[test]
+fn connect_failure_is_retried_on_the_next_address_for_idempotent_requests() {
+    let live = Upstream::named("live");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let r = Rampart::start(&format!(
+        r#"[upstreams.u]
+addrs = ["{dead}", "{}"]
+health_check_interval = "1h"
+[[routes]]
+name = "all"
+prefix = "/"
+upstream = "u"
+"#,
+        live.addr
+    ));
+    for _ in 0..6 {
+        let resp = r.get("/");
+        assert_eq!(resp.status, 200, "GET must be retried: {}", resp.text());
+        assert_eq!(resp.text(), "live");
+    }
+    // POST is not idempotent: a failed connect is reported, never replayed elsewhere.
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| r.request("POST", "/", &[], Some(b"x")).status)
+        .collect();
+    assert!(statuses.contains(&502), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+}
+
+#[test]
+fn request_bodies_stream_through() {
+    let up = Upstream::start(|req| Reply::ok(format!("{} {}", req.method, req.body.len())));
+    let r = Rampart::start(&format!(
+        "{}[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up.addr])
+    ));
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    for method in ["POST", "PUT", "PATCH"] {
+        let resp = r.request(
+            method,
+            "/api/items",
+            &[("Content-Type", "application/octet-stream")],
+            Some(&body),
+        );
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), format!("{method} {}", body.len()));
+        assert_eq!(up.last().body, body, "{method} body");
+    }
+    // Chunked upload without a length.
+    let raw = b"POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let resp = send_raw(r.addr, raw).expect("chunked post");
+    assert_eq!(resp.status, 200);
+    assert_eq!(up.last().body, b"hello world");
+}
