@@ -1,4 +1,4 @@
-//! The admin listener (`server.admin_listen`, loopback by default): `/healthz`.
+//! The admin listener (`server.admin_listen`, loopback by default): `/healthz`, `/metrics`.
 //!
 //! Not a proxy phase: a separate Pingora service, so admin endpoints never share the public
 //! listener. Invariant: answers only from state it was built with; never touches upstreams.
@@ -8,14 +8,18 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use std::sync::Arc;
+
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 pub struct Admin {
     health: Vec<u8>,
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
         let health = serde_json::json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
@@ -24,6 +28,7 @@ impl Admin {
         });
         Self {
             health: health.to_string().into_bytes(),
+            metrics,
         }
     }
 }
@@ -34,10 +39,15 @@ impl ServeHttp for Admin {
         let path = session.req_header().uri.path();
         let (status, ctype, body) = match path {
             "/healthz" => (StatusCode::OK, "application/json", self.health.clone()),
+            "/metrics" => (
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(),
+            ),
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"not found; try /healthz\n".to_vec(),
+                b"not found; try /healthz or /metrics\n".to_vec(),
             ),
         };
         Response::builder()

@@ -21,6 +21,7 @@ use crate::client::Trusted;
 use crate::config::{self, Config};
 use crate::cors;
 use crate::headers::Headers;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::routing::{Route, Router, Upstream};
 
@@ -98,7 +99,12 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
             .filter_map(|c| config::parse_cidr(c).ok())
             .collect(),
     );
+    let metrics = Arc::new(
+        Metrics::new(&crate::metrics::DEFAULT_BUCKETS)
+            .map_err(|e| Error::Runtime(e.to_string()))?,
+    );
     let proxy = Proxy {
+        metrics: metrics.clone(),
         router: Router::new(routes),
         headers: Headers::new(&config.headers),
         trusted,
@@ -113,7 +119,7 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
     }
     server.add_service(service);
 
-    let mut admin = Service::new("admin".to_string(), Admin::new(config));
+    let mut admin = Service::new("admin".to_string(), Admin::new(config, metrics));
     admin.add_tcp(&config.server.admin_listen);
     server.add_service(admin);
 

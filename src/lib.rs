@@ -12,6 +12,7 @@ pub mod cors;
 pub mod ctx;
 pub mod demo;
 pub mod headers;
+pub mod metrics;
 pub mod proxy;
 pub mod respond;
 pub mod routing;

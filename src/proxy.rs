@@ -4,6 +4,8 @@
 //! README's architecture section mirrors this file. Decisions live in the modules, the order
 //! lives here.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -14,11 +16,13 @@ use crate::client::{Client, Trusted};
 use crate::cors;
 use crate::ctx::Ctx;
 use crate::headers::{self, Headers};
+use crate::metrics::Metrics;
 use crate::respond;
 use crate::routing::{self, Router};
 
 /// Everything the request path reads; built once by `app`, shared by all workers.
 pub struct Proxy {
+    pub metrics: Arc<Metrics>,
     pub router: Router,
     pub headers: Headers,
     pub trusted: Trusted,
@@ -29,6 +33,7 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        self.metrics.in_flight.inc();
         Ctx::new()
     }
 
@@ -161,6 +166,18 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         respond::finish_headers(&self.headers, session.req_header(), ctx, upstream_response);
         Ok(())
+    }
+
+    /// Every request ends here, answered or not: metrics.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        self.metrics.in_flight.dec();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.metrics.request_done(
+            &session.req_header().method,
+            ctx.route.as_ref().map(|r| r.name.as_str()),
+            status,
+            ctx.started.elapsed().as_secs_f64(),
+        );
     }
 
     /// An error before a response went out: problem+json with the status decided here.

@@ -169,6 +169,13 @@ fn admin_healthz_answers() {
     assert_eq!(h.json()["routes"], 1);
     // The public listener does not serve admin endpoints: this goes to the upstream.
     assert_eq!(r.get("/healthz").text(), "x");
+    assert_eq!(r.get("/metrics").text(), "x");
+    let line = "http_requests_total{method=\"GET\",route=\"all\",status=\"200\"} 2";
+    let deadline = Instant::now() + READY;
+    while !r.admin_get("/metrics").text().contains(line) {
+        assert!(Instant::now() < deadline, "{line} never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `rampart demo` (the README's first command) answers the curl lines it prints.

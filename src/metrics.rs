@@ -1,0 +1,236 @@
+//! Prometheus metrics: one registry per running server, every family Rampart exports.
+//!
+//! Phases: `logging` records each finished request ([`Metrics::request_done`]); features record
+//! their own events through the typed families here (limiter decisions, cache lookups, store
+//! calls, compression bytes). The admin listener serves [`Metrics::render`] at `/metrics`.
+//!
+//! Invariant: bounded cardinality. Label values come from configuration (route, upstream and
+//! policy names) or small fixed sets (method, status, outcome): never a raw path, query,
+//! header or client address.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Route label for requests that matched no route.
+pub const UNMATCHED: &str = "(unmatched)";
+
+/// Buckets for `http_request_duration_seconds`: fine enough for a cache hit (sub-millisecond),
+/// long enough for a slow report.
+pub const DEFAULT_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Every family, registered on a private registry (several servers can share a process, as
+/// the tests do, without mixing their figures).
+pub struct Metrics {
+    registry: Registry,
+    /// Old stack's name: `http_requests_total{method,route,status}`.
+    pub requests: IntCounterVec,
+    /// Old stack's name: `http_request_duration_seconds{method,route}`.
+    pub duration: HistogramVec,
+    pub in_flight: IntGauge,
+    /// `rampart_upstream_request_duration_seconds{upstream}`.
+    pub upstream_duration: HistogramVec,
+    /// `rampart_upstream_errors_total{upstream,kind}`: kind = connect | timeout | 5xx.
+    pub upstream_errors: IntCounterVec,
+    /// `rampart_cache_lookups_total{route,result}`: hit | miss | stale | bypass | expired.
+    pub cache_lookups: IntCounterVec,
+    /// `rampart_cache_stored_bytes_total{route}`.
+    pub cache_stored_bytes: IntCounterVec,
+    /// `rampart_ratelimit_decisions_total{policy,outcome}`:
+    /// allowed | limited | report_only_limited | fallback.
+    pub ratelimit_decisions: IntCounterVec,
+    /// `rampart_store_command_duration_seconds{backend,op}`.
+    pub store_duration: HistogramVec,
+    /// `rampart_store_errors_total{backend,op}`.
+    pub store_errors: IntCounterVec,
+    /// `rampart_store_up{backend}`: 1 when the shared store answers, 0 during an outage.
+    pub store_up: IntGaugeVec,
+    /// `rampart_store_fallback_active{feature}`: 1 while a feature runs on its local fallback.
+    pub store_fallback: IntGaugeVec,
+    /// `rampart_compression_bytes_in_total{encoding}` / `..._out_total{encoding}`.
+    pub compress_in: IntCounterVec,
+    pub compress_out: IntCounterVec,
+    /// `rampart_build_info{version}` = 1.
+    pub build_info: IntGaugeVec,
+    /// `rampart_config_load_success` (1/0) and `rampart_config_load_timestamp_seconds`.
+    pub config_success: IntGauge,
+    pub config_timestamp: IntGauge,
+}
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// Methods outside the standard set count as `OTHER` (a client can send any token).
+pub fn method_label(method: &http::Method) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == method.as_str())
+        .copied()
+        .unwrap_or("OTHER")
+}
+
+impl Metrics {
+    /// Build every family; `buckets` for the request-duration histogram.
+    pub fn new(buckets: &[f64]) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram = |name: &str,
+                         help: &str,
+                         labels: &[&str],
+                         b: Vec<f64>|
+         -> Result<HistogramVec, prometheus::Error> {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(b), labels)?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let gauges =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let fast = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        ];
+        let m = Self {
+            requests: counter(
+                "http_requests_total",
+                "Requests answered, by method, route name and status.",
+                &["method", "route", "status"],
+            )?,
+            duration: histogram(
+                "http_request_duration_seconds",
+                "Time from request to the end of the response, by method and route name.",
+                &["method", "route"],
+                buckets.to_vec(),
+            )?,
+            in_flight: gauge("rampart_requests_in_flight", "Requests being processed.")?,
+            upstream_duration: histogram(
+                "rampart_upstream_request_duration_seconds",
+                "Time the upstream took to answer, by upstream group.",
+                &["upstream"],
+                buckets.to_vec(),
+            )?,
+            upstream_errors: counter(
+                "rampart_upstream_errors_total",
+                "Upstream failures by group and kind (connect, timeout, 5xx).",
+                &["upstream", "kind"],
+            )?,
+            cache_lookups: counter(
+                "rampart_cache_lookups_total",
+                "Cache lookups by route and result (hit, miss, stale, bypass, expired).",
+                &["route", "result"],
+            )?,
+            cache_stored_bytes: counter(
+                "rampart_cache_stored_bytes_total",
+                "Response bytes written to the cache, by route.",
+                &["route"],
+            )?,
+            ratelimit_decisions: counter(
+                "rampart_ratelimit_decisions_total",
+                "Rate-limit decisions by policy and outcome.",
+                &["policy", "outcome"],
+            )?,
+            store_duration: histogram(
+                "rampart_store_command_duration_seconds",
+                "Shared-store (Redis) call latency by backend and operation.",
+                &["backend", "op"],
+                fast,
+            )?,
+            store_errors: counter(
+                "rampart_store_errors_total",
+                "Shared-store call failures (errors and timeouts) by backend and operation.",
+                &["backend", "op"],
+            )?,
+            store_up: gauges(
+                "rampart_store_up",
+                "1 while the shared store answers, 0 during an outage.",
+                &["backend"],
+            )?,
+            store_fallback: gauges(
+                "rampart_store_fallback_active",
+                "1 while a feature runs on its in-process fallback.",
+                &["feature"],
+            )?,
+            compress_in: counter(
+                "rampart_compression_bytes_in_total",
+                "Bytes before compression, by encoding.",
+                &["encoding"],
+            )?,
+            compress_out: counter(
+                "rampart_compression_bytes_out_total",
+                "Bytes after compression, by encoding.",
+                &["encoding"],
+            )?,
+            build_info: gauges(
+                "rampart_build_info",
+                "Always 1; the version is in the label.",
+                &["version"],
+            )?,
+            config_success: gauge(
+                "rampart_config_load_success",
+                "1 if the last configuration load succeeded.",
+            )?,
+            config_timestamp: gauge(
+                "rampart_config_load_timestamp_seconds",
+                "Unix time of the last successful configuration load.",
+            )?,
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m.config_success.set(1);
+        m.config_timestamp.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        );
+        Ok(m)
+    }
+
+    /// One finished request (called from `logging`, which every request reaches).
+    pub fn request_done(&self, method: &http::Method, route: Option<&str>, status: u16, secs: f64) {
+        let method = method_label(method);
+        let route = route.unwrap_or(UNMATCHED);
+        let status = status_label(status);
+        self.requests
+            .with_label_values(&[method, route, status.as_str()])
+            .inc();
+        self.duration
+            .with_label_values(&[method, route])
+            .observe(secs);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("metrics encoding failed: {e}");
+        }
+        out
+    }
+}
+
+/// `0` stands for "no response was sent" (the client went away first).
+fn status_label(status: u16) -> String {
+    if (100..1000).contains(&status) {
+        status.to_string()
+    } else {
+        "0".into()
+    }
+}
