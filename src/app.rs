@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("TLS listener: {0}")]
     Tls(String),
+    #[error("store.redis_url: {0}")]
+    Store(String),
     #[error("cannot start: {0}")]
     Runtime(String),
 }
@@ -103,7 +105,10 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
         Metrics::new(&crate::metrics::DEFAULT_BUCKETS)
             .map_err(|e| Error::Runtime(e.to_string()))?,
     );
+    let redis = crate::store::redis::Redis::from_config(&config.store, metrics.clone())
+        .map_err(|e| Error::Store(e.to_string()))?;
     let proxy = Proxy {
+        redis,
         metrics: metrics.clone(),
         router: Router::new(routes),
         headers: Headers::new(&config.headers),

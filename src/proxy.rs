@@ -19,6 +19,7 @@ use crate::headers::{self, Headers};
 use crate::metrics::Metrics;
 use crate::respond;
 use crate::routing::{self, Router};
+use crate::store::redis::Redis;
 
 /// Everything the request path reads; built once by `app`, shared by all workers.
 pub struct Proxy {
@@ -26,6 +27,8 @@ pub struct Proxy {
     pub router: Router,
     pub headers: Headers,
     pub trusted: Trusted,
+    /// The shared Redis store; `None` runs on in-process stores (the embedded default).
+    pub redis: Option<Arc<Redis>>,
 }
 
 #[async_trait]

@@ -8,3 +8,4 @@ mod cors;
 mod errors;
 mod headers;
 mod routing;
+mod store;

@@ -7,6 +7,8 @@
 //!
 //! Invariant: a store call never blocks a request longer than `store.timeout`.
 
+pub mod redis;
+
 use serde::Deserialize;
 
 use crate::config::{Duration, Invalid};

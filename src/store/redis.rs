@@ -1,0 +1,202 @@
+//! The one Redis connection every feature shares (rate limits, cache).
+//!
+//! Not a phase of its own: features call [`Redis::call`] from theirs. Single-node Redis goes
+//! through redis-rs's `ConnectionManager` (reconnects by itself), a cluster through its async
+//! cluster connection; both are created lazily on first use, inside the runtime that serves
+//! requests, so a Redis that is down at start delays nothing.
+//!
+//! Invariants: no call outlives `store.timeout`; every call is timed and every failure counted
+//! (`rampart_store_*{backend="redis"}`); an outage is logged once when it starts and once when
+//! it ends, never per request.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use tokio::sync::OnceCell;
+
+use crate::metrics::Metrics;
+
+const BACKEND: &str = "redis";
+
+/// Why a store call failed; callers decide what that means for the request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+}
+
+/// A cheap-to-clone handle to a live connection (single node or cluster).
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// The shared Redis store.
+pub struct Redis {
+    client: Client,
+    conn: OnceCell<Conn>,
+    timeout: Duration,
+    prefix: String,
+    metrics: Arc<Metrics>,
+    down: AtomicBool,
+}
+
+impl Redis {
+    /// `None` when no `redis_url` is configured (the embedded default: in-process stores).
+    /// Fails only on a URL redis-rs cannot use; connecting happens on first use.
+    pub fn from_config(
+        config: &super::Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Arc<Self>>, RedisError> {
+        let Some(url) = &config.redis_url else {
+            return Ok(None);
+        };
+        let mut info = url.as_str().into_connection_info()?;
+        if let Some(pw) = &config.redis_password {
+            info.redis.password = Some(pw.clone());
+        }
+        let client = if config.cluster {
+            Client::Cluster(ClusterClient::builder(vec![info]).build()?)
+        } else {
+            Client::Single(redis::Client::open(info)?)
+        };
+        metrics.store_up.with_label_values(&[BACKEND]).set(1);
+        Ok(Some(Arc::new(Self {
+            client,
+            conn: OnceCell::new(),
+            timeout: config.timeout.0,
+            prefix: config.key_prefix.clone(),
+            metrics,
+            down: AtomicBool::new(false),
+        })))
+    }
+
+    /// `store.key_prefix` + `rest`: every key Rampart writes.
+    pub fn key(&self, rest: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + rest.len());
+        k.push_str(&self.prefix);
+        k.push_str(rest);
+        k
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether the last call failed (an outage is in progress).
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Run one operation (a command, pipeline or script) under the store deadline, timed and
+    /// counted as `op`.
+    pub async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, async {
+            let conn = self.connection().await?;
+            f(conn).await
+        })
+        .await;
+        let result = match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Error::Redis(e)),
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        };
+        self.metrics
+            .store_duration
+            .with_label_values(&[BACKEND, op])
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => self.mark_up(),
+            Err(e) => {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&[BACKEND, op])
+                    .inc();
+                self.mark_down(op, e);
+            }
+        }
+        result
+    }
+
+    async fn connection(&self) -> RedisResult<Conn> {
+        self.conn
+            .get_or_try_init(|| async {
+                match &self.client {
+                    Client::Single(c) => {
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(self.timeout.max(Duration::from_millis(250)))
+                            .set_response_timeout(self.timeout)
+                            .set_number_of_retries(1)
+                            .set_max_delay(1000);
+                        c.get_connection_manager_with_config(config)
+                            .await
+                            .map(Conn::Single)
+                    }
+                    Client::Cluster(c) => c.get_async_connection().await.map(Conn::Cluster),
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    fn mark_down(&self, op: &str, e: &Error) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            log::error!("redis unavailable ({op}: {e}); features fall back as configured until it answers again");
+            self.metrics.store_up.with_label_values(&[BACKEND]).set(0);
+        }
+    }
+
+    fn mark_up(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            log::warn!("redis answers again; shared state resumed");
+            self.metrics.store_up.with_label_values(&[BACKEND]).set(1);
+        }
+    }
+}
