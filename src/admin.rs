@@ -41,7 +41,7 @@ impl ServeHttp for Admin {
             "/healthz" => (StatusCode::OK, "application/json", self.health.clone()),
             "/metrics" => (
                 StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::CONTENT_TYPE,
                 self.metrics.render(),
             ),
             _ => (

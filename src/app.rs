@@ -17,7 +17,7 @@ use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
 
 use crate::admin::Admin;
-use crate::client::Trusted;
+use crate::client::Cidrs;
 use crate::config::{self, Config};
 use crate::cors;
 use crate::headers::Headers;
@@ -93,7 +93,7 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
         })
         .collect();
 
-    let trusted = Trusted::new(
+    let trusted = Cidrs::new(
         config
             .server
             .trusted_proxies
@@ -111,7 +111,17 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
         redis,
         metrics: metrics.clone(),
         router: Router::new(routes),
-        headers: Headers::new(&config.headers),
+        headers: Headers::new(&config.headers, &config.metrics),
+        access_log: config.access_log.clone(),
+        public_metrics: config.metrics.public_path.as_ref().map(|path| {
+            let allow = config
+                .metrics
+                .public_allow
+                .iter()
+                .filter_map(|c| config::parse_cidr(c).ok())
+                .collect();
+            (path.clone(), Cidrs::new(allow))
+        }),
         trusted,
     };
     let mut service =

@@ -9,15 +9,19 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-/// The configured trusted proxies.
+/// A set of networks (trusted proxies, who may read public metrics).
 #[derive(Debug, Clone, Default)]
-pub struct Trusted {
+pub struct Cidrs {
     nets: Vec<IpNet>,
 }
 
-impl Trusted {
+impl Cidrs {
     pub fn new(nets: Vec<IpNet>) -> Self {
         Self { nets }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -46,7 +50,7 @@ impl Client {
         forwarded_for: Option<&[u8]>,
         forwarded_proto: Option<&[u8]>,
         tls: bool,
-        trusted: &Trusted,
+        trusted: &Cidrs,
     ) -> Self {
         let peer = peer.map(canonical);
         let via_trusted_proxy = peer.is_some_and(|p| trusted.contains(p));
@@ -111,8 +115,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
-    fn trusted() -> Trusted {
-        Trusted::new(vec![
+    fn trusted() -> Cidrs {
+        Cidrs::new(vec![
             "10.0.0.0/8".parse().expect("net"),
             "127.0.0.1/32".parse().expect("net"),
         ])

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cors, headers, routing, store};
+use crate::{accesslog, cors, headers, metrics, routing, store};
 
 /// The whole file. Every section has defaults, so an empty file is a valid (if useless) one.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -27,6 +27,8 @@ pub struct Config {
     pub headers: headers::Config,
     pub cors: BTreeMap<String, cors::Config>,
     pub store: store::Config,
+    pub metrics: metrics::Config,
+    pub access_log: accesslog::Config,
 }
 
 /// `[server]`: listeners and process settings.
@@ -333,6 +335,10 @@ impl Config {
         }
         self.headers.validate().map_err(|e| e.within("headers"))?;
         self.store.validate().map_err(|e| e.within("store"))?;
+        self.metrics.validate().map_err(|e| e.within("metrics"))?;
+        self.access_log
+            .validate()
+            .map_err(|e| e.within("access_log"))?;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! Per-request context: what one phase learns and a later one needs, one field per feature.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pingora::lb::Backend;
 
@@ -21,6 +21,9 @@ pub struct Ctx {
     pub route: Option<Arc<Route>>,
     /// Addresses this request already tried to connect to (retries go elsewhere).
     pub tried: Vec<Backend>,
+    /// When the request was sent upstream, and how long the response header took.
+    pub upstream_started: Option<Instant>,
+    pub upstream_time: Option<Duration>,
 }
 
 impl Ctx {
@@ -32,6 +35,8 @@ impl Ctx {
             tls: false,
             route: None,
             tried: Vec::new(),
+            upstream_started: None,
+            upstream_time: None,
         }
     }
 }

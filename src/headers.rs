@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::client::Client;
 use crate::config::Invalid;
+use crate::ctx::Ctx;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -66,10 +67,14 @@ impl Config {
 pub struct Headers {
     security: Vec<(HeaderName, HeaderValue)>,
     hsts: Option<HeaderValue>,
+    process_time: bool,
+    server_timing: bool,
 }
 
 impl Headers {
-    pub fn new(c: &Config) -> Self {
+    /// `timing` is the `[metrics]` section: it says whether `X-Process-Time` and
+    /// `Server-Timing` go out.
+    pub fn new(c: &Config, timing: &crate::metrics::Config) -> Self {
         let security = c
             .security
             .iter()
@@ -83,7 +88,12 @@ impl Headers {
         let hsts = (!c.hsts.is_empty())
             .then(|| HeaderValue::from_str(&c.hsts).ok())
             .flatten();
-        Self { security, hsts }
+        Self {
+            security,
+            hsts,
+            process_time: timing.process_time_header,
+            server_timing: timing.server_timing,
+        }
     }
 
     /// Forwarding headers for the upstream request (nginx's `proxy_set_header` block).
@@ -118,19 +128,35 @@ impl Headers {
         let _ = req.insert_header(REQUEST_ID, request_id);
     }
 
-    /// Security headers and the request id, on any response Rampart sends.
-    pub fn downstream(&self, resp: &mut ResponseHeader, tls: bool, request_id: &str) {
+    /// Security headers, the request id and timing, on any response Rampart sends.
+    pub fn downstream(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
         for (name, value) in &self.security {
             if !resp.headers.contains_key(name) {
                 let _ = resp.insert_header(name.clone(), value.clone());
             }
         }
-        if tls {
+        if ctx.tls {
             if let Some(hsts) = &self.hsts {
                 let _ = resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
             }
         }
-        let _ = resp.insert_header(REQUEST_ID, request_id);
+        let _ = resp.insert_header(REQUEST_ID, ctx.request_id.as_str());
+        // Time so far: the response header is about to leave, the body may still stream.
+        let elapsed = ctx.started.elapsed();
+        if self.process_time {
+            let _ = resp.insert_header("x-process-time", format!("{:.6}", elapsed.as_secs_f64()));
+        }
+        if self.server_timing {
+            let total = elapsed.as_secs_f64() * 1000.0;
+            let value = match ctx.upstream_time {
+                Some(up) => format!(
+                    "upstream;dur={:.3}, total;dur={total:.3}",
+                    up.as_secs_f64() * 1000.0
+                ),
+                None => format!("total;dur={total:.3}"),
+            };
+            let _ = resp.append_header("server-timing", value);
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! Start reading at [`proxy`] (the request path, phase by phase) and [`config`] (the file an
 //! operator edits). Each other module is one capability.
 
+pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod cli;

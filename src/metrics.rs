@@ -8,10 +8,17 @@
 //! policy names) or small fixed sets (method, status, outcome): never a raw path, query,
 //! header or client address.
 
+use serde::Deserialize;
+
+use crate::config::Invalid;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+
+/// `Content-Type` of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Route label for requests that matched no route.
 pub const UNMATCHED: &str = "(unmatched)";
@@ -21,6 +28,61 @@ pub const UNMATCHED: &str = "(unmatched)";
 pub const DEFAULT_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Upper bounds (seconds) of the `http_request_duration_seconds` buckets.
+    pub buckets: Vec<f64>,
+    /// Also serve the metrics on the public listener at this path (off by default: the admin
+    /// listener is the place for them).
+    pub public_path: Option<String>,
+    /// Who may read `public_path` (CIDRs); empty means everyone who reaches the listener.
+    pub public_allow: Vec<String>,
+    /// `X-Process-Time: <seconds>` on every response, as the old FastAPI middleware did.
+    pub process_time_header: bool,
+    /// `Server-Timing: upstream;dur=<ms>, total;dur=<ms>` on every response.
+    pub server_timing: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            buckets: DEFAULT_BUCKETS.to_vec(),
+            public_path: None,
+            public_allow: Vec::new(),
+            process_time_header: true,
+            server_timing: false,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
+        if self.buckets.is_empty() || self.buckets.len() > 64 {
+            return Err(Invalid::new("buckets", "1 to 64 bucket bounds in seconds"));
+        }
+        if self.buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
+            || self.buckets.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(Invalid::new(
+                "buckets",
+                "positive bounds in strictly increasing order, e.g. [0.005, 0.05, 0.5, 5]",
+            ));
+        }
+        if let Some(p) = &self.public_path {
+            if !p.starts_with('/') {
+                return Err(Invalid::new("public_path", "a path starting with \"/\""));
+            }
+        }
+        for (i, c) in self.public_allow.iter().enumerate() {
+            crate::config::parse_cidr(c)
+                .map_err(|m| Invalid::new(format!("public_allow[{i}]"), m))?;
+        }
+        Ok(())
+    }
+}
 
 /// Every family, registered on a private registry (several servers can share a process, as
 /// the tests do, without mixing their figures).
@@ -214,6 +276,23 @@ impl Metrics {
         self.duration
             .with_label_values(&[method, route])
             .observe(secs);
+    }
+
+    /// An upstream answered after `took`; a 5xx also counts as an error of the group.
+    pub fn upstream_response(&self, upstream: &str, status: u16, took: std::time::Duration) {
+        self.upstream_duration
+            .with_label_values(&[upstream])
+            .observe(took.as_secs_f64());
+        if status >= 500 {
+            self.upstream_error(upstream, "5xx");
+        }
+    }
+
+    /// `kind`: connect | timeout | 5xx.
+    pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
+        self.upstream_errors
+            .with_label_values(&[upstream, kind])
+            .inc();
     }
 
     /// The text exposition format.

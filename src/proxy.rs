@@ -12,11 +12,12 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::ErrorSource;
 
-use crate::client::{Client, Trusted};
+use crate::accesslog;
+use crate::client::{Cidrs, Client};
 use crate::cors;
 use crate::ctx::Ctx;
 use crate::headers::{self, Headers};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::respond;
 use crate::routing::{self, Router};
 use crate::store::redis::Redis;
@@ -26,9 +27,12 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub router: Router,
     pub headers: Headers,
-    pub trusted: Trusted,
+    pub trusted: Cidrs,
     /// The shared Redis store; `None` runs on in-process stores (the embedded default).
     pub redis: Option<Arc<Redis>>,
+    pub access_log: accesslog::Config,
+    /// `[metrics] public_path`: metrics on the public listener, for these clients only.
+    pub public_metrics: Option<(String, Cidrs)>,
 }
 
 #[async_trait]
@@ -56,6 +60,38 @@ impl ProxyHttp for Proxy {
             &self.trusted,
         ));
 
+        if let Some((path, allowed)) = &self.public_metrics {
+            if req.uri.path() == path {
+                let client_ok = allowed.is_empty()
+                    || ctx
+                        .client
+                        .as_ref()
+                        .and_then(|c| c.ip)
+                        .is_some_and(|ip| allowed.contains(ip));
+                if client_ok {
+                    let body = self.metrics.render();
+                    respond::content(
+                        session,
+                        &self.headers,
+                        ctx,
+                        200,
+                        metrics::CONTENT_TYPE,
+                        body,
+                    )
+                    .await?;
+                } else {
+                    respond::problem(
+                        session,
+                        &self.headers,
+                        ctx,
+                        403,
+                        "metrics not readable from here",
+                    )
+                    .await?;
+                }
+                return Ok(true);
+            }
+        }
         if let Some(reason) = routing::unroutable(req) {
             respond::problem(session, &self.headers, ctx, 400, reason).await?;
             return Ok(true);
@@ -115,6 +151,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(route) = ctx.route.as_ref() {
+            self.metrics.upstream_error(&route.upstream.name, "connect");
+        }
         let retry = ctx.route.as_ref().is_some_and(|r| {
             ctx.tried.len() <= r.upstream.config.connect_retries
                 && session.req_header().method.is_idempotent()
@@ -157,6 +196,26 @@ impl ProxyHttp for Proxy {
             self.headers
                 .forward(upstream_request, client, &ctx.request_id, host);
         }
+        ctx.upstream_started = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Upstream answered: its latency and 5xx count for the group.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(route), Some(started)) = (ctx.route.as_ref(), ctx.upstream_started) {
+            let took = started.elapsed();
+            ctx.upstream_time = Some(took);
+            self.metrics.upstream_response(
+                &route.upstream.name,
+                upstream_response.status.as_u16(),
+                took,
+            );
+        }
         Ok(())
     }
 
@@ -171,16 +230,42 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Every request ends here, answered or not: metrics.
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    /// Every request ends here, answered or not: metrics, then the access log.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         self.metrics.in_flight.dec();
+        let elapsed = ctx.started.elapsed();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.metrics.request_done(
-            &session.req_header().method,
-            ctx.route.as_ref().map(|r| r.name.as_str()),
+        let req = session.req_header();
+        let route = ctx.route.as_ref().map(|r| r.name.as_str());
+        self.metrics
+            .request_done(&req.method, route, status, elapsed.as_secs_f64());
+        if let (Some(e), Some(r)) = (e, ctx.route.as_ref()) {
+            if matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            ) && e.esource() == &ErrorSource::Upstream
+            {
+                self.metrics.upstream_error(&r.upstream.name, "timeout");
+            }
+        }
+        self.access_log.write(&accesslog::Entry {
+            time: accesslog::now(),
+            request_id: &ctx.request_id,
+            client: ctx
+                .client
+                .as_ref()
+                .and_then(|c| c.ip)
+                .map(|ip| ip.to_string()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
             status,
-            ctx.started.elapsed().as_secs_f64(),
-        );
+            bytes: session.body_bytes_sent(),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            route,
+            upstream: ctx.tried.last().map(|b| b.addr.to_string()),
+            cache: None,
+            limit: None,
+        });
     }
 
     /// An error before a response went out: problem+json with the status decided here.

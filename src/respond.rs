@@ -23,7 +23,7 @@ pub fn finish_headers(
     ctx: &Ctx,
     resp: &mut ResponseHeader,
 ) {
-    headers.downstream(resp, ctx.tls, &ctx.request_id);
+    headers.downstream(resp, ctx);
     if let Some(cors) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
         cors.response_headers(req, resp);
     }
@@ -59,6 +59,22 @@ pub async fn problem(
     .unwrap_or_default();
     let mut resp = ResponseHeader::build(code, Some(8))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    write(session, headers, ctx, resp, Bytes::from(body)).await
+}
+
+/// A body Rampart serves itself (metrics on the public listener).
+pub async fn content(
+    session: &mut Session,
+    headers: &Headers,
+    ctx: &Ctx,
+    status: u16,
+    content_type: &str,
+    body: Vec<u8>,
+) -> pingora::Result<()> {
+    let code = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    let mut resp = ResponseHeader::build(code, Some(8))?;
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     write(session, headers, ctx, resp, Bytes::from(body)).await
 }

@@ -7,5 +7,6 @@ mod config;
 mod cors;
 mod errors;
 mod headers;
+mod metrics;
 mod routing;
 mod store;

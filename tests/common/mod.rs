@@ -506,3 +506,39 @@ pub fn upstream_toml(name: &str, upstreams: &[&SocketAddr]) -> String {
     let addrs: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
     format!("[upstreams.{name}]\naddrs = [{}]\n", addrs.join(", "))
 }
+
+/// One keep-alive connection for many requests (responses must carry a length or be chunked).
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let writer = stream.try_clone().expect("clone");
+        Self {
+            reader: BufReader::new(stream),
+            writer,
+        }
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: rampart.test\r\n\r\n");
+        self.writer.write_all(raw.as_bytes()).expect("write");
+        read_response(&mut self.reader, false).expect("response")
+    }
+}
+
+/// Poll `f` until it returns true or `READY` passes (metrics are recorded after the response
+/// is sent, so a scrape right after a response may not include it yet).
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY;
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
