@@ -107,6 +107,12 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
     );
     let redis = crate::store::redis::Redis::from_config(&config.store, metrics.clone())
         .map_err(|e| Error::Store(e.to_string()))?;
+    if let Some(r) = &redis {
+        server.add_service(GenBackgroundService::new(
+            "redis health".to_string(),
+            r.clone(),
+        ));
+    }
     let proxy = Proxy {
         redis,
         metrics: metrics.clone(),

@@ -89,3 +89,23 @@ async fn redis_down_at_start_is_not_fatal() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// With no traffic at all, the background PING notices an outage and the recovery.
+#[test]
+fn store_health_is_exported_without_traffic() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let r = Rampart::start(&format!(
+        "[store]\nredis_url = \"{}\"\nhealth_interval = \"200ms\"\ntimeout = \"100ms\"\n",
+        redis.url()
+    ));
+    let up = |v: u8| {
+        let line = format!("rampart_store_up{{backend=\"redis\"}} {v}");
+        r.admin_get("/metrics").text().contains(&line)
+    };
+    eventually("store up", || up(1));
+    redis.kill();
+    eventually("store down noticed", || up(0));
+    let _redis = Redis::start_on(port);
+    eventually("store back", || up(1));
+}

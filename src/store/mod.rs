@@ -28,6 +28,9 @@ pub struct Config {
     pub key_prefix: String,
     /// Per-call deadline; past it the call counts as a store error.
     pub timeout: Duration,
+    /// How often Redis is PINGed in the background, so an outage is noticed (and exported as
+    /// `rampart_store_up 0`) without waiting for traffic.
+    pub health_interval: Duration,
 }
 
 impl Default for Config {
@@ -38,6 +41,7 @@ impl Default for Config {
             cluster: false,
             key_prefix: "rampart:".into(),
             timeout: Duration::millis(50),
+            health_interval: Duration::secs(5),
         }
     }
 }
@@ -54,6 +58,9 @@ impl Config {
                     "a URL such as \"redis://redis:6379/0\" (or rediss://, unix://)",
                 ));
             }
+        }
+        if self.health_interval.0 < std::time::Duration::from_millis(100) {
+            return Err(Invalid::new("health_interval", "at least \"100ms\""));
         }
         if self.timeout.0.is_zero() {
             return Err(Invalid::new("timeout", "a duration above zero"));

@@ -7,13 +7,17 @@
 //!
 //! Invariants: no call outlives `store.timeout`; every call is timed and every failure counted
 //! (`rampart_store_*{backend="redis"}`); an outage is logged once when it starts and once when
-//! it ends, never per request.
+//! it ends, never per request. A background PING every `store.health_interval` keeps
+//! `rampart_store_up` true to Redis's state even when no request touches the store.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -78,6 +82,7 @@ pub struct Redis {
     client: Client,
     conn: OnceCell<Conn>,
     timeout: Duration,
+    health_interval: Duration,
     prefix: String,
     metrics: Arc<Metrics>,
     down: AtomicBool,
@@ -107,6 +112,7 @@ impl Redis {
             client,
             conn: OnceCell::new(),
             timeout: config.timeout.0,
+            health_interval: config.health_interval.0,
             prefix: config.key_prefix.clone(),
             metrics,
             down: AtomicBool::new(false),
@@ -197,6 +203,26 @@ impl Redis {
         if self.down.swap(false, Ordering::Relaxed) {
             log::warn!("redis answers again; shared state resumed");
             self.metrics.store_up.with_label_values(&[BACKEND]).set(1);
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Redis {
+    /// PING on a timer until shutdown: outages (and recoveries) are seen, logged and exported
+    /// without waiting for traffic.
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.health_interval) => {
+                    let _ = self
+                        .call("ping", |mut c| async move {
+                            redis::cmd("PING").query_async::<String>(&mut c).await
+                        })
+                        .await;
+                }
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }
