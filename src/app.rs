@@ -113,7 +113,14 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
             r.clone(),
         ));
     }
+    let ratelimit = crate::ratelimit::Limiter::new(
+        &config.ratelimit,
+        config.store.cluster,
+        redis.clone(),
+        metrics.clone(),
+    );
     let proxy = Proxy {
+        ratelimit,
         redis,
         metrics: metrics.clone(),
         router: Router::new(routes),
@@ -126,7 +133,10 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
                 .iter()
                 .filter_map(|c| config::parse_cidr(c).ok())
                 .collect();
-            (path.clone(), Cidrs::new(allow))
+            crate::metrics::PublicEndpoint {
+                path: path.clone(),
+                allow: Cidrs::new(allow),
+            }
         }),
         trusted,
     };

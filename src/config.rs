@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{accesslog, cors, headers, metrics, routing, store};
+use crate::{accesslog, cors, headers, metrics, ratelimit, routing, store};
 
 /// The whole file. Every section has defaults, so an empty file is a valid (if useless) one.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -29,6 +29,7 @@ pub struct Config {
     pub store: store::Config,
     pub metrics: metrics::Config,
     pub access_log: accesslog::Config,
+    pub ratelimit: ratelimit::Config,
 }
 
 /// `[server]`: listeners and process settings.
@@ -339,6 +340,10 @@ impl Config {
         self.access_log
             .validate()
             .map_err(|e| e.within("access_log"))?;
+        let route_names: Vec<&str> = self.routes.iter().map(|r| r.name.as_str()).collect();
+        self.ratelimit
+            .validate(&route_names)
+            .map_err(|e| e.within("ratelimit"))?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use pingora::lb::Backend;
 
 use crate::client::Client;
+use crate::ratelimit;
 use crate::routing::Route;
 
 pub struct Ctx {
@@ -24,6 +25,8 @@ pub struct Ctx {
     /// When the request was sent upstream, and how long the response header took.
     pub upstream_started: Option<Instant>,
     pub upstream_time: Option<Duration>,
+    /// The rate limiter's verdicts (their headers go on the response); `None`: no policy.
+    pub ratelimit: Option<ratelimit::Decision>,
 }
 
 impl Ctx {
@@ -37,6 +40,7 @@ impl Ctx {
             tried: Vec::new(),
             upstream_started: None,
             upstream_time: None,
+            ratelimit: None,
         }
     }
 }

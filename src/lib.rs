@@ -15,6 +15,7 @@ pub mod demo;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod respond;
 pub mod routing;
 pub mod store;

@@ -84,6 +84,22 @@ impl Config {
     }
 }
 
+/// `[metrics] public_path`: metrics on the public listener, for some clients only.
+pub struct PublicEndpoint {
+    pub path: String,
+    pub allow: crate::client::Cidrs,
+}
+
+impl PublicEndpoint {
+    /// Whether `client` may read it (an empty allow list means anyone).
+    pub fn allows(&self, client: Option<&crate::client::Client>) -> bool {
+        self.allow.is_empty()
+            || client
+                .and_then(|c| c.ip)
+                .is_some_and(|ip| self.allow.contains(ip))
+    }
+}
+
 /// Every family, registered on a private registry (several servers can share a process, as
 /// the tests do, without mixing their figures).
 pub struct Metrics {

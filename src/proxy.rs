@@ -18,6 +18,7 @@ use crate::cors;
 use crate::ctx::Ctx;
 use crate::headers::{self, Headers};
 use crate::metrics::{self, Metrics};
+use crate::ratelimit::Limiter;
 use crate::respond;
 use crate::routing::{self, Router};
 use crate::store::redis::Redis;
@@ -31,8 +32,8 @@ pub struct Proxy {
     /// The shared Redis store; `None` runs on in-process stores (the embedded default).
     pub redis: Option<Arc<Redis>>,
     pub access_log: accesslog::Config,
-    /// `[metrics] public_path`: metrics on the public listener, for these clients only.
-    pub public_metrics: Option<(String, Cidrs)>,
+    pub public_metrics: Option<metrics::PublicEndpoint>,
+    pub ratelimit: Limiter,
 }
 
 #[async_trait]
@@ -44,7 +45,7 @@ impl ProxyHttp for Proxy {
         Ctx::new()
     }
 
-    /// identify -> route (none: 404) -> CORS preflight.
+    /// identify -> route (none: 404) -> CORS preflight -> rate limits (429).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
@@ -60,37 +61,33 @@ impl ProxyHttp for Proxy {
             &self.trusted,
         ));
 
-        if let Some((path, allowed)) = &self.public_metrics {
-            if req.uri.path() == path {
-                let client_ok = allowed.is_empty()
-                    || ctx
-                        .client
-                        .as_ref()
-                        .and_then(|c| c.ip)
-                        .is_some_and(|ip| allowed.contains(ip));
-                if client_ok {
-                    let body = self.metrics.render();
-                    respond::content(
-                        session,
-                        &self.headers,
-                        ctx,
-                        200,
-                        metrics::CONTENT_TYPE,
-                        body,
-                    )
-                    .await?;
-                } else {
-                    respond::problem(
-                        session,
-                        &self.headers,
-                        ctx,
-                        403,
-                        "metrics not readable from here",
-                    )
-                    .await?;
-                }
-                return Ok(true);
+        if let Some(public) = self
+            .public_metrics
+            .as_ref()
+            .filter(|p| p.path == req.uri.path())
+        {
+            if public.allows(ctx.client.as_ref()) {
+                let body = self.metrics.render();
+                respond::content(
+                    session,
+                    &self.headers,
+                    ctx,
+                    200,
+                    metrics::CONTENT_TYPE,
+                    body,
+                )
+                .await?;
+            } else {
+                respond::problem(
+                    session,
+                    &self.headers,
+                    ctx,
+                    403,
+                    "metrics not readable here",
+                )
+                .await?;
             }
+            return Ok(true);
         }
         if let Some(reason) = routing::unroutable(req) {
             respond::problem(session, &self.headers, ctx, 400, reason).await?;
@@ -121,6 +118,23 @@ impl ProxyHttp for Proxy {
                     return Ok(true);
                 }
                 cors::Request::Actual | cors::Request::None => {}
+            }
+        }
+
+        if let Some(decision) = self.ratelimit.check(session.req_header(), ctx).await {
+            let refusal = decision.refusal.clone();
+            ctx.ratelimit = Some(decision);
+            if let Some(r) = refusal {
+                respond::problem_with(
+                    session,
+                    &self.headers,
+                    ctx,
+                    r.status,
+                    &r.detail,
+                    &r.headers(),
+                )
+                .await?;
+                return Ok(true);
             }
         }
         Ok(false)
@@ -264,7 +278,7 @@ impl ProxyHttp for Proxy {
             route,
             upstream: ctx.tried.last().map(|b| b.addr.to_string()),
             cache: None,
-            limit: None,
+            limit: ctx.ratelimit.as_ref().map(|d| d.outcome()),
         });
     }
 

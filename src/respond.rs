@@ -27,6 +27,11 @@ pub fn finish_headers(
     if let Some(cors) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
         cors.response_headers(req, resp);
     }
+    // From response_filter this runs after the cache stored the response: limit headers
+    // describe this request only and are never cached.
+    if let Some(limits) = &ctx.ratelimit {
+        limits.write_headers(resp);
+    }
 }
 
 #[derive(Serialize)]
@@ -47,6 +52,18 @@ pub async fn problem(
     status: u16,
     detail: &str,
 ) -> pingora::Result<()> {
+    problem_with(session, headers, ctx, status, detail, &[]).await
+}
+
+/// [`problem`] with extra headers (`Retry-After` on a 429).
+pub async fn problem_with(
+    session: &mut Session,
+    headers: &Headers,
+    ctx: &Ctx,
+    status: u16,
+    detail: &str,
+    extra: &[(http::HeaderName, String)],
+) -> pingora::Result<()> {
     let code =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(&Problem {
@@ -60,6 +77,9 @@ pub async fn problem(
     let mut resp = ResponseHeader::build(code, Some(8))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    for (name, value) in extra {
+        resp.insert_header(name.clone(), value.as_str())?;
+    }
     write(session, headers, ctx, resp, Bytes::from(body)).await
 }
 

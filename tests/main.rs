@@ -8,5 +8,6 @@ mod cors;
 mod errors;
 mod headers;
 mod metrics;
+mod ratelimit;
 mod routing;
 mod store;

@@ -406,6 +406,27 @@ impl Redis {
         Some(line.trim_end().to_string())
     }
 
+    /// `INFO <section>` as text (the whole bulk reply).
+    pub fn info(&self, section: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let raw = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        if s.write_all(raw.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut reader = BufReader::new(s);
+        let mut len = String::new();
+        if reader.read_line(&mut len).is_err() {
+            return String::new();
+        }
+        let n: usize = len.trim_start_matches('$').trim().parse().unwrap_or(0);
+        let mut body = vec![0; n];
+        let _ = std::io::Read::read_exact(&mut reader, &mut body);
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

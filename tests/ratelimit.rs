@@ -1,0 +1,631 @@
+//! Rate limiting with real parts: redis-server, upstreams, Rampart in-process and as three
+//! separate processes, raw TCP clients. Exactness is checked with slow refill rates (one token
+//! per hour) so the time a burst takes to send cannot add tokens; refill checks state their
+//! tolerance.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const TRUSTED: &str = "trusted_proxies = [\"127.0.0.0/8\"]";
+
+/// Upstream `u`, route `api` (/api/) and route `site` (/), the store, and `rest`.
+fn body(up: &Upstream, redis_url: Option<&str>, rest: &str) -> String {
+    let store = redis_url
+        .map(|u| format!("[store]\nredis_url = \"{u}\"\ntimeout = \"200ms\"\n"))
+        .unwrap_or_default();
+    format!(
+        "{}[[routes]]\nname = \"api\"\nprefix = \"/api/\"\nupstream = \"u\"\n\
+         [[routes]]\nname = \"site\"\nprefix = \"/\"\nupstream = \"u\"\n{store}{rest}",
+        upstream_toml("u", &[&up.addr])
+    )
+}
+
+/// GET `path` as client `ip` (through the trusted-proxy header).
+fn get_as(addr: SocketAddr, path: &str, ip: &str) -> Response {
+    request(addr, "GET", path, &[("X-Forwarded-For", ip)], None)
+}
+
+/// `n` requests at once, one thread each; the statuses.
+fn burst(addrs: &[SocketAddr], path: &str, ip: &str, n: usize) -> Vec<u16> {
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let addr = addrs[i % addrs.len()];
+            let (path, ip) = (path.to_string(), ip.to_string());
+            std::thread::spawn(move || get_as(addr, &path, &ip).status)
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("request thread"))
+        .collect()
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+fn metrics(r: &Rampart) -> String {
+    r.admin_get("/metrics").text()
+}
+
+#[test]
+fn concurrent_burst_admits_exactly_the_limit_in_memory() {
+    let up = Upstream::named("ok");
+    for l in [1usize, 5, 20] {
+        let r = Rampart::start_with(
+            &body(
+                &up,
+                None,
+                &format!("[ratelimit.policies.p{l}]\nrate = \"1/h\"\nburst = {l}\n"),
+            ),
+            TRUSTED,
+        );
+        let n = 2 * l + 10;
+        let statuses = burst(&[r.addr], "/api/x", &format!("198.51.100.{l}"), n);
+        assert_eq!(count(&statuses, 200), l, "limit {l}: {statuses:?}");
+        assert_eq!(count(&statuses, 429), n - l, "limit {l}: {statuses:?}");
+    }
+}
+
+#[test]
+fn cors_preflights_are_not_limited() {
+    let up = Upstream::named("ok");
+    let r = Rampart::start(&format!(
+        "{}[[routes]]\nname = \"api\"\nprefix = \"/api/\"\nupstream = \"u\"\ncors = \"c\"\n\
+         [cors.c]\nallow_origins = [\"*\"]\n\
+         [ratelimit.policies.p]\nrate = \"1/h\"\nburst = 1\n",
+        upstream_toml("u", &[&up.addr])
+    ));
+    let preflight = [
+        ("Origin", "https://dash.example"),
+        ("Access-Control-Request-Method", "GET"),
+    ];
+    for _ in 0..3 {
+        let resp = r.request("OPTIONS", "/api/x", &preflight, None);
+        assert_eq!(resp.status, 204);
+        assert_eq!(resp.header("ratelimit"), None);
+    }
+    assert_eq!(r.get("/api/x").status, 200);
+    assert_eq!(r.get("/api/x").status, 429);
+}
+
+#[test]
+fn concurrent_burst_admits_exactly_the_limit_on_redis() {
+    let redis = Redis::start();
+    let up = Upstream::named("ok");
+    for l in [1usize, 5, 20] {
+        let r = Rampart::start_with(
+            &body(
+                &up,
+                Some(&redis.url()),
+                &format!("[ratelimit.policies.p{l}]\nrate = \"1/h\"\nburst = {l}\n"),
+            ),
+            TRUSTED,
+        );
+        let n = 2 * l + 10;
+        let statuses = burst(&[r.addr], "/api/x", &format!("198.51.100.{l}"), n);
+        assert_eq!(count(&statuses, 200), l, "limit {l}: {statuses:?}");
+        assert_eq!(count(&statuses, 429), n - l, "limit {l}: {statuses:?}");
+        // The bucket is in Redis, under the prefix and hash tag, with a TTL.
+        let key = format!("rampart:rl:{{ip:198.51.100.{l}}}:p{l}");
+        assert_eq!(redis.cmd(&["EXISTS", &key]).as_deref(), Some(":1"), "{key}");
+        let ttl: i64 = redis
+            .cmd(&["PTTL", &key])
+            .and_then(|v| v.trim_start_matches(':').parse().ok())
+            .expect("PTTL");
+        assert!(ttl > 0, "{key} has a TTL: {ttl}");
+    }
+}
+
+/// The real binary, killed on drop (also when the test panics).
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn spawn_rampart(body: &str) -> Process {
+    spawn_rampart_logging(body, None)
+}
+
+/// As [`spawn_rampart`], its log (RUST_LOG=warn) going to `log`.
+fn spawn_rampart_logging(body: &str, log: Option<&std::path::Path>) -> Process {
+    let port = free_port();
+    let admin_port = free_port();
+    let dir = std::env::temp_dir().join(format!("rampart-rl-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir(dir);
+    let file = dir.0.join("rampart.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nthreads = 2\ngrace_period = \"0s\"\n{TRUSTED}\n{body}"
+        ),
+    )
+    .expect("write config");
+    let child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .env_remove("RAMPART_CONFIG")
+        .env_remove("RAMPART_REDIS_URL")
+        .env_remove("RAMPART_LISTEN")
+        .env_remove("RAMPART_ADMIN_LISTEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        })
+        .spawn()
+        .expect("spawn rampart");
+    let process = Process {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        _dir: dir,
+    };
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let deadline = Instant::now() + READY;
+    loop {
+        let up = send_raw(
+            admin,
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .is_ok_and(|r| r.status == 200);
+        if up && TcpStream::connect(process.addr).is_ok() {
+            return process;
+        }
+        assert!(Instant::now() < deadline, "rampart process did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_processes_sharing_redis_admit_exactly_the_limit() {
+    let redis = Redis::start();
+    let up = Upstream::named("ok");
+    let config = body(
+        &up,
+        Some(&redis.url()),
+        "[ratelimit.policies.shared]\nrate = \"1/h\"\nburst = 10\n",
+    );
+    let procs: Vec<Process> = (0..3).map(|_| spawn_rampart(&config)).collect();
+    let addrs: Vec<SocketAddr> = procs.iter().map(|p| p.addr).collect();
+    for (round, ip) in ["203.0.113.1", "203.0.113.2"].iter().enumerate() {
+        let statuses = burst(&addrs, "/api/x", ip, 36);
+        assert_eq!(
+            count(&statuses, 200),
+            10,
+            "round {round}, 36 requests over 3 processes: {statuses:?}"
+        );
+        assert_eq!(count(&statuses, 429), 26, "{statuses:?}");
+    }
+    // Each process answered its share of 429s itself (the limit is shared, not per process).
+    for addr in &addrs {
+        assert_eq!(get_as(*addr, "/api/x", "203.0.113.1").status, 429);
+    }
+}
+
+#[test]
+fn one_redis_round_trip_per_request() {
+    let redis = Redis::start();
+    let up = Upstream::named("ok");
+    // Two policies apply to /api/: still one script.
+    let r = Rampart::start_with(
+        &body(
+            &up,
+            Some(&redis.url()),
+            "[ratelimit.policies.all]\nrate = \"1000/s\"\n[ratelimit.policies.api]\nrate = \"1000/s\"\nroutes = [\"api\"]\n",
+        ),
+        TRUSTED,
+    );
+    // Warm-up: connects and loads the script (NOSCRIPT -> SCRIPT LOAD -> EVALSHA, once).
+    assert_eq!(get_as(r.addr, "/api/x", "192.0.2.1").status, 200);
+
+    let mut monitor = TcpStream::connect(("127.0.0.1", redis.port)).expect("monitor");
+    monitor
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    monitor.write_all(b"MONITOR\r\n").expect("MONITOR");
+    let mut reader = BufReader::new(monitor);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("+OK");
+    assert_eq!(line.trim(), "+OK");
+
+    let requests = 10;
+    for i in 0..requests {
+        assert_eq!(
+            get_as(r.addr, "/api/x", &format!("192.0.2.{}", i + 10)).status,
+            200
+        );
+    }
+    let mut client_commands = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 => {
+                // Commands run inside the script are shown with source "[0 lua]".
+                if !line.contains(" lua]") {
+                    client_commands.push(line.trim().to_string());
+                }
+            }
+            _ => break,
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    eprintln!(
+        "redis round trips for {requests} requests with 2 policies each: {}",
+        client_commands.len()
+    );
+    assert_eq!(client_commands.len(), requests, "{client_commands:#?}");
+    assert!(
+        client_commands.iter().all(|c| c.contains("\"EVALSHA\"")),
+        "{client_commands:#?}"
+    );
+    let stats = redis.info("commandstats");
+    let evalsha = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap_or("");
+    eprintln!("{evalsha}");
+}
+
+#[test]
+fn refill_brings_tokens_back() {
+    let up = Upstream::named("ok");
+    // 4 tokens, one back every 250 ms.
+    let r = Rampart::start_with(
+        &body(
+            &up,
+            None,
+            "[ratelimit.policies.p]\nrate = \"4/s\"\nburst = 4\n",
+        ),
+        TRUSTED,
+    );
+    let ip = "192.0.2.50";
+    let admitted = |n: usize| -> usize {
+        (0..n)
+            .filter(|_| get_as(r.addr, "/x", ip).status == 200)
+            .count()
+    };
+    // Sequential requests take a few ms each: at most one token can come back meanwhile.
+    let first = admitted(6);
+    assert!((4..=5).contains(&first), "fresh bucket: {first} of 6");
+    assert_eq!(get_as(r.addr, "/x", ip).status, 429, "drained");
+    // Half a second: 2 tokens back (tolerance +1 for the time the requests take).
+    std::thread::sleep(Duration::from_millis(500));
+    let half = admitted(5);
+    assert!((2..=3).contains(&half), "after 500 ms: {half}");
+    // A full second and more: the bucket is full (4), never more than the burst (+1 tolerance).
+    std::thread::sleep(Duration::from_millis(1100));
+    let full = admitted(7);
+    assert!((4..=5).contains(&full), "after 1.1 s: {full}");
+}
+
+#[test]
+fn spoofed_forwarded_for_does_not_change_the_key() {
+    let redis = Redis::start();
+    let up = Upstream::named("ok");
+    let policy = "[ratelimit.policies.p]\nrate = \"1/h\"\nburst = 2\n";
+    // Untrusted peer: its X-Forwarded-For is ignored, all three are 127.0.0.1.
+    let r = Rampart::start(&body(&up, Some(&redis.url()), policy));
+    assert_eq!(get_as(r.addr, "/x", "1.1.1.1").status, 200);
+    assert_eq!(get_as(r.addr, "/x", "2.2.2.2").status, 200);
+    assert_eq!(get_as(r.addr, "/x", "3.3.3.3").status, 429);
+    assert_eq!(
+        redis
+            .cmd(&["EXISTS", "rampart:rl:{ip:127.0.0.1}:p"])
+            .as_deref(),
+        Some(":1")
+    );
+    drop(r);
+    // Trusted proxy: the right-most untrusted entry is the client.
+    let r = Rampart::start_with(&body(&up, Some(&redis.url()), policy), TRUSTED);
+    assert_eq!(get_as(r.addr, "/x", "9.9.9.1").status, 200);
+    assert_eq!(get_as(r.addr, "/x", "6.6.6.6, 9.9.9.1").status, 200);
+    assert_eq!(get_as(r.addr, "/x", "7.7.7.7, 9.9.9.1").status, 429);
+    assert_eq!(get_as(r.addr, "/x", "9.9.9.2").status, 200);
+    assert_eq!(
+        redis
+            .cmd(&["EXISTS", "rampart:rl:{ip:9.9.9.1}:p"])
+            .as_deref(),
+        Some(":1")
+    );
+}
+
+#[test]
+fn header_and_route_keys() {
+    let up = Upstream::named("ok");
+    let r = Rampart::start(&body(
+        &up,
+        None,
+        "[ratelimit.policies.by_key]\nrate = \"1/h\"\nburst = 1\nkey = \"header:X-Api-Key\"\nroutes = [\"api\"]\n\
+         [ratelimit.policies.whole_site]\nrate = \"1/h\"\nburst = 2\nkey = \"route\"\nroutes = [\"site\"]\n",
+    ));
+    let with_key = |k: &str| r.request("GET", "/api/x", &[("X-Api-Key", k)], None).status;
+    assert_eq!(with_key("alpha"), 200);
+    assert_eq!(with_key("alpha"), 429);
+    assert_eq!(with_key("beta"), 200);
+    // Whoever asks, the route has two tokens.
+    assert_eq!(get_as(r.addr, "/a", "1.1.1.1").status, 200);
+    assert_eq!(get_as(r.addr, "/b", "2.2.2.2").status, 200);
+    assert_eq!(get_as(r.addr, "/c", "3.3.3.3").status, 429);
+}
+
+#[test]
+fn headers_for_accepted_last_token_and_rejected() {
+    let up = Upstream::named("ok");
+    // 3 tokens, one back every 10 s: w = 30.
+    let r = Rampart::start(&body(
+        &up,
+        None,
+        "[ratelimit.policies.p]\nrate = \"3/30s\"\n",
+    ));
+    let first = r.get("/x");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "ok");
+    assert_eq!(first.header("ratelimit-policy"), Some("\"p\";q=3;w=30"));
+    assert_eq!(first.header("ratelimit"), Some("\"p\";r=2;t=10"));
+    assert_eq!(first.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("2"));
+    assert_eq!(first.header("x-ratelimit-reset"), Some("10"));
+    let second = r.get("/x");
+    assert_eq!(second.header("ratelimit"), Some("\"p\";r=1;t=20"));
+    let last = r.get("/x");
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("ratelimit"), Some("\"p\";r=0;t=30"));
+    assert_eq!(last.header("x-ratelimit-remaining"), Some("0"));
+
+    let rejected = r.get("/x");
+    assert_eq!(rejected.status, 429);
+    assert_eq!(rejected.header("retry-after"), Some("10"));
+    assert_eq!(rejected.header("ratelimit-policy"), Some("\"p\";q=3;w=30"));
+    assert_eq!(rejected.header("ratelimit"), Some("\"p\";r=0;t=30"));
+    assert_eq!(rejected.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(
+        rejected.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(rejected.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(rejected.header("x-frame-options"), Some("SAMEORIGIN"));
+    let problem = rejected.json();
+    assert_eq!(problem["status"], 429);
+    assert_eq!(
+        problem["request_id"].as_str(),
+        rejected.header("x-request-id")
+    );
+    assert_eq!(
+        up.count(),
+        3,
+        "the rejected request never reached the upstream"
+    );
+    assert!(metrics(&r)
+        .contains("rampart_ratelimit_decisions_total{outcome=\"limited\",policy=\"p\"} 1"));
+}
+
+#[test]
+fn two_policies_report_only_and_no_legacy_headers() {
+    let up = Upstream::named("ok");
+    let r = Rampart::start(&body(
+        &up,
+        None,
+        "[ratelimit]\nlegacy_headers = false\n\
+         [ratelimit.policies.api]\nrate = \"1/h\"\nburst = 5\nroutes = [\"api\"]\n\
+         [ratelimit.policies.trial]\nrate = \"1/h\"\nburst = 1\nreport_only = true\n",
+    ));
+    for i in 0..3 {
+        let resp = r.get("/api/x");
+        assert_eq!(resp.status, 200, "report-only never rejects");
+        assert_eq!(
+            resp.header("ratelimit-policy"),
+            Some("\"api\";q=5;w=18000, \"trial\";q=1;w=3600")
+        );
+        // trial: its one token went on the first request; later ones are over but pass.
+        let expected = format!(
+            "\"api\";r={};t={}, \"trial\";r=0;t=3600",
+            4 - i,
+            3600 * (i + 1)
+        );
+        assert_eq!(resp.header("ratelimit"), Some(expected.as_str()));
+        assert_eq!(resp.header("x-ratelimit-limit"), None);
+    }
+    let text = metrics(&r);
+    assert!(
+        text.contains(
+            "rampart_ratelimit_decisions_total{outcome=\"report_only_limited\",policy=\"trial\"} 2"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("rampart_ratelimit_decisions_total{outcome=\"allowed\",policy=\"api\"} 3"),
+        "{text}"
+    );
+}
+
+#[test]
+fn redis_outage_falls_back_locally_and_recovers() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let up = Upstream::named("ok");
+    let r = Rampart::start_with(
+        &body(
+            &up,
+            Some(&redis.url()),
+            "[ratelimit.policies.p]\nrate = \"1/h\"\nburst = 3\n",
+        ),
+        TRUSTED,
+    );
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| get_as(r.addr, "/x", "10.9.0.1").status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+
+    redis.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let started = Instant::now();
+        statuses.push(get_as(r.addr, "/x", "10.9.0.2").status);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered within the store timeout"
+        );
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429, 429],
+        "local buckets limit"
+    );
+    let text = metrics(&r);
+    assert!(
+        text.contains("rampart_store_fallback_active{feature=\"ratelimit\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("rampart_ratelimit_decisions_total{outcome=\"fallback\",policy=\"p\"}"));
+
+    let redis = Redis::start_on(port);
+    // Shared limiting resumes by itself: wait (bounded) until a request lands in Redis.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let ip = format!("10.9.1.{n}");
+        assert_eq!(get_as(r.addr, "/x", &ip).status, 200);
+        if redis
+            .cmd(&["EXISTS", &format!("rampart:rl:{{ip:{ip}}}:p")])
+            .as_deref()
+            == Some(":1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "shared limiting never resumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| get_as(r.addr, "/x", "10.9.0.3").status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert!(
+        redis
+            .cmd(&["GET", "rampart:rl:{ip:10.9.0.3}:p"])
+            .is_some_and(|v| v.starts_with('$')),
+        "the bucket is in Redis again"
+    );
+    assert!(metrics(&r).contains("rampart_store_fallback_active{feature=\"ratelimit\"} 0"));
+}
+
+#[test]
+fn on_store_error_allow_and_deny() {
+    let up = Upstream::named("ok");
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let policy = |mode: &str| {
+        format!("[ratelimit]\non_store_error = \"{mode}\"\n[ratelimit.policies.p]\nrate = \"1/h\"\nburst = 1\n")
+    };
+    let allow = Rampart::start(&body(&up, Some(&dead), &policy("allow")));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let resp = allow.get("/x");
+        assert_eq!(resp.status, 200, "allow: unlimited while Redis is out");
+        assert_eq!(resp.header("ratelimit"), None, "no bucket, no numbers");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    let deny = Rampart::start(&body(&up, Some(&dead), &policy("deny")));
+    let before = up.count();
+    for _ in 0..3 {
+        let resp = deny.get("/x");
+        assert_eq!(resp.status, 503, "deny: {}", resp.text());
+        assert_eq!(
+            resp.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(resp.header("retry-after"), Some("1"));
+        assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+    }
+    assert_eq!(up.count(), before, "deny keeps traffic off the upstream");
+}
+
+#[test]
+fn shipped_bench_ratelimit_config_passes_check() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RAMPART_CONFIG")
+        .args(["check", "--config", "config/bench-ratelimit.toml"])
+        .output()
+        .expect("rampart check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fallback_is_logged_once_per_outage() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let up = Upstream::named("ok");
+    let log_dir =
+        TempDir(std::env::temp_dir().join(format!("rampart-rl-log-{}-{port}", std::process::id())));
+    std::fs::create_dir_all(&log_dir.0).expect("log dir");
+    let log = log_dir.0.join("stderr.log");
+    let p = spawn_rampart_logging(
+        &body(
+            &up,
+            Some(&redis.url()),
+            "[ratelimit.policies.p]\nrate = \"1000/s\"\n",
+        ),
+        Some(&log),
+    );
+    let wait_shared = |redis: &Redis, tag: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for n in 0.. {
+            let ip = format!("10.{tag}.0.{}", n % 250);
+            assert_eq!(get_as(p.addr, "/x", &ip).status, 200);
+            let key = format!("rampart:rl:{{ip:{ip}}}:p");
+            if redis.cmd(&["EXISTS", &key]).as_deref() == Some(":1") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "shared limiting never resumed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_shared(&redis, "1");
+    for outage in 0..2 {
+        redis.kill();
+        for i in 0..20 {
+            assert_eq!(
+                get_as(p.addr, "/x", &format!("10.2.{outage}.{i}")).status,
+                200
+            );
+        }
+        redis = Redis::start_on(port);
+        wait_shared(&redis, "3");
+    }
+    drop(p);
+    let text = std::fs::read_to_string(&log).expect("read log");
+    let lines = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(lines("ratelimit: shared store unavailable"), 2, "{text}");
+    assert_eq!(lines("ratelimit: Redis answers again"), 2, "{text}");
+}
