@@ -50,6 +50,7 @@ pub struct App {
 /// Build the server for `config`; `extra` services (the demo's sample upstreams) run beside it.
 pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Result<App, Error> {
     check_listeners(config)?;
+    check_tls(config)?;
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -144,9 +145,11 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "rampart");
     service.add_tcp(&config.server.listen);
     if let Some(tls) = &config.server.tls {
-        service
-            .add_tls(&tls.listen, &tls.cert, &tls.key)
+        // HTTP/2 is offered over TLS (ALPN h2, then http/1.1), as nginx's `http2 on` does.
+        let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&tls.cert, &tls.key)
             .map_err(|e| Error::Tls(e.to_string()))?;
+        settings.enable_h2();
+        service.add_tls_with_settings(&tls.listen, None, settings);
     }
     server.add_service(service);
 
@@ -178,6 +181,21 @@ fn check_listeners(config: &Config) -> Result<(), Error> {
         })?;
     }
     Ok(())
+}
+
+/// Pingora panics at listener start on an unreadable certificate; loading it here first turns
+/// that into an error naming the files.
+fn check_tls(config: &Config) -> Result<(), Error> {
+    let Some(tls) = &config.server.tls else {
+        return Ok(());
+    };
+    match pingora::tls::load_certs_and_key_files(&tls.cert, &tls.key) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) | Err(_) => Err(Error::Tls(format!(
+            "cannot load certificate {} and key {} (PEM expected)",
+            tls.cert, tls.key
+        ))),
+    }
 }
 
 /// Resolve every upstream once before listening, so the first request has addresses.
