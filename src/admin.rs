@@ -1,7 +1,12 @@
-//! The admin listener (`server.admin_listen`, loopback by default): `/healthz`, `/metrics`.
+//! The admin listener (`server.admin_listen`, loopback by default): `/healthz`, `/metrics`,
+//! `POST /cache/purge`.
 //!
 //! Not a proxy phase: a separate Pingora service, so admin endpoints never share the public
 //! listener. Invariant: answers only from state it was built with; never touches upstreams.
+//!
+//! `POST /cache/purge` takes a JSON body with exactly one of `{"url": "http://host/path?q"}`,
+//! `{"route": "NAME"}` or `{"all": true}` and answers `{"purged": N}` (entries removed);
+//! 400 for a bad body, 503 when the cache store does not answer.
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -10,12 +15,14 @@ use pingora::protocols::http::ServerSession;
 
 use std::sync::Arc;
 
+use crate::cache::{Cache, Purge, PurgeError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
 pub struct Admin {
     health: Vec<u8>,
     metrics: Arc<Metrics>,
+    cache: Option<Arc<Cache>>,
 }
 
 impl Admin {
@@ -29,6 +36,63 @@ impl Admin {
         Self {
             health: health.to_string().into_bytes(),
             metrics,
+            cache: None,
+        }
+    }
+
+    /// Serve `POST /cache/purge` for this cache.
+    pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    async fn purge(&self, session: &mut ServerSession) -> (StatusCode, Vec<u8>) {
+        let json = |status, v: serde_json::Value| (status, format!("{v}\n").into_bytes());
+        if session.req_header().method != http::Method::POST {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "use POST"}),
+            );
+        }
+        let Some(cache) = &self.cache else {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "no cache"}),
+            );
+        };
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 64 * 1024 {
+                return json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({"error": "body over 64 KiB"}),
+                );
+            }
+        }
+        let bad = |m: &str| json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": m }));
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return bad(
+                r#"a JSON body: {"url": "http://host/path"}, {"route": "NAME"} or {"all": true}"#,
+            );
+        };
+        let what = match (v.get("url"), v.get("route"), v.get("all")) {
+            (Some(serde_json::Value::String(u)), None, None) => Purge::Url(u.clone()),
+            (None, Some(serde_json::Value::String(r)), None) => Purge::Route(r.clone()),
+            (None, None, Some(serde_json::Value::Bool(true))) => Purge::All,
+            _ => {
+                return bad(
+                    r#"exactly one of {"url": "http://host/path"}, {"route": "NAME"}, {"all": true}"#,
+                )
+            }
+        };
+        match cache.purge(what).await {
+            Ok(n) => json(StatusCode::OK, serde_json::json!({ "purged": n })),
+            Err(PurgeError::Bad(m)) => bad(&m),
+            Err(e @ PurgeError::Store(_)) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": e.to_string()}),
+            ),
         }
     }
 }
@@ -36,8 +100,17 @@ impl Admin {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path();
-        let (status, ctype, body) = match path {
+        let path = session.req_header().uri.path().to_string();
+        if path == "/cache/purge" {
+            let (status, body) = self.purge(session).await;
+            return Response::builder()
+                .status(status)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::CONTENT_LENGTH, body.len())
+                .body(body)
+                .unwrap_or_default();
+        }
+        let (status, ctype, body) = match path.as_str() {
             "/healthz" => (StatusCode::OK, "application/json", self.health.clone()),
             "/metrics" => (
                 StatusCode::OK,
@@ -47,7 +120,7 @@ impl ServeHttp for Admin {
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"not found; try /healthz or /metrics\n".to_vec(),
+                b"not found; try /healthz, /metrics or POST /cache/purge\n".to_vec(),
             ),
         };
         Response::builder()

@@ -120,9 +120,11 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
         redis.clone(),
         metrics.clone(),
     );
+    let cache = crate::cache::Cache::new(config, redis.clone(), metrics.clone());
     let proxy = Proxy {
         ratelimit,
         redis,
+        cache: cache.clone(),
         metrics: metrics.clone(),
         router: Router::new(routes),
         headers: Headers::new(&config.headers, &config.metrics),
@@ -153,7 +155,10 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
     }
     server.add_service(service);
 
-    let mut admin = Service::new("admin".to_string(), Admin::new(config, metrics));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Admin::new(config, metrics).with_cache(cache),
+    );
     admin.add_tcp(&config.server.admin_listen);
     server.add_service(admin);
 

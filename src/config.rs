@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{accesslog, cors, headers, metrics, ratelimit, routing, store};
+use crate::{accesslog, cache, cors, headers, metrics, ratelimit, routing, store};
 
 /// The whole file. Every section has defaults, so an empty file is a valid (if useless) one.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -30,6 +30,7 @@ pub struct Config {
     pub metrics: metrics::Config,
     pub access_log: accesslog::Config,
     pub ratelimit: ratelimit::Config,
+    pub cache: cache::Config,
 }
 
 /// `[server]`: listeners and process settings.
@@ -322,6 +323,17 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(policy) = &route.cache {
+                if !self.cache.policies.contains_key(policy) {
+                    return Err(Invalid::new(
+                        format!("{at}.cache"),
+                        format!(
+                            "unknown cache policy \"{policy}\"; expected one of: {}",
+                            names(self.cache.policies.keys())
+                        ),
+                    ));
+                }
+            }
             if let Some(policy) = &route.cors {
                 if !self.cors.contains_key(policy) {
                     return Err(Invalid::new(
@@ -344,6 +356,7 @@ impl Config {
         self.ratelimit
             .validate(&route_names)
             .map_err(|e| e.within("ratelimit"))?;
+        self.cache.validate().map_err(|e| e.within("cache"))?;
         Ok(())
     }
 

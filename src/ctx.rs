@@ -27,6 +27,8 @@ pub struct Ctx {
     pub upstream_time: Option<Duration>,
     /// The rate limiter's verdicts (their headers go on the response); `None`: no policy.
     pub ratelimit: Option<ratelimit::Decision>,
+    /// The response cache's decisions for this request.
+    pub cache: crate::cache::RequestState,
 }
 
 impl Ctx {
@@ -41,6 +43,7 @@ impl Ctx {
             upstream_started: None,
             upstream_time: None,
             ratelimit: None,
+            cache: Default::default(),
         }
     }
 }

@@ -7,12 +7,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::ErrorSource;
 
 use crate::accesslog;
+use crate::cache::{self, Cache};
 use crate::client::{Cidrs, Client};
 use crate::cors;
 use crate::ctx::Ctx;
@@ -34,6 +37,8 @@ pub struct Proxy {
     pub access_log: accesslog::Config,
     pub public_metrics: Option<metrics::PublicEndpoint>,
     pub ratelimit: Limiter,
+    /// The response cache (per-route policies, its store, the cache lock).
+    pub cache: Arc<Cache>,
 }
 
 #[async_trait]
@@ -140,6 +145,47 @@ impl ProxyHttp for Proxy {
         Ok(false)
     }
 
+    /// Cacheable method, no credentials, store reachable: enable the cache.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        self.cache.request_filter(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        self.cache.key(session, ctx)
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
+        self.cache.cache_miss(session, ctx);
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(self.cache.response_cacheable(resp, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache::should_serve_stale(ctx, error)
+    }
+
     /// The route's group, next untried address round-robin.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.as_ref() else {
@@ -214,10 +260,11 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Upstream answered: its latency and 5xx count for the group.
+    /// Upstream answered: its latency and 5xx count for the group; a successful unsafe request
+    /// invalidates the URL's cache entries.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -230,16 +277,20 @@ impl ProxyHttp for Proxy {
                 took,
             );
         }
+        self.cache
+            .invalidate_unsafe(session, upstream_response, ctx)
+            .await;
         Ok(())
     }
 
-    /// security, CORS and request-id headers (cache hits pass here too).
+    /// cache status -> security, CORS and request-id headers (cache hits pass here too).
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        self.cache.status_headers(session, upstream_response, ctx);
         respond::finish_headers(&self.headers, session.req_header(), ctx, upstream_response);
         Ok(())
     }
@@ -247,6 +298,7 @@ impl ProxyHttp for Proxy {
     /// Every request ends here, answered or not: metrics, then the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         self.metrics.in_flight.dec();
+        self.cache.finish(session, e, ctx).await;
         let elapsed = ctx.started.elapsed();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
@@ -277,7 +329,7 @@ impl ProxyHttp for Proxy {
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             route,
             upstream: ctx.tried.last().map(|b| b.addr.to_string()),
-            cache: None,
+            cache: ctx.cache.x_cache,
             limit: ctx.ratelimit.as_ref().map(|d| d.outcome()),
         });
     }

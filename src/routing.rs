@@ -68,6 +68,9 @@ pub struct RouteConfig {
     /// Name of a `[cors.NAME]` policy applied to this route.
     #[serde(default)]
     pub cors: Option<String>,
+    /// Name of a `[cache.policies.NAME]` policy: responses of this route are cached.
+    #[serde(default)]
+    pub cache: Option<String>,
 }
 
 mod defaults {

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod cache;
 mod config;
 mod cors;
 mod errors;

@@ -427,11 +427,62 @@ impl Redis {
         String::from_utf8_lossy(&body).into_owned()
     }
 
+    /// Send one command and return its whole reply, arrays flattened: bulk strings as text,
+    /// integers as their digits, nil as `(nil)` (for SCAN, TTL, HGETALL... in assertions).
+    pub fn query(&self, args: &[&str]) -> Vec<String> {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return Vec::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut raw = format!("*{}\r\n", args.len());
+        for a in args {
+            raw.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        if s.write_all(raw.as_bytes()).is_err() {
+            return Vec::new();
+        }
+        let mut reader = BufReader::new(s);
+        let mut out = Vec::new();
+        read_resp(&mut reader, &mut out);
+        out
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// One RESP value into `out` (arrays flattened); stops quietly on a broken reply.
+fn read_resp(reader: &mut BufReader<TcpStream>, out: &mut Vec<String>) {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let line = line.trim_end();
+    let (kind, rest) = line.split_at(1.min(line.len()));
+    match kind {
+        "*" => {
+            let n: i64 = rest.parse().unwrap_or(0);
+            for _ in 0..n.max(0) {
+                read_resp(reader, out);
+            }
+        }
+        "$" => {
+            let n: i64 = rest.parse().unwrap_or(-1);
+            if n < 0 {
+                out.push("(nil)".into());
+                return;
+            }
+            let mut buf = vec![0; n as usize + 2];
+            if std::io::Read::read_exact(reader, &mut buf).is_ok() {
+                buf.truncate(n as usize);
+                out.push(String::from_utf8_lossy(&buf).into_owned());
+            }
+        }
+        _ => out.push(rest.to_string()),
     }
 }
 

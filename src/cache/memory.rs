@@ -1,0 +1,241 @@
+//! The cache's in-process storage (no `store.redis_url`): one replica's entries, bounded by
+//! bytes, least recently used evicted first, expired after freshness plus the stale window.
+//!
+//! Written here rather than using pingora's `MemCache` ("not for production": unbounded, no
+//! way to enumerate a URL's or a route's entries) with a separate eviction manager: purges by
+//! URL and route remove entries the manager would keep counting, so the byte budget and the
+//! entries live under one lock here and cannot drift apart.
+//!
+//! Layout: `BTreeMap<tag, HashMap<entry, Slot>>` where tag is `route:urlhash` (ordered, so a
+//! route's entries are one range) and an LRU index `BTreeMap<tick, (tag, entry)>`.
+//! Invariant: `bytes` is the sum of the weights of the slots present, and never exceeds the
+//! budget after an insert returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::Stored;
+use crate::metrics::Metrics;
+
+pub struct Memory {
+    budget: usize,
+    inner: Mutex<Inner>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Inner {
+    groups: BTreeMap<String, HashMap<String, Slot>>,
+    lru: BTreeMap<u64, (String, String)>,
+    tick: u64,
+    bytes: usize,
+}
+
+struct Slot {
+    internal: Vec<u8>,
+    header: Vec<u8>,
+    body: Bytes,
+    expires: Instant,
+    tick: u64,
+    weight: usize,
+}
+
+impl Memory {
+    pub fn new(budget: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            budget,
+            inner: Mutex::new(Inner::default()),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing the cache; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, tag: &str, entry: &str) -> Option<Stored> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let expired = inner
+            .groups
+            .get(tag)
+            .and_then(|g| g.get(entry))
+            .map(|s| s.expires <= now)?;
+        if expired {
+            inner.remove(tag, entry);
+            return None;
+        }
+        inner.tick += 1;
+        let tick = inner.tick;
+        let slot = inner.groups.get_mut(tag).and_then(|g| g.get_mut(entry))?;
+        let old = std::mem::replace(&mut slot.tick, tick);
+        let stored = Stored {
+            internal: slot.internal.clone(),
+            header: slot.header.clone(),
+            body: slot.body.clone(),
+        };
+        inner.lru.remove(&old);
+        inner.lru.insert(tick, (tag.to_string(), entry.to_string()));
+        Some(stored)
+    }
+
+    pub fn put(&self, tag: &str, entry: &str, stored: Stored, ttl: Duration) -> bool {
+        let weight = stored.internal.len()
+            + stored.header.len()
+            + stored.body.len()
+            + tag.len()
+            + entry.len()
+            + 64;
+        if weight > self.budget {
+            return false;
+        }
+        let size = stored.body.len();
+        let mut inner = self.lock();
+        inner.remove(tag, entry);
+        while inner.bytes + weight > self.budget {
+            let Some((_, (t, e))) = inner.lru.pop_first() else {
+                break;
+            };
+            inner.remove(&t, &e);
+        }
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.bytes += weight;
+        inner.lru.insert(tick, (tag.to_string(), entry.to_string()));
+        inner.groups.entry(tag.to_string()).or_default().insert(
+            entry.to_string(),
+            Slot {
+                internal: stored.internal,
+                header: stored.header,
+                body: stored.body,
+                expires: Instant::now() + ttl,
+                tick,
+                weight,
+            },
+        );
+        drop(inner);
+        let route = tag.split(':').next().unwrap_or("");
+        self.metrics
+            .cache_stored_bytes
+            .with_label_values(&[route])
+            .inc_by(size as u64);
+        true
+    }
+
+    pub fn put_meta(
+        &self,
+        tag: &str,
+        entry: &str,
+        internal: Vec<u8>,
+        header: Vec<u8>,
+        ttl: Duration,
+    ) -> bool {
+        let mut inner = self.lock();
+        let Some(slot) = inner.groups.get_mut(tag).and_then(|g| g.get_mut(entry)) else {
+            return false;
+        };
+        let old = slot.internal.len() + slot.header.len();
+        let new = internal.len() + header.len();
+        slot.internal = internal;
+        slot.header = header;
+        slot.expires = Instant::now() + ttl;
+        slot.weight = slot.weight + new - old;
+        inner.bytes = inner.bytes + new - old;
+        true
+    }
+
+    pub fn delete(&self, tag: &str, entry: &str) -> bool {
+        self.lock().remove(tag, entry)
+    }
+
+    /// Every entry of one URL.
+    pub fn purge_tag(&self, tag: &str) -> u64 {
+        let mut inner = self.lock();
+        let entries: Vec<String> = inner
+            .groups
+            .get(tag)
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default();
+        entries.iter().filter(|e| inner.remove(tag, e)).count() as u64
+    }
+
+    /// Every entry whose tag starts with `prefix` (`route:`, or `""` for all).
+    pub fn purge_prefix(&self, prefix: &str) -> u64 {
+        let mut inner = self.lock();
+        let victims: Vec<(String, String)> = inner
+            .groups
+            .range(prefix.to_string()..)
+            .take_while(|(t, _)| t.starts_with(prefix))
+            .flat_map(|(t, g)| g.keys().map(move |e| (t.clone(), e.clone())))
+            .collect();
+        victims.iter().filter(|(t, e)| inner.remove(t, e)).count() as u64
+    }
+}
+
+impl Inner {
+    fn remove(&mut self, tag: &str, entry: &str) -> bool {
+        let Some(group) = self.groups.get_mut(tag) else {
+            return false;
+        };
+        let Some(slot) = group.remove(entry) else {
+            return false;
+        };
+        if group.is_empty() {
+            self.groups.remove(tag);
+        }
+        self.lru.remove(&slot.tick);
+        self.bytes -= slot.weight;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(n: usize) -> Stored {
+        Stored {
+            internal: vec![1; 10],
+            header: vec![2; 10],
+            body: Bytes::from(vec![3; n]),
+        }
+    }
+
+    #[test]
+    fn bounded_by_bytes_lru_first() {
+        let metrics = Arc::new(Metrics::new(&crate::metrics::DEFAULT_BUCKETS).expect("m"));
+        let m = Memory::new(3000, metrics);
+        let ttl = Duration::from_secs(60);
+        assert!(m.put("r:a", "1", stored(900), ttl));
+        assert!(m.put("r:b", "1", stored(900), ttl));
+        assert!(m.get("r:a", "1").is_some()); // a is now more recent than b
+        assert!(m.put("r:c", "1", stored(900), ttl));
+        assert!(m.put("r:d", "1", stored(900), ttl));
+        assert!(
+            m.get("r:b", "1").is_none(),
+            "least recently used went first"
+        );
+        assert!(m.get("r:a", "1").is_some());
+        assert!(m.lock().bytes <= 3000);
+        assert!(
+            !m.put("r:e", "1", stored(5000), ttl),
+            "larger than the budget"
+        );
+        assert_eq!(m.purge_prefix("r:"), 3);
+        assert_eq!(m.lock().bytes, 0);
+    }
+
+    #[test]
+    fn expires() {
+        let metrics = Arc::new(Metrics::new(&crate::metrics::DEFAULT_BUCKETS).expect("m"));
+        let m = Memory::new(3000, metrics);
+        assert!(m.put("r:a", "1", stored(10), Duration::ZERO));
+        assert!(m.get("r:a", "1").is_none());
+        assert_eq!(m.lock().bytes, 0);
+    }
+}

@@ -1,0 +1,394 @@
+//! The cache's Redis storage: entries shared by every replica, expired by Redis itself.
+//!
+//! Layout: one Redis hash per URL, `{store.key_prefix}cache:{ROUTE:URLHASH}`, with three
+//! fields per entry (`ENTRY:m` pingora's internal meta, `ENTRY:h` the response header,
+//! `ENTRY:b` the body), where ENTRY is pingora's combined key hash (primary key + variance).
+//! So a lookup is one script call (below), a fill one atomic `HSET` + `PEXPIRE`, purging a URL
+//! (every variant and vary-header combination of it) one `UNLINK`, and purging a route or
+//! everything a `SCAN MATCH` under the prefix (never `KEYS`) with `UNLINK`.
+//!
+//! Replicas coordinate fills: a lookup runs one Lua script that reads the entry and, when it
+//! is absent, claims `{prefix}cache-fill:{ROUTE:URLHASH}:ENTRY` (`SET NX PX lock_timeout`).
+//! The claimer fetches from the upstream (its fill deletes the claim; `logging` deletes it
+//! when the fetch failed or the response was not cacheable); every other request, on any
+//! replica, polls the entry until it appears, the claim disappears, or `lock_timeout` passes,
+//! and only then goes upstream itself. So N replicas cold on one key cause one upstream fetch.
+//! The braces are Redis Cluster hash tags: an entry and its claim share a slot, as the script
+//! needs.
+//!
+//! Expiry: the hash's TTL is set by each fill to that entry's freshness plus its longer stale
+//! window. Variants of one URL share the TTL of the latest fill; a variant that outlives its
+//! own window is still judged by its stored freshness (never served fresh by mistake), one that
+//! goes early is only a miss. Field-level TTLs (`HPEXPIRE`) would need Redis 7.4.
+//!
+//! Failures: every call goes through [`Redis::call`] (store timeout, metrics, the outage
+//! logged once). A failed lookup is a miss, a failed write is dropped. While Redis is down,
+//! requests skip the cache entirely (no timeout paid per request) except one probe per second
+//! ([`RedisStore::unavailable`]), which is how caching resumes when Redis returns.
+//!
+//! Cluster: all fields of one URL live in one key, so one slot; `SCAN` on a cluster connection
+//! reaches one node only, so route/all purges are single-node there (documented limitation).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redis::{Script, Value};
+
+use super::{PurgeError, Stored};
+use crate::metrics::Metrics;
+use crate::store::redis::Redis;
+
+/// How often a request may probe a Redis that is known to be down.
+const PROBE_EVERY_MS: u64 = 1000;
+/// Keys per `SCAN` step of a route purge.
+const SCAN_COUNT: usize = 500;
+/// A route purge stops after this many `SCAN` steps (a bound, not an expected figure).
+const MAX_SCAN_STEPS: usize = 100_000;
+/// How often a request waiting for another request's fill looks for the entry.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Read the entry; when absent, claim its fill. Returns the three fields (a hit), 1 (claimed:
+/// this request fetches) or 0 (another request is fetching).
+const LOOKUP_OR_CLAIM: &str = r#"
+local v = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if v[1] and v[2] and v[3] then return v end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then return 1 end
+return 0
+"#;
+
+/// What a lookup found.
+enum Found {
+    Entry(Stored),
+    /// Absent, and this request fills it (or the store failed: upstream either way).
+    Fetch,
+    /// Absent, and another request is filling it.
+    Busy,
+}
+
+pub struct RedisStore {
+    redis: Arc<Redis>,
+    metrics: Arc<Metrics>,
+    last_probe_ms: AtomicU64,
+    lookup_or_claim: Script,
+}
+
+impl RedisStore {
+    pub fn new(redis: Arc<Redis>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            redis,
+            metrics,
+            last_probe_ms: AtomicU64::new(0),
+            lookup_or_claim: Script::new(LOOKUP_OR_CLAIM),
+        }
+    }
+
+    fn key(&self, tag: &str) -> String {
+        self.redis.key(&format!("cache:{{{tag}}}"))
+    }
+
+    fn fill_key(&self, tag: &str, entry: &str) -> String {
+        self.redis.key(&format!("cache-fill:{{{tag}}}:{entry}"))
+    }
+
+    /// True while Redis is down, except for one request per second that probes it.
+    pub fn unavailable(&self) -> bool {
+        if !self.redis.is_down() {
+            return false;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < PROBE_EVERY_MS {
+            return true;
+        }
+        // One winner per interval probes; the others keep skipping.
+        self.last_probe_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    }
+
+    /// A request's lookup: the entry; or, while another request (on any replica) fills it,
+    /// the entry once it appears (waiting at most `wait`); or nothing: go upstream.
+    pub async fn find(&self, tag: &str, entry: &str, wait: Duration) -> Option<Stored> {
+        match self.lookup_or_claim(tag, entry, wait).await {
+            Found::Entry(stored) => return Some(stored),
+            Found::Fetch => return None,
+            Found::Busy => {}
+        }
+        let deadline = Instant::now() + wait;
+        let key = self.key(tag);
+        let fill = self.fill_key(tag, entry);
+        let fields = fields(entry);
+        while Instant::now() < deadline {
+            tokio::time::sleep(POLL_EVERY).await;
+            let (key, fill, fields) = (&key, &fill, &fields);
+            let (got, filling): (Vec<Option<Vec<u8>>>, bool) = self
+                .redis
+                .call("cache_wait", |mut c| async move {
+                    redis::pipe()
+                        .cmd("HMGET")
+                        .arg(key)
+                        .arg(&fields[..])
+                        .cmd("EXISTS")
+                        .arg(fill)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await
+                .ok()?;
+            if let Some(stored) = stored(got) {
+                return Some(stored);
+            }
+            if !filling {
+                // The filler gave up (upstream error, uncacheable response): go upstream.
+                return None;
+            }
+        }
+        None
+    }
+
+    async fn lookup_or_claim(&self, tag: &str, entry: &str, wait: Duration) -> Found {
+        let key = self.key(tag);
+        let fill = self.fill_key(tag, entry);
+        let fields = fields(entry);
+        let script = &self.lookup_or_claim;
+        let found: Result<Value, _> = self
+            .redis
+            .call("cache_get", |mut c| async move {
+                script
+                    .key(&key)
+                    .key(&fill)
+                    .arg(&fields[..])
+                    .arg(wait.as_millis().max(1) as u64)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        match found {
+            Ok(Value::Array(values)) => {
+                let got = values
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::BulkString(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect();
+                stored(got).map_or(Found::Fetch, Found::Entry)
+            }
+            Ok(Value::Int(0)) => Found::Busy,
+            _ => Found::Fetch,
+        }
+    }
+
+    /// Give up a fill claim (the fetch failed or was not cacheable), so waiters move on.
+    pub async fn release(&self, tag: &str, entry: &str) {
+        let fill = self.fill_key(tag, entry);
+        let _ = self
+            .redis
+            .call("cache_release", |mut c| async move {
+                redis::cmd("DEL").arg(&fill).query_async::<()>(&mut c).await
+            })
+            .await;
+    }
+
+    /// Store an entry and drop its fill claim, in one transaction.
+    pub async fn put(&self, tag: &str, entry: &str, stored: Stored, ttl: Duration) -> bool {
+        let key = self.key(tag);
+        let fill = self.fill_key(tag, entry);
+        let size = stored.body.len();
+        let ok = self
+            .redis
+            .call("cache_put", |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg(format!("{entry}:m"))
+                    .arg(&stored.internal[..])
+                    .arg(format!("{entry}:h"))
+                    .arg(&stored.header[..])
+                    .arg(format!("{entry}:b"))
+                    .arg(&stored.body[..])
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ttl.as_millis() as u64)
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(&fill)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+            .is_ok();
+        if ok {
+            let route = tag.split(':').next().unwrap_or("");
+            self.metrics
+                .cache_stored_bytes
+                .with_label_values(&[route])
+                .inc_by(size as u64);
+        }
+        ok
+    }
+
+    pub async fn put_meta(
+        &self,
+        tag: &str,
+        entry: &str,
+        internal: Vec<u8>,
+        header: Vec<u8>,
+        ttl: Duration,
+    ) -> bool {
+        let key = self.key(tag);
+        self.redis
+            .call("cache_put_meta", |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg(format!("{entry}:m"))
+                    .arg(&internal[..])
+                    .arg(format!("{entry}:h"))
+                    .arg(&header[..])
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ttl.as_millis() as u64)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+            .is_ok()
+    }
+
+    pub async fn delete(&self, tag: &str, entry: &str) -> bool {
+        let key = self.key(tag);
+        let fields = fields(entry);
+        self.redis
+            .call("cache_delete", |mut c| async move {
+                redis::cmd("HDEL")
+                    .arg(&key)
+                    .arg(&fields[..])
+                    .query_async::<u64>(&mut c)
+                    .await
+            })
+            .await
+            .is_ok_and(|n| n > 0)
+    }
+
+    /// Every entry of one URL: one `HLEN` + `UNLINK`, atomically.
+    pub async fn purge_url(&self, tag: &str) -> Result<u64, PurgeError> {
+        let key = self.key(tag);
+        let (fields, _): (u64, u64) = self
+            .redis
+            .call("cache_purge", |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("HLEN")
+                    .arg(&key)
+                    .cmd("UNLINK")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+            .map_err(|e| PurgeError::Store(e.to_string()))?;
+        Ok(fields / 3)
+    }
+
+    /// Every entry of one route (`Some`) or of the whole cache (`None`): `SCAN` + `UNLINK`.
+    pub async fn purge_route(&self, route: Option<&str>) -> Result<u64, PurgeError> {
+        // Entries are `PREFIXcache:{ROUTE:HASH}`; fill claims (`PREFIXcache-fill:...`) are
+        // short-lived and left alone.
+        let pattern = format!(
+            "{}{}",
+            glob_escape(&self.redis.key("cache:")),
+            match route {
+                Some(r) => format!("{{{}:*", glob_escape(r)),
+                None => "*".into(),
+            }
+        );
+        let mut cursor: u64 = 0;
+        let mut purged = 0;
+        for _ in 0..MAX_SCAN_STEPS {
+            let pattern = pattern.clone();
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .redis
+                .call("cache_scan", |mut c| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await
+                .map_err(|e| PurgeError::Store(e.to_string()))?;
+            if !keys.is_empty() {
+                let counts: Vec<u64> = self
+                    .redis
+                    .call("cache_purge", |mut c| async move {
+                        let mut p = redis::pipe();
+                        for k in &keys {
+                            p.cmd("HLEN").arg(&k[..]);
+                        }
+                        for k in &keys {
+                            p.cmd("UNLINK").arg(&k[..]).ignore();
+                        }
+                        p.query_async(&mut c).await
+                    })
+                    .await
+                    .map_err(|e| PurgeError::Store(e.to_string()))?;
+                purged += counts.iter().sum::<u64>() / 3;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(purged)
+    }
+}
+
+/// The hash fields of one entry: meta, header, body.
+fn fields(entry: &str) -> [String; 3] {
+    [
+        format!("{entry}:m"),
+        format!("{entry}:h"),
+        format!("{entry}:b"),
+    ]
+}
+
+/// The three fields of an entry, when all are there.
+fn stored(got: Vec<Option<Vec<u8>>>) -> Option<Stored> {
+    let mut it = got.into_iter();
+    let (Some(Some(internal)), Some(Some(header)), Some(Some(body))) =
+        (it.next(), it.next(), it.next())
+    else {
+        return None;
+    };
+    Some(Stored {
+        internal,
+        header,
+        body: Bytes::from(body),
+    })
+}
+
+/// Escape Redis glob metacharacters so a prefix matches only itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
