@@ -18,6 +18,7 @@ use pingora::services::ServiceWithDependents;
 
 use crate::admin::Admin;
 use crate::client::Cidrs;
+use crate::compress;
 use crate::config::{self, Config};
 use crate::cors;
 use crate::headers::Headers;
@@ -79,6 +80,7 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
         .iter()
         .map(|(name, c)| (name.clone(), Arc::new(cors::Policy::new(c))))
         .collect();
+    let compression = compress::Policies::new(&config.compression);
     let routes = config
         .routes
         .iter()
@@ -90,6 +92,11 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
                 strip_prefix: r.strip_prefix,
                 rewrite: r.rewrite.clone(),
                 cors: r.cors.as_ref().and_then(|p| policies.get(p)).cloned(),
+                compression: r
+                    .compression
+                    .as_ref()
+                    .and_then(|p| compression.named.get(p))
+                    .cloned(),
             }))
         })
         .collect();
@@ -142,6 +149,7 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
             }
         }),
         trusted,
+        compression,
     };
     let mut service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "rampart");

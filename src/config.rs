@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{accesslog, cache, cors, headers, metrics, ratelimit, routing, store};
+use crate::{accesslog, cache, compress, cors, headers, metrics, ratelimit, routing, store};
 
 /// The whole file. Every section has defaults, so an empty file is a valid (if useless) one.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -31,6 +31,7 @@ pub struct Config {
     pub access_log: accesslog::Config,
     pub ratelimit: ratelimit::Config,
     pub cache: cache::Config,
+    pub compression: compress::Config,
 }
 
 /// `[server]`: listeners and process settings.
@@ -290,6 +291,9 @@ impl Config {
             cors.validate()
                 .map_err(|e| e.within(&format!("cors.{name}")))?;
         }
+        self.compression
+            .validate()
+            .map_err(|e| e.within("compression"))?;
         let mut seen_names = BTreeMap::new();
         let mut seen_prefixes = BTreeMap::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -341,6 +345,17 @@ impl Config {
                         format!(
                             "unknown CORS policy \"{policy}\"; expected one of: {}",
                             names(self.cors.keys())
+                        ),
+                    ));
+                }
+            }
+            if let Some(policy) = &route.compression {
+                if !self.compression.policies.contains_key(policy) {
+                    return Err(Invalid::new(
+                        format!("{at}.compression"),
+                        format!(
+                            "unknown compression policy \"{policy}\"; expected one of: {}",
+                            names(self.compression.policies.keys())
                         ),
                     ));
                 }

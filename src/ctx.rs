@@ -29,6 +29,8 @@ pub struct Ctx {
     pub ratelimit: Option<ratelimit::Decision>,
     /// The response cache's decisions for this request.
     pub cache: crate::cache::RequestState,
+    /// Accept-Encoding, policy and the body encoder of this response.
+    pub compress: crate::compress::State,
 }
 
 impl Ctx {
@@ -44,6 +46,7 @@ impl Ctx {
             upstream_time: None,
             ratelimit: None,
             cache: Default::default(),
+            compress: Default::default(),
         }
     }
 }

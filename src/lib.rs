@@ -9,6 +9,7 @@ pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod compress;
 pub mod config;
 pub mod cors;
 pub mod ctx;

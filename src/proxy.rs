@@ -17,6 +17,7 @@ use pingora::ErrorSource;
 use crate::accesslog;
 use crate::cache::{self, Cache};
 use crate::client::{Cidrs, Client};
+use crate::compress::Policies;
 use crate::cors;
 use crate::ctx::Ctx;
 use crate::headers::{self, Headers};
@@ -39,6 +40,8 @@ pub struct Proxy {
     pub ratelimit: Limiter,
     /// The response cache (per-route policies, its store, the cache lock).
     pub cache: Arc<Cache>,
+    /// `[compression]` and its named policies.
+    pub compression: Policies,
 }
 
 #[async_trait]
@@ -50,11 +53,13 @@ impl ProxyHttp for Proxy {
         Ctx::new()
     }
 
-    /// identify -> route (none: 404) -> CORS preflight -> rate limits (429).
+    /// identify -> Accept-Encoding -> route (none: 404) -> route's compression -> CORS
+    /// preflight -> rate limits (429).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
+        ctx.compress.request(&self.compression, req);
         ctx.client = Some(Client::identify(
             session
                 .client_addr()
@@ -109,6 +114,7 @@ impl ProxyHttp for Proxy {
             .await?;
             return Ok(true);
         };
+        ctx.compress.use_route(route.compression.as_ref());
         ctx.route = Some(route);
 
         if let Some(policy) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
@@ -283,7 +289,8 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// cache status -> security, CORS and request-id headers (cache hits pass here too).
+    /// cache status -> security, CORS and request-id headers -> compression decision (cache
+    /// hits pass here too).
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -292,7 +299,20 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         self.cache.status_headers(session, upstream_response, ctx);
         respond::finish_headers(&self.headers, session.req_header(), ctx, upstream_response);
+        ctx.compress.response(upstream_response);
         Ok(())
+    }
+
+    /// Encode the body chunk by chunk (synchronous; cache hits pass here too).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        ctx.compress.body(body, end_of_stream, &self.metrics)?;
+        Ok(None)
     }
 
     /// Every request ends here, answered or not: metrics, then the access log.

@@ -2,7 +2,8 @@
 //!
 //! Phases: `request_filter` and `fail_to_proxy`. Such responses skip Pingora's
 //! `response_filter`, so [`finish_headers`] is called here and from `response_filter` alike:
-//! the one place that decides what every response carries.
+//! the one place that decides what every response carries. Bodies go through the same
+//! compression policy as proxied ones (`compress::State::whole`), so `Vary` and encoding agree.
 //!
 //! Invariant: a self-made error is `application/problem+json` (RFC 9457) naming the request id,
 //! and carries the same security, CORS and request-id headers as a proxied response.
@@ -120,6 +121,7 @@ async fn write(
         return Ok(());
     }
     finish_headers(headers, session.req_header(), ctx, &mut resp);
+    let body = ctx.compress.whole(&mut resp, body);
     resp.set_content_length(body.len())?;
     let req = session.req_header();
     // An unread request body would be mistaken for the next request: close instead.

@@ -71,6 +71,9 @@ pub struct RouteConfig {
     /// Name of a `[cache.policies.NAME]` policy: responses of this route are cached.
     #[serde(default)]
     pub cache: Option<String>,
+    /// Name of a `[compression.policies.NAME]` policy (default: `[compression]` itself).
+    #[serde(default)]
+    pub compression: Option<String>,
 }
 
 mod defaults {
@@ -251,6 +254,8 @@ pub struct Route {
     pub strip_prefix: bool,
     pub rewrite: Option<String>,
     pub cors: Option<Arc<crate::cors::Policy>>,
+    /// `None`: the default `[compression]` policy.
+    pub compression: Option<Arc<crate::compress::Policy>>,
 }
 
 impl Route {
@@ -345,6 +350,7 @@ mod tests {
             strip_prefix: strip,
             rewrite: rewrite.map(String::from),
             cors: None,
+            compression: None,
         }
     }
 

@@ -101,8 +101,13 @@ fn hits_are_served_from_cache(store: Store) {
         // unless `proxy_pass_header Date`); with Age, downstream caches still get it right.
         assert!(resp.header("date").is_some());
         // The origin's X-Process-Time (0.0123) is never stored: a hit carries Rampart's own.
-        let took = resp.header("x-process-time").expect("x-process-time on hits");
-        assert_ne!(took, "0.0123", "per-request timing is Rampart's, not stored");
+        let took = resp
+            .header("x-process-time")
+            .expect("x-process-time on hits");
+        assert_ne!(
+            took, "0.0123",
+            "per-request timing is Rampart's, not stored"
+        );
         let id = resp.header("x-request-id").expect("request id");
         assert_ne!(
             id, "from-the-origin",

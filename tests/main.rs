@@ -4,6 +4,7 @@
 mod common;
 
 mod cache;
+mod compress;
 mod config;
 mod cors;
 mod errors;

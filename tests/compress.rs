@@ -1,0 +1,621 @@
+//! Compression: real upstreams, Rampart and a raw TCP client; bodies decoded with the crates
+//! Pingora itself uses (flate2, brotli, zstd) and compared byte for byte with the upstream's.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+
+use crate::common::*;
+
+/// JSON-ish text of `len` bytes that compresses like real API output (not a repeated string).
+fn body(len: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(len + 64);
+    let mut x: u64 = 0x2545_f491;
+    out.push('[');
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push_str(&format!(
+            "{{\"day\":\"2024-{:02}-{:02}\",\"expense\":{},\"category\":\"{}\"}},",
+            x % 12 + 1,
+            x % 28 + 1,
+            x % 100_000,
+            ["travel", "software", "payroll", "rent"][(x % 4) as usize]
+        ));
+    }
+    let mut bytes = out.into_bytes();
+    bytes.truncate(len);
+    bytes
+}
+
+fn decode(resp: &Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    match resp.header("content-encoding") {
+        None => return resp.body.clone(),
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(&resp.body[..])
+                .read_to_end(&mut out)
+                .expect("valid gzip");
+        }
+        Some("br") => {
+            brotli::Decompressor::new(&resp.body[..], 4096)
+                .read_to_end(&mut out)
+                .expect("complete brotli stream");
+        }
+        Some("zstd") => out = zstd::stream::decode_all(&resp.body[..]).expect("valid zstd"),
+        Some(other) => panic!("unexpected content-encoding {other}"),
+    }
+    out
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+fn varies(resp: &Response) -> bool {
+    resp.headers
+        .iter()
+        .filter(|(k, _)| k == "vary")
+        .any(|(_, v)| v.to_ascii_lowercase().contains("accept-encoding"))
+}
+
+/// An upstream that streams `body` chunked, without `Content-Length`, in 16 KiB chunks.
+fn chunked_upstream(body: Vec<u8>, content_type: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n\
+                     transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                );
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                for chunk in body.chunks(16 * 1024) {
+                    let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+                    frame.extend_from_slice(chunk);
+                    frame.extend_from_slice(b"\r\n");
+                    if stream
+                        .write_all(&frame)
+                        .and_then(|_| stream.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                let _ = stream.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    addr
+}
+
+fn start(up: &SocketAddr, extra: &str) -> Rampart {
+    Rampart::start(&format!(
+        "{}\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"u\"\n{extra}",
+        upstream_toml("u", &[up])
+    ))
+}
+
+fn get_with(r: &Rampart, path: &str, accept: &str) -> Response {
+    r.request("GET", path, &[("Accept-Encoding", accept)], None)
+}
+
+#[test]
+fn every_coding_decodes_to_the_upstream_bytes() {
+    let sizes = [("small", 1500), ("threshold", 1000), ("large", 1 << 20)];
+    let up = Upstream::start(move |req| {
+        let len = sizes
+            .iter()
+            .find(|(n, _)| req.target.ends_with(n))
+            .map_or(10, |(_, l)| *l);
+        Reply::json(body(len))
+    });
+    let streamed = body(1 << 20);
+    let chunked = chunked_upstream(streamed.clone(), "application/javascript");
+    let r = Rampart::start(&format!(
+        "{}{}\n[[routes]]\nname = \"stream\"\nprefix = \"/stream\"\nupstream = \"s\"\n\
+         [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up.addr]),
+        upstream_toml("s", &[&chunked]),
+    ));
+    for coding in ["gzip", "br", "zstd"] {
+        for (name, len) in sizes {
+            let resp = get_with(&r, &format!("/{name}"), coding);
+            assert_eq!(resp.status, 200);
+            assert_eq!(
+                resp.header("content-encoding"),
+                Some(coding),
+                "{name} {coding}"
+            );
+            assert!(varies(&resp), "{name} {coding}: Vary: Accept-Encoding");
+            assert_eq!(resp.header("content-length"), None, "{name} {coding}");
+            let plain = decode(&resp);
+            assert_eq!(plain.len(), len, "{name} {coding}");
+            assert_eq!(plain, body(len), "{name} {coding}");
+            if len == 1 << 20 {
+                assert!(
+                    resp.body.len() < len / 3,
+                    "{coding} compresses 1 MB of JSON"
+                );
+            }
+        }
+        let resp = get_with(&r, "/stream", coding);
+        assert_eq!(
+            resp.header("content-encoding"),
+            Some(coding),
+            "chunked {coding}"
+        );
+        assert_eq!(decode(&resp), streamed, "chunked {coding}");
+    }
+    // Without Accept-Encoding: the bytes as they are, and still Vary.
+    let resp = r.get("/large");
+    assert_eq!(resp.header("content-encoding"), None);
+    assert!(varies(&resp));
+    assert_eq!(resp.body, body(1 << 20));
+    let resp = r.get("/stream");
+    assert_eq!(resp.body, streamed);
+}
+
+#[test]
+fn client_weights_decide() {
+    let up = Upstream::start(|_| Reply::json(body(5000)));
+    let r = start(&up.addr, "");
+    let cases = [
+        ("gzip, deflate, br, zstd", Some("zstd")),
+        ("gzip, deflate, br", Some("br")),
+        ("gzip;q=1, br;q=0.5", Some("gzip")),
+        ("gzip;q=0, deflate", None),
+        ("gzip;q=0, zstd", Some("zstd")),
+        ("br;q=0, zstd;q=0, gzip;q=0", None),
+        ("*", Some("zstd")),
+        ("zstd;q=0, *;q=0.5", Some("br")),
+        ("br;q=0.9, zstd;q=0.8, gzip", Some("gzip")),
+        ("*;q=0", None),
+        ("identity", None),
+        ("gzip;q=0.4, identity;q=0.9", None),
+        ("GZip;Q=0.7", Some("gzip")),
+    ];
+    for (accept, expected) in cases {
+        let resp = get_with(&r, "/x", accept);
+        assert_eq!(resp.header("content-encoding"), expected, "{accept}");
+        assert!(
+            varies(&resp),
+            "{accept}: negotiable, so Vary even when identity"
+        );
+        assert_eq!(decode(&resp), body(5000), "{accept}");
+    }
+}
+
+#[test]
+fn ineligible_responses_go_out_untouched() {
+    let up = Upstream::start(|req| match req.target.as_str() {
+        "/png" => Reply::ok(body(5000)).header("content-type", "image/png"),
+        "/small" => Reply::json(body(999)),
+        "/events" => Reply::ok(body(5000)).header("content-type", "text/event-stream"),
+        "/no-transform" => Reply::json(body(5000)).header("cache-control", "no-transform"),
+        "/gzipped" => Reply::ok(gzip(&body(5000)))
+            .header("content-type", "text/plain")
+            .header("content-encoding", "gzip"),
+        "/range" => Reply::ok(body(100))
+            .status(206)
+            .header("content-range", "bytes 0-99/5000"),
+        "/empty" => Reply::ok("").status(204),
+        "/not-modified" => Reply::ok("")
+            .status(304)
+            .header("etag", "\"v1\"")
+            .header("content-type", "application/json"),
+        _ => Reply::json(body(5000)).header("etag", "\"v1\""),
+    });
+    let r = start(&up.addr, "");
+    let ae = "gzip, br, zstd";
+
+    for path in ["/png", "/small", "/events"] {
+        let resp = get_with(&r, path, ae);
+        assert_eq!(resp.header("content-encoding"), None, "{path}");
+        assert!(!varies(&resp), "{path}: never compressed, so no Vary");
+        assert_eq!(resp.body, body(if path == "/small" { 999 } else { 5000 }));
+    }
+    let resp = get_with(&r, "/no-transform", ae);
+    assert_eq!(resp.header("content-encoding"), None);
+    assert_eq!(resp.header("content-length"), Some("5000"));
+    assert_eq!(resp.body, body(5000));
+
+    // Already gzip from the upstream and acceptable: the upstream's bytes, not gzip twice.
+    let resp = get_with(&r, "/gzipped", ae);
+    assert_eq!(resp.header("content-encoding"), Some("gzip"));
+    assert_eq!(resp.body, gzip(&body(5000)));
+    assert!(varies(&resp));
+
+    let resp = r.request(
+        "GET",
+        "/range",
+        &[("Accept-Encoding", ae), ("Range", "bytes=0-99")],
+        None,
+    );
+    assert_eq!(resp.status, 206);
+    assert_eq!(resp.header("content-encoding"), None);
+    assert_eq!(resp.body, body(100));
+
+    let resp = get_with(&r, "/empty", ae);
+    assert_eq!(resp.status, 204);
+    assert_eq!(resp.header("content-encoding"), None);
+
+    let resp = get_with(&r, "/not-modified", ae);
+    assert_eq!(resp.status, 304);
+    assert_eq!(resp.header("content-encoding"), None);
+    assert_eq!(resp.header("etag"), Some("\"v1\""), "304 untouched");
+    assert!(varies(&resp), "a 304 stands for a 200 that varies");
+
+    let resp = r.request("HEAD", "/page", &[("Accept-Encoding", ae)], None);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-encoding"), None);
+    assert_eq!(resp.header("content-length"), Some("5000"));
+    assert!(resp.body.is_empty());
+    assert!(varies(&resp));
+
+    // The same resource in GET: compressed, its strong ETag weakened.
+    let resp = get_with(&r, "/page", "gzip");
+    assert_eq!(resp.header("content-encoding"), Some("gzip"));
+    assert_eq!(resp.header("etag"), Some("W/\"v1\""));
+    assert_eq!(decode(&resp), body(5000));
+    let resp = r.get("/page");
+    assert_eq!(
+        resp.header("etag"),
+        Some("\"v1\""),
+        "identity keeps the strong ETag"
+    );
+}
+
+#[test]
+fn upstream_encodings_are_decoded_for_clients_that_cannot_read_them() {
+    let plain = body(8000);
+    let mut br = Vec::new();
+    {
+        let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+        w.write_all(&plain).expect("br");
+    }
+    let zst = zstd::stream::encode_all(&plain[..], 3).expect("zstd");
+    let gz = gzip(&plain);
+    let up = Upstream::start(move |req| {
+        let (coding, bytes) = match req.target.as_str() {
+            "/br" => ("br", br.clone()),
+            "/zstd" => ("zstd", zst.clone()),
+            _ => ("gzip", gz.clone()),
+        };
+        Reply::json(bytes).header("content-encoding", coding)
+    });
+    let r = start(&up.addr, "");
+    for (path, client) in [("/br", "gzip"), ("/zstd", "gzip, br"), ("/gzip", "br")] {
+        let resp = get_with(&r, path, client);
+        assert_eq!(resp.header("content-encoding"), None, "{path} for {client}");
+        assert_eq!(resp.body, plain, "{path} for {client}");
+        assert!(varies(&resp));
+    }
+    let resp = r.get("/gzip");
+    assert_eq!(resp.body, plain, "no Accept-Encoding: decoded");
+
+    let off = start(&up.addr, "[compression]\ndecompress = false\n");
+    let resp = get_with(&off, "/br", "gzip");
+    assert_eq!(
+        resp.header("content-encoding"),
+        Some("br"),
+        "decompress = false"
+    );
+}
+
+#[test]
+fn rampart_own_responses_follow_the_policy() {
+    let up = Upstream::start(|_| Reply::json(body(5000)));
+    // Default: a problem+json is ~200 bytes, below min_size: identity and no Vary.
+    let r = Rampart::start(&format!(
+        "{}\n[[routes]]\nname = \"api\"\nprefix = \"/api/\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up.addr])
+    ));
+    let resp = get_with(&r, "/nothing", "gzip, br");
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.header("content-encoding"), None);
+    assert!(!varies(&resp));
+    assert_eq!(resp.json()["status"], 404);
+
+    // Threshold lowered: the same 404 is compressed like any proxied JSON, with exact length.
+    let r = Rampart::start(&format!(
+        "{}\n[[routes]]\nname = \"api\"\nprefix = \"/api/\"\nupstream = \"u\"\n\
+         [compression]\nmin_size = 0\n",
+        upstream_toml("u", &[&up.addr])
+    ));
+    let resp = get_with(&r, "/nothing", "gzip;q=1, br;q=0.5");
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.header("content-encoding"), Some("gzip"));
+    assert!(varies(&resp));
+    assert_eq!(
+        resp.header("content-length"),
+        Some(resp.body.len().to_string().as_str())
+    );
+    let problem: serde_json::Value = serde_json::from_slice(&decode(&resp)).expect("json");
+    assert_eq!(problem["status"], 404);
+    let resp = r.request("HEAD", "/nothing", &[("Accept-Encoding", "gzip")], None);
+    assert_eq!(resp.status, 404);
+    assert_eq!(
+        resp.header("content-encoding"),
+        None,
+        "HEAD: no body to encode"
+    );
+}
+
+#[test]
+fn routes_choose_named_policies() {
+    let up = Upstream::start(|_| Reply::json(body(5000)));
+    let r = Rampart::start(&format!(
+        "{}
+[[routes]]
+name = \"raw\"
+prefix = \"/raw/\"
+upstream = \"u\"
+compression = \"off\"
+
+[[routes]]
+name = \"gz\"
+prefix = \"/gz/\"
+upstream = \"u\"
+compression = \"gzip-only\"
+
+[[routes]]
+name = \"all\"
+prefix = \"/\"
+upstream = \"u\"
+
+[compression.policies.off]
+enabled = false
+
+[compression.policies.gzip-only]
+encodings = [\"gzip\"]
+gzip_level = 1
+",
+        upstream_toml("u", &[&up.addr])
+    ));
+    let ae = "br, zstd, gzip";
+    let resp = get_with(&r, "/raw/x", ae);
+    assert_eq!(resp.header("content-encoding"), None);
+    assert!(!varies(&resp));
+    let resp = get_with(&r, "/gz/x", ae);
+    assert_eq!(resp.header("content-encoding"), Some("gzip"));
+    assert_eq!(decode(&resp), body(5000));
+    let resp = get_with(&r, "/x", "br, gzip");
+    assert_eq!(resp.header("content-encoding"), Some("br"));
+
+    let metrics = r.admin_get("/metrics").text();
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("rampart_compression_bytes_in_total{encoding=\"br\"}") >= 5000);
+    let out = count("rampart_compression_bytes_out_total{encoding=\"br\"}");
+    assert!(out > 0 && out < 5000, "br out bytes counted: {out}");
+    assert!(count("rampart_compression_bytes_in_total{encoding=\"gzip\"}") >= 5000);
+}
+
+#[test]
+fn unknown_policy_names_are_refused() {
+    let text =
+        "[upstreams.u]\naddrs = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"a\"\nprefix = \"/\"\n\
+                upstream = \"u\"\ncompression = \"nope\"\n";
+    let err = rampart::config::parse("t.toml", text, &Default::default())
+        .expect_err("unknown policy")
+        .to_string();
+    assert!(err.contains("routes[0].compression"), "{err}");
+    let err = rampart::config::parse(
+        "t.toml",
+        "[compression]\ngzip_level = 12\n",
+        &Default::default(),
+    )
+    .expect_err("bad level")
+    .to_string();
+    assert!(err.contains("compression.gzip_level"), "{err}");
+    assert!(err.starts_with("t.toml:2:"), "{err}");
+}
+
+#[test]
+fn shipped_config_documents_the_defaults() {
+    let text = std::fs::read_to_string("config/proxy.toml").expect("config/proxy.toml");
+    let config = rampart::config::parse("proxy.toml", &text, &Default::default()).expect("valid");
+    assert_eq!(
+        format!("{:?}", config.compression),
+        format!("{:?}", rampart::compress::Config::default()),
+        "config/proxy.toml's [compression] shows every default"
+    );
+}
+
+/// Streaming stays streaming: the upstream sends half the body and then waits until the client
+/// has received compressed bytes; a proxy that buffered the body would never release them.
+#[test]
+fn compressed_bodies_stream_before_the_upstream_finishes() {
+    use std::net::TcpStream;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let full = body(1 << 20);
+    let (first, rest) = full.split_at(full.len() / 2);
+    let (first, rest) = (first.to_vec(), rest.to_vec());
+    let (gate, wait) = mpsc::channel::<()>();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        // The first connection that sends a request (health checks connect and close).
+        let mut stream = loop {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request = false;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                request = true;
+            }
+            if request {
+                break stream;
+            }
+        };
+        let chunk = |data: &[u8]| {
+            let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
+            frame.extend_from_slice(data);
+            frame.extend_from_slice(b"\r\n");
+            frame
+        };
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                    transfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(&chunk(&first));
+        let _ = stream.flush();
+        // Bounded: gives up after 10 s, which the client's 5 s read timeout turns into a failure.
+        if wait.recv_timeout(Duration::from_secs(10)).is_err() {
+            return;
+        }
+        let _ = stream.write_all(&chunk(&rest));
+        let _ = stream.write_all(b"0\r\n\r\n");
+    });
+    let r = start(&up, "");
+
+    let mut client = TcpStream::connect(r.addr).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    client
+        .write_all(
+            b"GET /big HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+        )
+        .expect("send");
+    let mut reader = BufReader::new(client);
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("response head");
+        if line == "\r\n" {
+            break;
+        }
+        head.push(line.trim().to_ascii_lowercase());
+    }
+    assert!(
+        head.iter().any(|h| h == "content-encoding: gzip"),
+        "{head:?}"
+    );
+    assert!(
+        head.iter().any(|h| h == "transfer-encoding: chunked"),
+        "{head:?}"
+    );
+    let mut compressed = Vec::new();
+    let mut released = false;
+    loop {
+        let mut size = String::new();
+        reader
+            .read_line(&mut size)
+            .expect("compressed bytes arrive while the upstream is still sending");
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        let mut data = vec![0; size + 2];
+        reader.read_exact(&mut data).expect("chunk");
+        compressed.extend_from_slice(&data[..size]);
+        if size == 0 {
+            break;
+        }
+        if !released {
+            // Compressed output of the first half reached the client: let the upstream finish.
+            released = true;
+            gate.send(()).expect("upstream waiting");
+        }
+    }
+    assert!(released, "some output came before the end");
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_end(&mut plain)
+        .expect("gzip");
+    assert_eq!(plain, full);
+}
+
+/// An HTTP/1.0 client cannot take chunked framing: the compressed body is delimited by close.
+#[test]
+fn http10_clients_get_a_close_delimited_body() {
+    let up = Upstream::start(|_| Reply::json(body(5000)));
+    let r = start(&up.addr, "");
+    let resp = send_raw(
+        r.addr,
+        b"GET /x HTTP/1.0\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n",
+    )
+    .expect("response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-encoding"), Some("gzip"));
+    assert_eq!(resp.header("transfer-encoding"), None);
+    assert_eq!(decode(&resp), body(5000));
+}
+
+/// Cache and compression together (Pingora issue #283): the cache stores the origin's identity
+/// body and every hit is encoded per client, so any order of gzip, br, zstd and identity
+/// clients gets the origin's bytes, from one upstream fetch. Both stores.
+#[test]
+fn cache_hits_are_encoded_per_client_in_any_order() {
+    let original = body(40_000);
+    let served = original.clone();
+    let up = Upstream::start(move |_| Reply::json(served.clone()));
+    let redis = Redis::start();
+    for store in [
+        String::new(),
+        format!("[store]\nredis_url = \"{}\"\n", redis.url()),
+    ] {
+        let r = Rampart::start(&format!(
+            "{}[[routes]]\nname = \"kpis\"\nprefix = \"/api/\"\nupstream = \"u\"\ncache = \"kpis\"\n{store}[cache.policies.kpis]\nttl = \"60s\"\n",
+            upstream_toml("u", &[&up.addr])
+        ));
+        for (n, order) in [
+            ["gzip", "identity", "br", "zstd", "gzip"],
+            ["identity", "gzip", "zstd", "br", "identity"],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let before = up.count();
+            let path = format!("/api/v1/dashboard/kpis?order={n}");
+            for (i, accept) in order.iter().enumerate() {
+                let resp = get_with(&r, &path, accept);
+                assert_eq!(resp.status, 200);
+                let expect_hit = if i == 0 { "MISS" } else { "HIT" };
+                assert_eq!(
+                    resp.header("x-cache"),
+                    Some(expect_hit),
+                    "{store} {path} {accept}"
+                );
+                let coding = resp.header("content-encoding");
+                if *accept == "identity" {
+                    assert_eq!(coding, None, "{accept}");
+                } else {
+                    assert_eq!(coding, Some(*accept), "{accept}");
+                }
+                assert!(varies(&resp), "Vary: Accept-Encoding on {accept}");
+                assert_eq!(
+                    decode(&resp),
+                    original,
+                    "{store} {path} {accept}: origin bytes"
+                );
+            }
+            assert_eq!(up.count() - before, 1, "one upstream fetch for {path}");
+        }
+    }
+}
