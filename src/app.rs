@@ -109,10 +109,8 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
             .filter_map(|c| config::parse_cidr(c).ok())
             .collect(),
     );
-    let metrics = Arc::new(
-        Metrics::new(&crate::metrics::DEFAULT_BUCKETS)
-            .map_err(|e| Error::Runtime(e.to_string()))?,
-    );
+    let metrics =
+        Arc::new(Metrics::new(&config.metrics.buckets).map_err(|e| Error::Runtime(e.to_string()))?);
     let redis = crate::store::redis::Redis::from_config(&config.store, metrics.clone())
         .map_err(|e| Error::Store(e.to_string()))?;
     if let Some(r) = &redis {
@@ -130,7 +128,6 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
     let cache = crate::cache::Cache::new(config, redis.clone(), metrics.clone());
     let proxy = Proxy {
         ratelimit,
-        redis,
         cache: cache.clone(),
         metrics: metrics.clone(),
         router: Router::new(routes),

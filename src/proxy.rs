@@ -25,7 +25,6 @@ use crate::metrics::{self, Metrics};
 use crate::ratelimit::Limiter;
 use crate::respond;
 use crate::routing::{self, Router};
-use crate::store::redis::Redis;
 
 /// Everything the request path reads; built once by `app`, shared by all workers.
 pub struct Proxy {
@@ -33,8 +32,6 @@ pub struct Proxy {
     pub router: Router,
     pub headers: Headers,
     pub trusted: Cidrs,
-    /// The shared Redis store; `None` runs on in-process stores (the embedded default).
-    pub redis: Option<Arc<Redis>>,
     pub access_log: accesslog::Config,
     pub public_metrics: Option<metrics::PublicEndpoint>,
     pub ratelimit: Limiter,
@@ -53,102 +50,31 @@ impl ProxyHttp for Proxy {
         Ctx::new()
     }
 
-    /// identify -> Accept-Encoding -> route (none: 404) -> route's compression -> CORS
-    /// preflight -> rate limits (429).
+    /// identify -> public metrics? -> dot segments (400) -> route (none: 404) -> the route's
+    /// compression -> CORS preflight (204/403) -> rate limits (429, or 503 under `deny`).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.request_id = headers::request_id(session.req_header());
-        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let req = session.req_header();
-        ctx.compress.request(&self.compression, req);
-        ctx.client = Some(Client::identify(
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
-            req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
-            ctx.tls,
-            &self.trusted,
-        ));
-
-        if let Some(public) = self
-            .public_metrics
-            .as_ref()
-            .filter(|p| p.path == req.uri.path())
-        {
-            if public.allows(ctx.client.as_ref()) {
-                let body = self.metrics.render();
-                respond::content(
-                    session,
-                    &self.headers,
-                    ctx,
-                    200,
-                    metrics::CONTENT_TYPE,
-                    body,
-                )
-                .await?;
-            } else {
-                respond::problem(
-                    session,
-                    &self.headers,
-                    ctx,
-                    403,
-                    "metrics not readable here",
-                )
-                .await?;
+        self.identify(session, ctx);
+        if let Some(public) = self.public_metrics.as_ref() {
+            if public.path == session.req_header().uri.path() {
+                self.serve_public_metrics(public, session, ctx).await?;
+                return Ok(true);
             }
-            return Ok(true);
         }
-        if let Some(reason) = routing::unroutable(req) {
+        if let Some(reason) = routing::unroutable(session.req_header()) {
             respond::problem(session, &self.headers, ctx, 400, reason).await?;
             return Ok(true);
         }
-        let Some(route) = self.router.route(req.uri.path()).cloned() else {
-            respond::problem(
-                session,
-                &self.headers,
-                ctx,
-                404,
-                "no route matches this path",
-            )
-            .await?;
+        let Some(route) = self.router.route(session.req_header().uri.path()).cloned() else {
+            let detail = "no route matches this path";
+            respond::problem(session, &self.headers, ctx, 404, detail).await?;
             return Ok(true);
         };
         ctx.compress.use_route(route.compression.as_ref());
         ctx.route = Some(route);
-
-        if let Some(policy) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
-            match policy.classify(session.req_header()) {
-                cors::Request::Preflight { allowed: true } => {
-                    respond::preflight(session, &self.headers, ctx).await?;
-                    return Ok(true);
-                }
-                cors::Request::Preflight { allowed: false } => {
-                    respond::problem(session, &self.headers, ctx, 403, "origin not allowed")
-                        .await?;
-                    return Ok(true);
-                }
-                cors::Request::Actual | cors::Request::None => {}
-            }
+        if self.answer_preflight(session, ctx).await? {
+            return Ok(true);
         }
-
-        if let Some(decision) = self.ratelimit.check(session.req_header(), ctx).await {
-            let refusal = decision.refusal.clone();
-            ctx.ratelimit = Some(decision);
-            if let Some(r) = refusal {
-                respond::problem_with(
-                    session,
-                    &self.headers,
-                    ctx,
-                    r.status,
-                    &r.detail,
-                    &r.headers(),
-                )
-                .await?;
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        self.enforce_rate_limits(session, ctx).await
     }
 
     /// Cacheable method, no credentials, store reachable: enable the cache.
@@ -368,6 +294,97 @@ impl ProxyHttp for Proxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+}
+
+/// The steps of `request_filter`, each answering the client itself when it returns `true`.
+impl Proxy {
+    /// Request id, TLS, client identity and the client's `Accept-Encoding`.
+    fn identify(&self, session: &Session, ctx: &mut Ctx) {
+        let req = session.req_header();
+        ctx.request_id = headers::request_id(req);
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.compress.request(&self.compression, req);
+        ctx.client = Some(Client::identify(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+            req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+            ctx.tls,
+            &self.trusted,
+        ));
+    }
+
+    /// `[metrics] public_path`: the metrics for allowed clients, 403 for the others.
+    async fn serve_public_metrics(
+        &self,
+        public: &metrics::PublicEndpoint,
+        session: &mut Session,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        if public.allows(ctx.client.as_ref()) {
+            let body = self.metrics.render();
+            respond::content(
+                session,
+                &self.headers,
+                ctx,
+                200,
+                metrics::CONTENT_TYPE,
+                body,
+            )
+            .await
+        } else {
+            respond::problem(
+                session,
+                &self.headers,
+                ctx,
+                403,
+                "metrics not readable here",
+            )
+            .await
+        }
+    }
+
+    /// A CORS preflight on a route with a policy is answered here, never proxied or limited.
+    async fn answer_preflight(&self, session: &mut Session, ctx: &Ctx) -> Result<bool> {
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) else {
+            return Ok(false);
+        };
+        match policy.classify(session.req_header()) {
+            cors::Request::Preflight { allowed: true } => {
+                respond::preflight(session, &self.headers, ctx).await?;
+                Ok(true)
+            }
+            cors::Request::Preflight { allowed: false } => {
+                respond::problem(session, &self.headers, ctx, 403, "origin not allowed").await?;
+                Ok(true)
+            }
+            cors::Request::Actual | cors::Request::None => Ok(false),
+        }
+    }
+
+    /// Charge every applicable policy; a refusal (429, or 503 under `deny`) is answered here.
+    async fn enforce_rate_limits(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(decision) = self.ratelimit.check(session.req_header(), ctx).await else {
+            return Ok(false);
+        };
+        let refusal = decision.refusal.clone();
+        ctx.ratelimit = Some(decision);
+        let Some(r) = refusal else {
+            return Ok(false);
+        };
+        respond::problem_with(
+            session,
+            &self.headers,
+            ctx,
+            r.status,
+            &r.detail,
+            &r.headers(),
+        )
+        .await?;
+        Ok(true)
     }
 }
 

@@ -341,3 +341,26 @@ fn json_access_log_lines_parse() {
     assert_eq!(entries[3]["path"], "/missing");
     assert!(entries[3]["route"].is_null());
 }
+
+#[test]
+fn histogram_buckets_are_configurable() {
+    let up = Upstream::named("ok");
+    let r = Rampart::start(&format!(
+        "{}[metrics]\nbuckets = [0.25, 2.5]\n",
+        dashboard(&up)
+    ));
+    r.get("/api/x");
+    eventually("request counted", || scrape(&r).contains("route=\"api\""));
+    let text = scrape(&r);
+    assert!(
+        text.contains(
+            "http_request_duration_seconds_bucket{method=\"GET\",route=\"api\",le=\"0.25\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("le=\"2.5\""));
+    assert!(
+        !text.contains("route=\"api\",le=\"0.005\""),
+        "only the configured bounds"
+    );
+}
