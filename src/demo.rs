@@ -43,12 +43,15 @@ pub fn instructions(config: &Config) -> String {
     format!(
         "Rampart demo: proxy on {base}, admin on http://{admin}\n\
          Try:\n  \
-         curl -i {base}/api/v1/dashboard/kpis          # JSON API through the proxy\n  \
+         curl -i {base}/api/v1/dashboard/kpis          # JSON API through the proxy (again: X-Cache: HIT)\n  \
+         curl -i --compressed {base}/api/v1/dashboard/expense-trend   # compressed, cached 300 s\n  \
          curl -i {base}/api/v1/echo                    # what the upstream received (forwarding headers)\n  \
          curl -i {base}/                               # the static frontend page\n  \
          curl -i {base}/health                         # backend health, as in the old nginx.conf\n  \
          curl -i -X OPTIONS {base}/api/v1/dashboard/kpis -H 'Origin: https://dash.example.com' -H 'Access-Control-Request-Method: GET'\n  \
-         curl -i http://{admin}/healthz                  # Rampart itself\n\
+         curl -i http://{admin}/healthz                  # Rampart itself\n  \
+         curl -s http://{admin}/metrics | grep ^http_     # Prometheus metrics\n  \
+         for i in $(seq 25); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/api/v1/echo; done; echo   # 429 after the burst of 20\n\
          Ctrl-C stops it.\n"
     )
 }
@@ -97,8 +100,8 @@ fn api(path: &str, req: &pingora::http::RequestHeader) -> (StatusCode, &'static 
             })).collect::<Vec<_>>(),
         })),
         "/api/v1/dashboard/expense-trend" => json(serde_json::json!({
-            "months": (1..=12).map(|m| serde_json::json!({
-                "month": format!("2026-{m:02}"),
+            "months": (0..36).map(|m| serde_json::json!({
+                "month": format!("{}-{:02}", 2024 + m / 12, m % 12 + 1),
                 "expenses": 40000 + m * 1250,
                 "budget": 52000,
             })).collect::<Vec<_>>(),
