@@ -110,7 +110,7 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
             .collect(),
     );
     let metrics =
-        Arc::new(Metrics::new(&config.metrics.buckets).map_err(|e| Error::Runtime(e.to_string()))?);
+        Arc::new(Metrics::with_config(&config.metrics).map_err(|e| Error::Runtime(e.to_string()))?);
     let redis = crate::store::redis::Redis::from_config(&config.store, metrics.clone())
         .map_err(|e| Error::Store(e.to_string()))?;
     if let Some(r) = &redis {

@@ -33,6 +33,10 @@ pub const DEFAULT_BUCKETS: [f64; 14] = [
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Record per-request metrics (`http_requests_total`, durations, in-flight, upstream
+    /// latency). `false` exists to measure what observability costs; feature counters (cache,
+    /// limiter, store, compression) are recorded either way.
+    pub enabled: bool,
     /// Upper bounds (seconds) of the `http_request_duration_seconds` buckets.
     pub buckets: Vec<f64>,
     /// Also serve the metrics on the public listener at this path (off by default: the admin
@@ -49,6 +53,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            enabled: true,
             buckets: DEFAULT_BUCKETS.to_vec(),
             public_path: None,
             public_allow: Vec::new(),
@@ -104,6 +109,8 @@ impl PublicEndpoint {
 /// the tests do, without mixing their figures).
 pub struct Metrics {
     registry: Registry,
+    /// `[metrics] enabled`: per-request recording on or off.
+    per_request: bool,
     /// Old stack's name: `http_requests_total{method,route,status}`.
     pub requests: IntCounterVec,
     /// Old stack's name: `http_request_duration_seconds{method,route}`.
@@ -154,6 +161,15 @@ pub fn method_label(method: &http::Method) -> &'static str {
 impl Metrics {
     /// Build every family; `buckets` for the request-duration histogram.
     pub fn new(buckets: &[f64]) -> Result<Self, prometheus::Error> {
+        Self::with_config(&Config {
+            buckets: buckets.to_vec(),
+            ..Config::default()
+        })
+    }
+
+    /// Build every family as `[metrics]` says.
+    pub fn with_config(config: &Config) -> Result<Self, prometheus::Error> {
+        let buckets = config.buckets.as_slice();
         let registry = Registry::new();
         let counter =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
@@ -268,6 +284,7 @@ impl Metrics {
                 "Unix time of the last successful configuration load.",
             )?,
             registry,
+            per_request: config.enabled,
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -281,8 +298,19 @@ impl Metrics {
         Ok(m)
     }
 
+    /// A request started (`new_ctx`).
+    pub fn request_started(&self) {
+        if self.per_request {
+            self.in_flight.inc();
+        }
+    }
+
     /// One finished request (called from `logging`, which every request reaches).
     pub fn request_done(&self, method: &http::Method, route: Option<&str>, status: u16, secs: f64) {
+        if !self.per_request {
+            return;
+        }
+        self.in_flight.dec();
         let method = method_label(method);
         let route = route.unwrap_or(UNMATCHED);
         let status = status_label(status);
@@ -296,6 +324,9 @@ impl Metrics {
 
     /// An upstream answered after `took`; a 5xx also counts as an error of the group.
     pub fn upstream_response(&self, upstream: &str, status: u16, took: std::time::Duration) {
+        if !self.per_request {
+            return;
+        }
         self.upstream_duration
             .with_label_values(&[upstream])
             .observe(took.as_secs_f64());

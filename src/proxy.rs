@@ -46,7 +46,7 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        self.metrics.in_flight.inc();
+        self.metrics.request_started();
         Ctx::new()
     }
 
@@ -243,7 +243,6 @@ impl ProxyHttp for Proxy {
 
     /// Every request ends here, answered or not: metrics, then the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        self.metrics.in_flight.dec();
         self.cache.finish(session, e, ctx).await;
         let elapsed = ctx.started.elapsed();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

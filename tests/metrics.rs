@@ -364,3 +364,16 @@ fn histogram_buckets_are_configurable() {
         "only the configured bounds"
     );
 }
+
+#[test]
+fn per_request_metrics_can_be_switched_off() {
+    let up = Upstream::named("ok");
+    let r = Rampart::start(&format!("{}[metrics]\nenabled = false\n", dashboard(&up)));
+    assert_eq!(r.get("/api/x").status, 200);
+    assert_eq!(r.get("/nowhere").status, 404);
+    let text = scrape(&r);
+    assert!(!text.contains("http_requests_total{"), "{text}");
+    assert!(text.contains("rampart_build_info"));
+    // The header is a separate switch.
+    assert!(r.get("/api/x").header("x-process-time").is_some());
+}
