@@ -123,11 +123,16 @@ impl ServeHttp for Admin {
                 b"not found; try /healthz, /metrics or POST /cache/purge\n".to_vec(),
             ),
         };
-        Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, ctype)
-            .header(http::header::CONTENT_LENGTH, body.len())
-            .body(body)
-            .unwrap_or_default()
+        response(status, ctype, body)
     }
+}
+
+/// A whole response for Pingora's `ServeHttp` services (this one and the demo's samples).
+pub fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_default()
 }

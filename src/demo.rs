@@ -70,12 +70,7 @@ impl ServeHttp for Sample {
             Sample::Api => api(&path, req),
             Sample::Page => (StatusCode::OK, "text/html; charset=utf-8", page()),
         };
-        Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, ctype)
-            .header(http::header::CONTENT_LENGTH, body.len())
-            .body(body)
-            .unwrap_or_default()
+        crate::admin::response(status, ctype, body)
     }
 }
 
