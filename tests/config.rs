@@ -246,3 +246,18 @@ fn demo_answers_its_curl_lines() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// deploy/kubernetes/configmap.yaml carries config/proxy.toml verbatim: a drift fails here.
+#[test]
+fn kubernetes_configmap_is_the_shipped_config() {
+    let map: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo("deploy/kubernetes/configmap.yaml")).expect("configmap"),
+    )
+    .expect("valid YAML");
+    let shipped = std::fs::read_to_string(repo("config/proxy.toml")).expect("proxy.toml");
+    assert_eq!(
+        map["data"]["proxy.toml"].as_str(),
+        Some(shipped.as_str()),
+        "regenerate deploy/kubernetes/configmap.yaml (command in its header)"
+    );
+}
