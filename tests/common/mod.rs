@@ -15,12 +15,32 @@ use std::time::{Duration, Instant};
 /// How long anything may take to become ready.
 pub const READY: Duration = Duration::from_secs(20);
 
-/// A port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a server a test starts.
+///
+/// Taken below Linux's ephemeral range (32768+), so outgoing connections (clients, pooled
+/// upstream connections, Redis connections) can never be sitting on it, and never handed out
+/// twice in one test process. Binding port 0 instead would pick from the ephemeral range and
+/// race with those.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    let state = std::collections::hash_map::RandomState::new();
+    let mut handed = HANDED_OUT.lock().expect("port lock");
+    for attempt in 0..2000u32 {
+        let mut h = state.build_hasher();
+        h.write_u32(attempt);
+        h.write_u32(std::process::id());
+        let port = 20000 + (h.finish() % 12000) as u16;
+        if handed.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,14 +531,30 @@ impl Rampart {
     }
 
     pub fn start_with(body: &str, server_extra: &str) -> Self {
-        let port = free_port();
-        let admin_port = free_port();
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nthreads = 1\ngrace_period = \"0s\"\n{server_extra}\n{body}"
-        );
-        let config = rampart::config::parse("test.toml", &text, &BTreeMap::new())
-            .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-        let app = rampart::app::build(&config, Vec::new()).expect("build rampart");
+        // A port can still be taken between choosing and binding (another process): try again
+        // with fresh ports, a bounded number of times.
+        for _ in 0..5 {
+            let (port, admin_port) = (free_port(), free_port());
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nthreads = 1\ngrace_period = \"0s\"\n{server_extra}\n{body}"
+            );
+            let config = rampart::config::parse("test.toml", &text, &BTreeMap::new())
+                .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+            match rampart::app::build(&config, Vec::new()) {
+                Ok(app) => return Self::started(app, config, port, admin_port),
+                Err(rampart::app::Error::Listen { .. }) => continue,
+                Err(e) => panic!("build rampart: {e}"),
+            }
+        }
+        panic!("no free ports for rampart after 5 tries")
+    }
+
+    fn started(
+        app: rampart::app::App,
+        config: rampart::config::Config,
+        port: u16,
+        admin_port: u16,
+    ) -> Self {
         let running = app.spawn();
         let rampart = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
