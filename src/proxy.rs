@@ -259,6 +259,9 @@ impl ProxyHttp for Proxy {
                 self.metrics.upstream_error(&r.upstream.name, "timeout");
             }
         }
+        if !self.access_log.wants(req.uri.path()) {
+            return;
+        }
         self.access_log.write(&accesslog::Entry {
             time: accesslog::now(),
             request_id: &ctx.request_id,
