@@ -1,0 +1,180 @@
+//! Cache keys: the primary key of a request, the URL tag its entries are grouped under, and
+//! the variance of a request against a stored response's `Vary`.
+
+use http::header::HeaderValue;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheMeta, VarianceBuilder};
+use pingora::http::RequestHeader;
+
+use super::policy::Policy;
+
+/// `cache_vary_filter`: the variance of a request against a stored (or about to be stored)
+/// response: its `Vary` headers, plus `Accept-Encoding` whenever the body is encoded.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let names = vary_names(meta.headers());
+    if names.is_empty() {
+        return None;
+    }
+    let mut builder = VarianceBuilder::new();
+    for name in &names {
+        let value = if name == "accept-encoding" {
+            accepted_encodings(req).into_bytes()
+        } else {
+            let values: Vec<&[u8]> = req
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            values.join(&b","[..])
+        };
+        builder.add_owned_value(name, value);
+    }
+    builder.finalize()
+}
+
+/// Lower-cased `Vary` names, sorted; `accept-encoding` added when the body is encoded.
+pub(super) fn vary_names(headers: &http::HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let encoded = headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        names.push("accept-encoding".into());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `Accept-Encoding` reduced to the sorted set of codings with q > 0: `gzip, br` and
+/// `br;q=1.0,gzip` share one variant.
+pub(super) fn accepted_encodings(req: &RequestHeader) -> String {
+    let mut codings: Vec<String> = req
+        .headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next()?.trim().to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .or_else(|| p.strip_prefix("Q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (!coding.is_empty() && !refused).then_some(coding)
+        })
+        .collect();
+    codings.sort();
+    codings.dedup();
+    codings.join(",")
+}
+
+/// The request's host, lower-cased: `Host`, else the URI's authority (HTTP/2).
+pub(super) fn request_host(req: &RequestHeader) -> String {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+pub(super) fn frame(out: &mut Vec<u8>, part: &[u8]) {
+    out.extend_from_slice(part.len().to_string().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(part);
+    out.push(b';');
+}
+
+/// A URL as the cache groups it: all entries of one URL (variants, configured vary headers)
+/// share the tag `ROUTE:HASH`, which is how purges and invalidations find them.
+pub(super) struct UrlKey {
+    /// The normalised query: parameters sorted, ignored ones removed.
+    pub(super) query: String,
+    /// `route:hex(blake2(host, path, query))`: the storage's group for this URL.
+    pub(super) tag: String,
+}
+
+impl UrlKey {
+    pub(super) fn new(
+        route: &str,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        policy: &Policy,
+    ) -> Self {
+        let mut params: Vec<&str> = query
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| {
+                let name = p.split('=').next().unwrap_or("");
+                !policy.ignore_query.iter().any(|i| i == name)
+            })
+            .collect();
+        params.sort_unstable();
+        let query = params.join("&");
+        let mut framed = Vec::new();
+        frame(&mut framed, host.as_bytes());
+        frame(&mut framed, path.as_bytes());
+        frame(&mut framed, query.as_bytes());
+        let hash = pingora::cache::key::hash_key(&framed);
+        Self {
+            query,
+            tag: format!("{route}:{}", hex(&hash)),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::policy::PolicyConfig;
+    use crate::config::Duration;
+
+    fn policy() -> Policy {
+        Policy::new(
+            "p",
+            &PolicyConfig {
+                ttl: Duration::secs(60),
+                ignore_query: vec!["utm_source".into()],
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn query_is_normalised() {
+        let p = policy();
+        let a = UrlKey::new("r", "h", "/x", Some("b=2&a=1&utm_source=x"), &p);
+        let b = UrlKey::new("r", "h", "/x", Some("a=1&b=2"), &p);
+        let c = UrlKey::new("r", "h", "/x", Some("a=2&b=2"), &p);
+        assert_eq!(a.tag, b.tag);
+        assert_eq!(a.query, "a=1&b=2");
+        assert_ne!(a.tag, c.tag);
+    }
+
+    #[test]
+    fn accept_encoding_normalised() {
+        let mut a = RequestHeader::build("GET", b"/", None).expect("req");
+        a.insert_header("accept-encoding", "gzip, br;q=0, deflate")
+            .expect("h");
+        assert_eq!(accepted_encodings(&a), "deflate,gzip");
+    }
+}

@@ -1,0 +1,336 @@
+//! The pingora `Storage` glue: lookups, fills and purges over the two backends.
+
+use std::time::{Duration as StdDuration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::key::CacheHashKey;
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta};
+use pingora::prelude::*;
+
+use super::memory::Memory;
+use super::policy::HARD_MAX_TTL;
+use super::redis_store::RedisStore;
+use super::PurgeError;
+
+/// The route policy's limits, carried in the cache key's extensions for the storage: how much
+/// body a fill may buffer, how long a lookup may wait for another request's fill.
+#[derive(Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) body: usize,
+    pub(super) wait: StdDuration,
+}
+
+impl Limits {
+    pub(super) fn of(key: &CacheKey) -> Self {
+        key.extensions.get::<Limits>().copied().unwrap_or(Limits {
+            body: 1024 * 1024,
+            wait: StdDuration::from_secs(5),
+        })
+    }
+}
+
+/// Where entries live: Redis (shared by replicas) or in-process (the embedded default).
+///
+/// Both group entries by URL tag (`route:urlhash`), each entry identified inside its group by
+/// pingora's combined key hash (primary + variance), and both store the serialized
+/// [`CacheMeta`] (internal part and header) beside the whole body.
+pub enum Store {
+    Redis(RedisStore),
+    Memory(Memory),
+}
+
+/// What a store holds for one entry.
+pub struct Stored {
+    pub internal: Vec<u8>,
+    pub header: Vec<u8>,
+    pub body: Bytes,
+}
+
+impl Store {
+    pub(super) fn unavailable(&self) -> bool {
+        match self {
+            Store::Redis(r) => r.unavailable(),
+            Store::Memory(_) => false,
+        }
+    }
+
+    pub(super) async fn find(&self, key: &CacheKey) -> Option<Stored> {
+        let (tag, entry) = (&key.user_tag, key.combined());
+        match self {
+            Store::Redis(r) => r.find(tag, &entry, Limits::of(key).wait).await,
+            Store::Memory(m) => m.get(tag, &entry),
+        }
+    }
+
+    pub(super) async fn release(&self, tag: &str, entry: &str) {
+        match self {
+            Store::Redis(r) => r.release(tag, entry).await,
+            // In-process fills are coordinated by pingora's cache lock alone.
+            Store::Memory(_) => {}
+        }
+    }
+
+    pub(super) async fn put(
+        &self,
+        tag: &str,
+        entry: &str,
+        stored: Stored,
+        ttl: StdDuration,
+    ) -> bool {
+        match self {
+            Store::Redis(r) => r.put(tag, entry, stored, ttl).await,
+            Store::Memory(m) => m.put(tag, entry, stored, ttl),
+        }
+    }
+
+    async fn put_meta(
+        &self,
+        tag: &str,
+        entry: &str,
+        internal: Vec<u8>,
+        header: Vec<u8>,
+        ttl: StdDuration,
+    ) -> bool {
+        match self {
+            Store::Redis(r) => r.put_meta(tag, entry, internal, header, ttl).await,
+            Store::Memory(m) => m.put_meta(tag, entry, internal, header, ttl),
+        }
+    }
+
+    pub(super) async fn delete(&self, tag: &str, entry: &str) -> bool {
+        match self {
+            Store::Redis(r) => r.delete(tag, entry).await,
+            Store::Memory(m) => m.delete(tag, entry),
+        }
+    }
+
+    pub(super) async fn purge_url(&self, tag: &str) -> std::result::Result<u64, PurgeError> {
+        match self {
+            Store::Redis(r) => r.purge_url(tag).await,
+            Store::Memory(m) => Ok(m.purge_tag(tag)),
+        }
+    }
+
+    /// Everything (`None`) or one route's entries.
+    pub(super) async fn purge_prefix(
+        &self,
+        route: Option<&str>,
+    ) -> std::result::Result<u64, PurgeError> {
+        match self {
+            Store::Redis(r) => r.purge_route(route).await,
+            Store::Memory(m) => Ok(match route {
+                Some(route) => m.purge_prefix(&format!("{route}:")),
+                None => m.purge_prefix(""),
+            }),
+        }
+    }
+}
+
+/// How long a store keeps an entry: freshness plus the longer stale window (at least 1 s).
+fn retention(meta: &CacheMeta) -> StdDuration {
+    let fresh = meta
+        .fresh_until()
+        .duration_since(SystemTime::now())
+        .unwrap_or(StdDuration::ZERO);
+    let stale = meta
+        .stale_while_revalidate_sec()
+        .max(meta.stale_if_error_sec());
+    (fresh + StdDuration::from_secs(stale.into()))
+        .clamp(StdDuration::from_secs(1), HARD_MAX_TTL * 2)
+}
+
+#[async_trait]
+impl Storage for Store {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(stored) = self.find(key).await else {
+            return Ok(None);
+        };
+        match CacheMeta::deserialize(&stored.internal, &stored.header) {
+            Ok(meta) => {
+                let end = stored.body.len();
+                let hit: HitHandler = Box::new(Hit {
+                    body: stored.body,
+                    done: false,
+                    start: 0,
+                    end,
+                });
+                Ok(Some((meta, hit)))
+            }
+            Err(e) => {
+                // An entry from an incompatible version: a miss, and the fill replaces it.
+                log::debug!("unreadable cache entry ({e}), treated as a miss");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let (internal, header) = meta.serialize()?;
+        let limit = Limits::of(key).body;
+        Ok(Box::new(Fill {
+            store: self,
+            tag: key.user_tag.clone(),
+            entry: key.combined(),
+            internal,
+            header,
+            ttl: retention(meta),
+            body: Vec::new(),
+            limit,
+            oversize: false,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let key = target.key();
+        Ok(if self.delete(&key.user_tag, &key.combined()).await {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let (internal, header) = meta.serialize()?;
+        Ok(self
+            .put_meta(
+                &key.user_tag,
+                &key.combined(),
+                internal,
+                header,
+                retention(meta),
+            )
+            .await)
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// A whole stored body, served in one piece (ranges by seeking).
+struct Hit {
+    body: Bytes,
+    done: bool,
+    start: usize,
+    end: usize,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        if start >= self.body.len() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("seek start out of range {start} >= {}", self.body.len()),
+            );
+        }
+        self.start = start;
+        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
+        self.done = false;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// A fill: the body is buffered (up to the policy's limit) and written with its meta in one
+/// store call when the response ends, so a reader never sees half an entry. A failed write
+/// is not an error for the request: it was answered from the upstream already.
+struct Fill {
+    store: &'static Store,
+    tag: String,
+    entry: String,
+    internal: Vec<u8>,
+    header: Vec<u8>,
+    ttl: StdDuration,
+    body: Vec<u8>,
+    limit: usize,
+    oversize: bool,
+}
+
+#[async_trait]
+impl HandleMiss for Fill {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.oversize {
+            return Ok(());
+        }
+        if self.body.len() + data.len() > self.limit {
+            // Passed through to the client, not stored (pingora's own size limit would fail
+            // the response mid-body instead).
+            self.oversize = true;
+            self.body = Vec::new();
+            return Ok(());
+        }
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        if self.oversize {
+            self.store.release(&self.tag, &self.entry).await;
+            return Ok(MissFinishType::Created(0));
+        }
+        let size = self.body.len();
+        let stored = Stored {
+            internal: self.internal,
+            header: self.header,
+            body: Bytes::from(self.body),
+        };
+        self.store
+            .put(&self.tag, &self.entry, stored, self.ttl)
+            .await;
+        Ok(MissFinishType::Created(size))
+    }
+}

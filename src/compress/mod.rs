@@ -1,0 +1,182 @@
+//! Response compression: gzip, brotli and zstd chosen per client, with nginx-grade policy.
+//!
+//! Phases: `request_filter` ([`State::request`] parses `Accept-Encoding` and takes the default
+//! policy, [`State::use_route`] switches to the route's), `response_filter` ([`State::response`]
+//! decides and rewrites the header; proxied responses and cache hits alike),
+//! `response_body_filter` ([`State::body`] encodes chunk by chunk), and `respond`
+//! ([`State::whole`] for the responses Rampart writes itself).
+//!
+//! Pingora ships the encoders (`Algorithm::compressor`: flate2 on zlib-ng, brotli, zstd behind
+//! its `Encode` trait) and they are used as they are, except two written here because Pingora
+//! lacks them: a zstd decompressor (Pingora only decompresses gzip and br) and a brotli
+//! compressor that ends the stream (Pingora's only flushes, leaving a stream without its last
+//! meta-block that strict decoders reject). Pingora's policy (`ResponseCompression` module,
+//! left disabled) is replaced because it takes the first encoding the client lists, ignores
+//! q-values, compresses anything of 20 bytes or more and has a fixed type list. The
+//! `Accept-Encoding` parser ([`Accept`]) is hand-written for the same reason (Pingora's drops
+//! q-values).
+//!
+//! `Vary: Accept-Encoding` goes on a response exactly when its encoding could differ for
+//! another client: a compressible type (or a 304, which stands for its 200) at or above
+//! `min_size` or of unknown length, HEAD and 206 included; or an upstream-encoded body while
+//! `decompress` is on. A body that is always sent as it is (too small, excluded type,
+//! no-transform, 204) gets none, as with nginx.
+//!
+//! Streaming: each chunk is encoded as it arrives, but the encoders emit output as their
+//! window fills rather than flushing every chunk, which is why event streams are excluded.
+//!
+//! Compression happens downstream of the response cache, per client: the cache stores identity
+//! bodies and every hit passes `response_filter`, so one stored body serves gzip, br, zstd and
+//! identity clients (the trap of Pingora issue #283 is not possible).
+//!
+//! Invariants: a body is never encoded twice (an upstream `Content-Encoding` is left alone or,
+//! when the client cannot read it, decoded); 1xx/204/304/206, HEAD, `Content-Range` and
+//! `Cache-Control: no-transform` responses leave with their body untouched; every response
+//! whose encoding could depend on `Accept-Encoding` carries `Vary: Accept-Encoding`, encoded or
+//! not; a re-encoded response has no `Content-Length` and no `Accept-Ranges`, and its strong
+//! `ETag` becomes weak; bodies are encoded as they stream (memory bounded by the encoder's
+//! window, never by the body).
+
+mod accept;
+mod codec;
+mod policy;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::compression::Encode;
+
+use crate::headers::add_vary;
+use crate::metrics::Metrics;
+
+pub use accept::Accept;
+pub use codec::{encode_once, Coding};
+use policy::{decide, rewrite_header, Action};
+pub use policy::{Config, Policies, Policy, DEFAULT_TYPES};
+
+/// Per-request compression state (a field of `Ctx`).
+#[derive(Default)]
+pub struct State {
+    policy: Option<Arc<Policy>>,
+    accept: Accept,
+    head: bool,
+    /// HTTP/1.1 client: a body of unknown length needs chunked framing (HTTP/1.0 gets a
+    /// close-delimited body; HTTP/2 drops the header and frames itself).
+    http11: bool,
+    active: Option<Active>,
+}
+
+struct Active {
+    encoder: Box<dyn Encode + Send + Sync>,
+    /// Metrics label; `None` for decompression (the families count compression).
+    label: Option<&'static str>,
+}
+
+impl State {
+    /// `request_filter`, before routing: remember what the client accepts; the default
+    /// policy applies until a route says otherwise (Rampart's own 400/404 use it).
+    pub fn request(&mut self, policies: &Policies, req: &RequestHeader) {
+        self.policy = Some(policies.default.clone());
+        self.accept = Accept::parse(
+            req.headers
+                .get_all(header::ACCEPT_ENCODING)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
+        self.head = req.method == http::Method::HEAD;
+        self.http11 = req.version == http::Version::HTTP_11;
+    }
+
+    /// The route's own policy, when it names one.
+    pub fn use_route(&mut self, policy: Option<&Arc<Policy>>) {
+        if let Some(p) = policy {
+            self.policy = Some(p.clone());
+        }
+    }
+
+    /// `response_filter`: decide, add `Vary`, rewrite the header, prepare the encoder.
+    pub fn response(&mut self, resp: &mut ResponseHeader) {
+        self.active = None;
+        let Some(policy) = self.policy.clone() else {
+            return;
+        };
+        let (vary, action) = decide(&policy, &self.accept, self.head, resp);
+        if vary {
+            add_vary(resp, "Accept-Encoding");
+        }
+        let active = match action {
+            Action::Keep => None,
+            Action::Compress(c) => c
+                .compressor(policy.levels[c.index()])
+                .map(|encoder| Active {
+                    encoder,
+                    label: Some(c.token()),
+                }),
+            Action::Decompress(c) => c.decompressor().map(|encoder| Active {
+                encoder,
+                label: None,
+            }),
+        };
+        if active.is_some() {
+            rewrite_header(resp, action, self.http11);
+        }
+        self.active = active;
+    }
+
+    /// `response_body_filter`: encode this chunk. An error (an upstream body that does not
+    /// decode) ends the response: its header already promised an encoding the rest cannot
+    /// keep.
+    pub fn body(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        metrics: &Metrics,
+    ) -> pingora::Result<()> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let input = body.as_deref().unwrap_or(&[]);
+        let out = active.encoder.encode(input, end)?;
+        if let Some(label) = active.label {
+            metrics
+                .compress_in
+                .with_label_values(&[label])
+                .inc_by(input.len() as u64);
+            metrics
+                .compress_out
+                .with_label_values(&[label])
+                .inc_by(out.len() as u64);
+        }
+        *body = Some(out);
+        if end {
+            self.active = None;
+        }
+        Ok(())
+    }
+
+    /// A whole body Rampart wrote itself: same decision as a proxied response, encoded in one
+    /// go and framed with its exact `Content-Length`.
+    pub fn whole(&self, resp: &mut ResponseHeader, body: Bytes) -> Bytes {
+        let Some(policy) = self.policy.as_ref() else {
+            return body;
+        };
+        let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
+        let (vary, action) = decide(policy, &self.accept, self.head, resp);
+        if vary {
+            add_vary(resp, "Accept-Encoding");
+        }
+        let Action::Compress(c) = action else {
+            return body;
+        };
+        match encode_once(c, policy.levels[c.index()], &body) {
+            Some(out) => {
+                rewrite_header(resp, action, false);
+                let _ = resp.insert_header(header::CONTENT_LENGTH, out.len());
+                out
+            }
+            None => body,
+        }
+    }
+}

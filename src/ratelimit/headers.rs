@@ -1,0 +1,81 @@
+//! What a limiter decision looks like to a client: the refusal and the `RateLimit` headers.
+
+use http::HeaderName;
+use pingora::http::ResponseHeader;
+
+use super::bucket::Verdict;
+
+/// A self-made answer instead of proxying.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: u16,
+    pub detail: String,
+    pub retry_after_secs: u64,
+}
+
+impl Refusal {
+    /// Extra headers for `respond::problem_with`.
+    pub fn headers(&self) -> Vec<(HeaderName, String)> {
+        vec![(http::header::RETRY_AFTER, self.retry_after_secs.to_string())]
+    }
+}
+
+/// What the limiter decided for one request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// One per applicable policy (empty when `on_store_error = "allow"` let it through).
+    pub verdicts: Vec<Verdict>,
+    pub legacy_headers: bool,
+    /// `Some`: answer this instead of proxying (429, or 503 for `deny`).
+    pub refusal: Option<Refusal>,
+}
+
+impl Decision {
+    /// One word for the access log: `limited` (429), `denied` (503, store down under `deny`),
+    /// `report_only_limited`, or `allowed`.
+    pub fn outcome(&self) -> &'static str {
+        match &self.refusal {
+            Some(r) if r.status == 429 => "limited",
+            Some(_) => "denied",
+            None if self.verdicts.iter().any(|v| !v.admitted) => "report_only_limited",
+            None => "allowed",
+        }
+    }
+
+    /// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured-field
+    /// lists, one item per policy) and, if configured, the legacy trio for the tightest policy.
+    pub fn write_headers(&self, resp: &mut ResponseHeader) {
+        if self.verdicts.is_empty() {
+            return;
+        }
+        let policy: Vec<String> = self
+            .verdicts
+            .iter()
+            .map(|v| {
+                format!(
+                    "\"{}\";q={};w={}",
+                    v.policy.name, v.policy.burst, v.policy.window_secs
+                )
+            })
+            .collect();
+        let state: Vec<String> = self
+            .verdicts
+            .iter()
+            .map(|v| format!("\"{}\";r={};t={}", v.policy.name, v.remaining, v.reset_secs))
+            .collect();
+        // Values are built from validated names and integers: always valid header values.
+        let _ = resp.insert_header("ratelimit-policy", policy.join(", "));
+        let _ = resp.insert_header("ratelimit", state.join(", "));
+        if self.legacy_headers {
+            let tightest = self
+                .verdicts
+                .iter()
+                .min_by_key(|v| (v.policy.report_only, v.remaining));
+            if let Some(v) = tightest {
+                let _ = resp.insert_header("x-ratelimit-limit", v.policy.burst.to_string());
+                let _ = resp.insert_header("x-ratelimit-remaining", v.remaining.to_string());
+                let _ = resp.insert_header("x-ratelimit-reset", v.reset_secs.to_string());
+            }
+        }
+    }
+}
