@@ -398,7 +398,10 @@ impl Redis {
             child: Some(child),
         };
         let deadline = Instant::now() + READY;
-        while redis.cmd(&["PING"]).as_deref() != Some("+PONG") {
+        while !redis
+            .try_cmd(&["PING"])
+            .is_ok_and(|reply: String| reply == "PONG")
+        {
             assert!(
                 Instant::now() < deadline,
                 "redis-server on {port} did not answer PING"
@@ -412,59 +415,37 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Send one command (RESP), return the first reply line (`+OK`, `:3`, `$5`...).
-    pub fn cmd(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut raw = format!("*{}\r\n", args.len());
-        for a in args {
-            raw.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(raw.as_bytes()).ok()?;
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).ok()?;
-        Some(line.trim_end().to_string())
+    /// A new connection (the `redis` crate's synchronous client); connecting, reads and writes
+    /// give up after 2 s.
+    pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let timeout = Duration::from_secs(2);
+        let con = redis::Client::open(self.url())?.get_connection_with_timeout(timeout)?;
+        con.set_read_timeout(Some(timeout))?;
+        con.set_write_timeout(Some(timeout))?;
+        Ok(con)
     }
 
-    /// `INFO <section>` as text (the whole bulk reply).
+    /// Run one command on a new connection, its reply converted to `T` (`i64` for `EXISTS`
+    /// and `TTL`, `String` for `PING`, `Option<Vec<u8>>` for `GET`, `(u64, Vec<String>)` for
+    /// `SCAN`...).
+    pub fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let (name, rest) = args.split_first().expect("a command");
+        let mut cmd = redis::cmd(name);
+        for arg in rest {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut self.connection()?)
+    }
+
+    /// [`Redis::try_cmd`], panicking on a connection, server or conversion error.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        self.try_cmd(args)
+            .unwrap_or_else(|e| panic!("redis {args:?} on port {}: {e}", self.port))
+    }
+
+    /// `INFO <section>` as text (empty when Redis cannot be reached).
     pub fn info(&self, section: &str) -> String {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return String::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let raw = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
-        if s.write_all(raw.as_bytes()).is_err() {
-            return String::new();
-        }
-        let mut reader = BufReader::new(s);
-        let mut len = String::new();
-        if reader.read_line(&mut len).is_err() {
-            return String::new();
-        }
-        let n: usize = len.trim_start_matches('$').trim().parse().unwrap_or(0);
-        let mut body = vec![0; n];
-        let _ = std::io::Read::read_exact(&mut reader, &mut body);
-        String::from_utf8_lossy(&body).into_owned()
-    }
-
-    /// Send one command and return its whole reply, arrays flattened: bulk strings as text,
-    /// integers as their digits, nil as `(nil)` (for SCAN, TTL, HGETALL... in assertions).
-    pub fn query(&self, args: &[&str]) -> Vec<String> {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return Vec::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut raw = format!("*{}\r\n", args.len());
-        for a in args {
-            raw.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        if s.write_all(raw.as_bytes()).is_err() {
-            return Vec::new();
-        }
-        let mut reader = BufReader::new(s);
-        let mut out = Vec::new();
-        read_resp(&mut reader, &mut out);
-        out
+        self.try_cmd(&["INFO", section]).unwrap_or_default()
     }
 
     pub fn kill(&mut self) {
@@ -472,37 +453,6 @@ impl Redis {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// One RESP value into `out` (arrays flattened); stops quietly on a broken reply.
-fn read_resp(reader: &mut BufReader<TcpStream>, out: &mut Vec<String>) {
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return;
-    }
-    let line = line.trim_end();
-    let (kind, rest) = line.split_at(1.min(line.len()));
-    match kind {
-        "*" => {
-            let n: i64 = rest.parse().unwrap_or(0);
-            for _ in 0..n.max(0) {
-                read_resp(reader, out);
-            }
-        }
-        "$" => {
-            let n: i64 = rest.parse().unwrap_or(-1);
-            if n < 0 {
-                out.push("(nil)".into());
-                return;
-            }
-            let mut buf = vec![0; n as usize + 2];
-            if std::io::Read::read_exact(reader, &mut buf).is_ok() {
-                buf.truncate(n as usize);
-                out.push(String::from_utf8_lossy(&buf).into_owned());
-            }
-        }
-        _ => out.push(rest.to_string()),
     }
 }
 
