@@ -671,13 +671,9 @@ fn vanishing_origin(requests: usize) -> std::net::SocketAddr {
             let Ok((mut stream, _)) = listener.accept() else {
                 return;
             };
-            let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            if !std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
+            let mut conn = HttpConn::new(stream.try_clone().expect("clone"));
+            if !matches!(conn.read_request(), Ok(Some(_))) {
                 continue;
-            }
-            while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 2) {
-                line.clear();
             }
             let body = r#"{"last":"words"}"#;
             let _ = write!(

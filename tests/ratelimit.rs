@@ -183,11 +183,8 @@ fn spawn_rampart_logging(body: &str, log: Option<&std::path::Path>) -> Process {
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let deadline = Instant::now() + READY;
     loop {
-        let up = send_raw(
-            admin,
-            b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        )
-        .is_ok_and(|r| r.status == 200);
+        let up = try_request(admin, "GET", "/healthz", &[("Host", "a")], None)
+            .is_ok_and(|r| r.status == 200);
         if up && TcpStream::connect(process.addr).is_ok() {
             return process;
         }
