@@ -1,7 +1,7 @@
 //! Compression: real upstreams, Rampart and a raw TCP client; bodies decoded with the crates
 //! Pingora itself uses (flate2, brotli, zstd) and compared byte for byte with the upstream's.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 
 use crate::common::*;
@@ -70,13 +70,8 @@ fn chunked_upstream(body: Vec<u8>, content_type: &'static str) -> SocketAddr {
             let Ok(mut stream) = stream else { continue };
             let body = body.clone();
             std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                }
+                // The request (a health check's connect and close fails the writes below).
+                let _ = HttpConn::new(stream.try_clone().expect("clone")).read_request();
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n\
                      transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
@@ -463,16 +458,8 @@ fn compressed_bodies_stream_before_the_upstream_finishes() {
             let Ok((stream, _)) = listener.accept() else {
                 return;
             };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut request = false;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                request = true;
-            }
-            if request {
+            let mut conn = HttpConn::new(stream.try_clone().expect("clone"));
+            if matches!(conn.read_request(), Ok(Some(_))) {
                 break stream;
             }
         };
@@ -496,25 +483,27 @@ fn compressed_bodies_stream_before_the_upstream_finishes() {
     });
     let r = start(&up, "");
 
-    let mut client = TcpStream::connect(r.addr).expect("connect");
+    let client = TcpStream::connect(r.addr).expect("connect");
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
+    let mut client = HttpConn::new(client);
     client
-        .write_all(
-            b"GET /big HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+        .send(
+            "GET",
+            "/big",
+            &[("Host", "t"), ("Accept-Encoding", "gzip")],
+            None,
+            true,
         )
         .expect("send");
-    let mut reader = BufReader::new(client);
-    let mut head = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("response head");
-        if line == "\r\n" {
-            break;
-        }
-        head.push(line.trim().to_ascii_lowercase());
-    }
+    let head: Vec<String> = client
+        .read_head()
+        .expect("response head")
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}").to_ascii_lowercase())
+        .collect();
     assert!(
         head.iter().any(|h| h == "content-encoding: gzip"),
         "{head:?}"
@@ -526,15 +515,11 @@ fn compressed_bodies_stream_before_the_upstream_finishes() {
     let mut compressed = Vec::new();
     let mut released = false;
     loop {
-        let mut size = String::new();
-        reader
-            .read_line(&mut size)
+        let data = client
+            .read_chunk()
             .expect("compressed bytes arrive while the upstream is still sending");
-        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
-        let mut data = vec![0; size + 2];
-        reader.read_exact(&mut data).expect("chunk");
-        compressed.extend_from_slice(&data[..size]);
-        if size == 0 {
+        compressed.extend_from_slice(&data);
+        if data.is_empty() {
             break;
         }
         if !released {

@@ -211,11 +211,8 @@ fn demo_answers_its_curl_lines() {
 
     let base = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + READY;
-    while send_raw(
-        base,
-        b"GET /health HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-    )
-    .map_or(true, |r| r.status != 200)
+    while try_request(base, "GET", "/health", &[("Host", "d")], None)
+        .map_or(true, |r| r.status != 200)
     {
         assert!(Instant::now() < deadline, "demo did not come up");
         std::thread::sleep(Duration::from_millis(50));

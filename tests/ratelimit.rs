@@ -3,7 +3,6 @@
 //! per hour) so the time a burst takes to send cannot add tokens; refill checks state their
 //! tolerance.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -113,11 +112,8 @@ fn concurrent_burst_admits_exactly_the_limit_on_redis() {
         assert_eq!(count(&statuses, 429), n - l, "limit {l}: {statuses:?}");
         // The bucket is in Redis, under the prefix and hash tag, with a TTL.
         let key = format!("rampart:rl:{{ip:198.51.100.{l}}}:p{l}");
-        assert_eq!(redis.cmd(&["EXISTS", &key]).as_deref(), Some(":1"), "{key}");
-        let ttl: i64 = redis
-            .cmd(&["PTTL", &key])
-            .and_then(|v| v.trim_start_matches(':').parse().ok())
-            .expect("PTTL");
+        assert_eq!(redis.cmd::<i64>(&["EXISTS", &key]), 1, "{key}");
+        let ttl: i64 = redis.cmd(&["PTTL", &key]);
         assert!(ttl > 0, "{key} has a TTL: {ttl}");
     }
 }
@@ -187,11 +183,8 @@ fn spawn_rampart_logging(body: &str, log: Option<&std::path::Path>) -> Process {
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let deadline = Instant::now() + READY;
     loop {
-        let up = send_raw(
-            admin,
-            b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        )
-        .is_ok_and(|r| r.status == 200);
+        let up = try_request(admin, "GET", "/healthz", &[("Host", "a")], None)
+            .is_ok_and(|r| r.status == 200);
         if up && TcpStream::connect(process.addr).is_ok() {
             return process;
         }
@@ -242,15 +235,16 @@ fn one_redis_round_trip_per_request() {
     // Warm-up: connects and loads the script (NOSCRIPT -> SCRIPT LOAD -> EVALSHA, once).
     assert_eq!(get_as(r.addr, "/api/x", "192.0.2.1").status, 200);
 
-    let mut monitor = TcpStream::connect(("127.0.0.1", redis.port)).expect("monitor");
+    // MONITOR answers +OK and then streams one status reply per command: the redis crate
+    // reads those with `send_packed_command` and `recv_response`.
+    let mut monitor = redis.connection().expect("monitor");
     monitor
         .set_read_timeout(Some(Duration::from_millis(500)))
         .expect("timeout");
-    monitor.write_all(b"MONITOR\r\n").expect("MONITOR");
-    let mut reader = BufReader::new(monitor);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("+OK");
-    assert_eq!(line.trim(), "+OK");
+    monitor
+        .send_packed_command(&redis::cmd("MONITOR").get_packed_command())
+        .expect("MONITOR");
+    assert_eq!(monitor.recv_response().expect("+OK"), redis::Value::Okay);
 
     let requests = 10;
     for i in 0..requests {
@@ -261,16 +255,12 @@ fn one_redis_round_trip_per_request() {
     }
     let mut client_commands = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(n) if n > 0 => {
-                // Commands run inside the script are shown with source "[0 lua]".
-                if !line.contains(" lua]") {
-                    client_commands.push(line.trim().to_string());
-                }
-            }
-            _ => break,
+    // Until a read times out (500 ms without a command) or the deadline passes.
+    while let Ok(reply) = monitor.recv_response() {
+        let line: String = redis::from_redis_value(&reply).expect("a MONITOR line");
+        // Commands run inside the script are shown with source "[0 lua]".
+        if !line.contains(" lua]") {
+            client_commands.push(line.trim().to_string());
         }
         if Instant::now() > deadline {
             break;
@@ -336,10 +326,8 @@ fn spoofed_forwarded_for_does_not_change_the_key() {
     assert_eq!(get_as(r.addr, "/x", "2.2.2.2").status, 200);
     assert_eq!(get_as(r.addr, "/x", "3.3.3.3").status, 429);
     assert_eq!(
-        redis
-            .cmd(&["EXISTS", "rampart:rl:{ip:127.0.0.1}:p"])
-            .as_deref(),
-        Some(":1")
+        redis.cmd::<i64>(&["EXISTS", "rampart:rl:{ip:127.0.0.1}:p"]),
+        1
     );
     drop(r);
     // Trusted proxy: the right-most untrusted entry is the client.
@@ -349,10 +337,8 @@ fn spoofed_forwarded_for_does_not_change_the_key() {
     assert_eq!(get_as(r.addr, "/x", "7.7.7.7, 9.9.9.1").status, 429);
     assert_eq!(get_as(r.addr, "/x", "9.9.9.2").status, 200);
     assert_eq!(
-        redis
-            .cmd(&["EXISTS", "rampart:rl:{ip:9.9.9.1}:p"])
-            .as_deref(),
-        Some(":1")
+        redis.cmd::<i64>(&["EXISTS", "rampart:rl:{ip:9.9.9.1}:p"]),
+        1
     );
 }
 
@@ -514,9 +500,8 @@ fn redis_outage_falls_back_locally_and_recovers() {
         let ip = format!("10.9.1.{n}");
         assert_eq!(get_as(r.addr, "/x", &ip).status, 200);
         if redis
-            .cmd(&["EXISTS", &format!("rampart:rl:{{ip:{ip}}}:p")])
-            .as_deref()
-            == Some(":1")
+            .try_cmd(&["EXISTS", &format!("rampart:rl:{{ip:{ip}}}:p")])
+            .is_ok_and(|n: i64| n == 1)
         {
             break;
         }
@@ -529,8 +514,8 @@ fn redis_outage_falls_back_locally_and_recovers() {
     assert_eq!(statuses, [200, 200, 200, 429]);
     assert!(
         redis
-            .cmd(&["GET", "rampart:rl:{ip:10.9.0.3}:p"])
-            .is_some_and(|v| v.starts_with('$')),
+            .cmd::<Option<Vec<u8>>>(&["GET", "rampart:rl:{ip:10.9.0.3}:p"])
+            .is_some(),
         "the bucket is in Redis again"
     );
     assert!(metrics(&r).contains("rampart_store_fallback_active{feature=\"ratelimit\"} 0"));
@@ -604,7 +589,7 @@ fn fallback_is_logged_once_per_outage() {
             let ip = format!("10.{tag}.0.{}", n % 250);
             assert_eq!(get_as(p.addr, "/x", &ip).status, 200);
             let key = format!("rampart:rl:{{ip:{ip}}}:p");
-            if redis.cmd(&["EXISTS", &key]).as_deref() == Some(":1") {
+            if redis.try_cmd(&["EXISTS", &key]).is_ok_and(|n: i64| n == 1) {
                 return;
             }
             assert!(Instant::now() < deadline, "shared limiting never resumed");

@@ -164,8 +164,13 @@ fn request_bodies_stream_through() {
         assert_eq!(up.last().body, body, "{method} body");
     }
     // Chunked upload without a length.
-    let raw = b"POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-    let resp = send_raw(r.addr, raw).expect("chunked post");
+    let resp = request_chunked(
+        r.addr,
+        "POST",
+        "/chunked",
+        &[("Host", "t")],
+        &[b"hello", b" world"],
+    );
     assert_eq!(resp.status, 200);
     assert_eq!(up.last().body, b"hello world");
 }

@@ -1,12 +1,13 @@
 //! Real servers for the integration tests: upstream HTTP servers on 127.0.0.1:0 that record
-//! what they receive, a real `redis-server` on a free port, Rampart itself started through the
-//! library, and a plain HTTP/1.1 client over TCP. Everything waits with deadlines, never
-//! forever, and everything stays on loopback.
+//! what they receive, a real `redis-server` on a free port (queried with the `redis` crate),
+//! Rampart itself started through the library, and an HTTP/1.1 client over plain TCP whose
+//! messages are parsed with `httparse`. Everything waits with deadlines, never forever, and
+//! everything stays on loopback.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -153,12 +154,9 @@ impl Upstream {
 
 fn serve(stream: TcpStream, handler: Handler, recorded: Arc<Mutex<Vec<Recorded>>>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
+    let mut conn = HttpConn::new(stream);
     loop {
-        let Some(req) = read_request(&mut reader) else {
+        let Ok(Some(req)) = conn.read_request() else {
             return;
         };
         let close = req
@@ -185,90 +183,302 @@ fn serve(stream: TcpStream, handler: Handler, recorded: Arc<Mutex<Vec<Recorded>>
         if !no_body {
             out.extend_from_slice(&reply.body);
         }
-        if writer.write_all(&out).is_err() || close {
+        if conn.write_all(&out).is_err() || close {
             return;
         }
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut parts = line.trim_end().splitn(3, ' ');
-    let method = parts.next()?.to_string();
-    let target = parts.next()?.to_string();
-    let headers = read_headers(reader)?;
-    let rec = Recorded {
-        method,
-        target,
-        headers,
-        body: Vec::new(),
-    };
-    let body = read_body(reader, &rec.headers, false)?;
-    Some(Recorded { body, ..rec })
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.x framing
+
+/// Room for this many header fields in one message head (httparse fills a fixed array).
+const MAX_HEADERS: usize = 128;
+
+/// One TCP connection and the bytes received on it but not parsed yet. Message heads, chunk
+/// sizes and trailers are parsed by `httparse`; bodies are delimited by `Content-Length`,
+/// chunked encoding, or (responses only) the peer's close.
+pub struct HttpConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
 }
 
-fn read_headers(reader: &mut impl BufRead) -> Option<Vec<(String, String)>> {
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            return Some(headers);
-        }
-        let (k, v) = line.split_once(':')?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
+fn invalid(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 
-/// Body by `Content-Length`, chunked encoding, or (responses only) until the peer closes.
-fn read_body(
-    reader: &mut impl BufRead,
-    headers: &[(String, String)],
-    until_close: bool,
-) -> Option<Vec<u8>> {
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.to_ascii_lowercase())
-    };
-    if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        let mut body = Vec::new();
+fn closed(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("connection closed before the {what}"),
+    )
+}
+
+/// Header fields with lower-cased names and trimmed values.
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8_lossy(h.value).trim().to_string();
+            (h.name.to_ascii_lowercase(), value)
+        })
+        .collect()
+}
+
+impl HttpConn {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connect within 5 s; reads give up after 10 s.
+    pub fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Self::new(stream))
+    }
+
+    pub fn write_all(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(raw)
+    }
+
+    /// Send `METHOD path HTTP/1.1` with `headers` (plus `Host: rampart.test` when they have
+    /// none), `body` with its `Content-Length`, and `Connection: close` when `close`.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        close: bool,
+    ) -> std::io::Result<()> {
+        let body = body.map_or(Body::None, Body::Length);
+        self.write_all(&encode_request(method, path, headers, body, close))
+    }
+
+    /// Read once from the socket into the buffer; 0 when the peer has closed.
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0; 16 * 1024];
+        let n = loop {
+            match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Run `parse` on the buffered bytes, reading more while it needs more (`Ok(None)`), and
+    /// drop the bytes it used. `Ok(None)` when the peer closed before sending anything.
+    fn parse<T>(
+        &mut self,
+        what: &str,
+        mut parse: impl FnMut(&[u8]) -> Result<Option<(usize, T)>, String>,
+    ) -> std::io::Result<Option<T>> {
         loop {
-            let mut size = String::new();
-            reader.read_line(&mut size).ok()?;
-            let size = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
-            if size == 0 {
-                let mut trailer = String::new();
-                loop {
-                    trailer.clear();
-                    reader.read_line(&mut trailer).ok()?;
-                    if trailer.trim().is_empty() {
-                        return Some(body);
-                    }
+            if !self.buf.is_empty() {
+                let parsed = parse(&self.buf).map_err(|e| invalid(format!("{what}: {e}")))?;
+                if let Some((used, value)) = parsed {
+                    self.buf.drain(..used);
+                    return Ok(Some(value));
                 }
             }
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).ok()?;
-            body.extend_from_slice(&chunk[..size]);
+            if self.fill()? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(closed(&format!("end of the {what}")))
+                };
+            }
         }
     }
-    if let Some(len) = get("content-length") {
-        let mut body = vec![0; len.trim().parse().ok()?];
-        reader.read_exact(&mut body).ok()?;
-        return Some(body);
+
+    /// The next `n` bytes.
+    fn take(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if self.fill()? == 0 {
+                return Err(closed("end of the body"));
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
     }
-    let mut body = Vec::new();
-    if until_close {
-        reader.read_to_end(&mut body).ok()?;
+
+    /// The next request with its body; `Ok(None)` when the peer closed between requests.
+    pub fn read_request(&mut self) -> std::io::Result<Option<Recorded>> {
+        let head = self.parse("request head", |buf| {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            Ok(match req.parse(buf).map_err(|e| e.to_string())? {
+                httparse::Status::Partial => None,
+                httparse::Status::Complete(used) => Some((
+                    used,
+                    (
+                        req.method.unwrap_or_default().to_string(),
+                        req.path.unwrap_or_default().to_string(),
+                        owned_headers(req.headers),
+                    ),
+                )),
+            })
+        })?;
+        let Some((method, target, headers)) = head else {
+            return Ok(None);
+        };
+        let body = self.read_body(&headers, false)?;
+        Ok(Some(Recorded {
+            method,
+            target,
+            headers,
+            body,
+        }))
     }
-    Some(body)
+
+    /// The status line and header fields of the next response; the body stays unread (see
+    /// [`HttpConn::read_chunk`]) and `body` is empty.
+    pub fn read_head(&mut self) -> std::io::Result<Response> {
+        self.parse("response head", |buf| {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut res = httparse::Response::new(&mut headers);
+            Ok(match res.parse(buf).map_err(|e| e.to_string())? {
+                httparse::Status::Partial => None,
+                httparse::Status::Complete(used) => Some((
+                    used,
+                    Response {
+                        status: res.code.unwrap_or_default(),
+                        headers: owned_headers(res.headers),
+                        body: Vec::new(),
+                    },
+                )),
+            })
+        })?
+        .ok_or_else(|| closed("response"))
+    }
+
+    /// The next response with its body (none after `HEAD`, `204` or `304`; a body without
+    /// `Content-Length` or chunked encoding runs until the server closes, as for HTTP/1.0).
+    pub fn read_response(&mut self, head_only: bool) -> std::io::Result<Response> {
+        let mut resp = self.read_head()?;
+        if !(head_only || resp.status == 204 || resp.status == 304) {
+            resp.body = self.read_body(&resp.headers, true)?;
+        }
+        Ok(resp)
+    }
+
+    /// The data of the next chunk of a chunked body; empty for the last chunk, whose trailer
+    /// section is read too.
+    pub fn read_chunk(&mut self) -> std::io::Result<Vec<u8>> {
+        let size = self
+            .parse("chunk size", |buf| match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete(found)) => Ok(Some(found)),
+                Ok(httparse::Status::Partial) => Ok(None),
+                Err(httparse::InvalidChunkSize) => Err("invalid chunk size".to_string()),
+            })?
+            .ok_or_else(|| closed("chunk size"))?;
+        if size == 0 {
+            self.parse("trailer section", |buf| {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                Ok(match httparse::parse_headers(buf, &mut headers) {
+                    Ok(httparse::Status::Complete((used, _))) => Some((used, ())),
+                    Ok(httparse::Status::Partial) => None,
+                    Err(e) => return Err(e.to_string()),
+                })
+            })?
+            .ok_or_else(|| closed("end of the trailer section"))?;
+            return Ok(Vec::new());
+        }
+        let size = usize::try_from(size).map_err(|_| invalid(format!("chunk of {size} bytes")))?;
+        let data = self.take(size)?;
+        if self.take(2)? != b"\r\n" {
+            return Err(invalid("chunk data not followed by CRLF".to_string()));
+        }
+        Ok(data)
+    }
+
+    /// A body by `Transfer-Encoding: chunked`, `Content-Length`, or (when `until_close`) the
+    /// peer's close; otherwise empty.
+    fn read_body(
+        &mut self,
+        headers: &[(String, String)],
+        until_close: bool,
+    ) -> std::io::Result<Vec<u8>> {
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.to_ascii_lowercase())
+        };
+        if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let chunk = self.read_chunk()?;
+                if chunk.is_empty() {
+                    return Ok(body);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+        if let Some(len) = get("content-length") {
+            let len = len
+                .parse()
+                .map_err(|_| invalid(format!("content-length: {len}")))?;
+            return self.take(len);
+        }
+        if until_close {
+            while self.fill()? > 0 {}
+            return Ok(std::mem::take(&mut self.buf));
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// How a request body is framed.
+enum Body<'a> {
+    None,
+    Length(&'a [u8]),
+    Chunked(&'a [&'a [u8]]),
+}
+
+/// `METHOD path HTTP/1.1`, `Host: rampart.test` unless `headers` has a host, `headers`, the
+/// body's framing header, `Connection: close` when `close`, then the body.
+fn encode_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Body<'_>,
+    close: bool,
+) -> Vec<u8> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: rampart.test\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    match body {
+        Body::None => {}
+        Body::Length(b) => head.push_str(&format!("Content-Length: {}\r\n", b.len())),
+        Body::Chunked(_) => head.push_str("Transfer-Encoding: chunked\r\n"),
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    match body {
+        Body::None => {}
+        Body::Length(b) => bytes.extend_from_slice(b),
+        Body::Chunked(chunks) => {
+            for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+                bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                bytes.extend_from_slice(chunk);
+                bytes.extend_from_slice(b"\r\n");
+            }
+            bytes.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    bytes
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -298,39 +508,33 @@ impl Response {
     }
 }
 
-/// Send raw bytes, read one response (the request should say `Connection: close` or carry a
-/// length; the read gives up after 10 s).
+/// Send raw bytes (a malformed or HTTP/1.0 request), read one response (the request should
+/// say `Connection: close` or carry a length; the read gives up after 10 s).
 pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(raw)?;
-    let head_only = raw.starts_with(b"HEAD ");
-    read_response(&mut BufReader::new(stream), head_only)
+    exchange(addr, raw, raw.starts_with(b"HEAD "))
 }
 
-fn read_response(reader: &mut BufReader<TcpStream>, head_only: bool) -> std::io::Result<Response> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(&format!("status line: {line:?}")))?;
-    let headers = read_headers(reader).ok_or_else(|| bad("headers"))?;
-    let body = if head_only || status == 204 || status == 304 {
-        Vec::new()
-    } else {
-        read_body(reader, &headers, true).ok_or_else(|| bad("body"))?
-    };
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+fn exchange(addr: SocketAddr, raw: &[u8], head_only: bool) -> std::io::Result<Response> {
+    let mut conn = HttpConn::connect(addr)?;
+    conn.write_all(raw)?;
+    conn.read_response(head_only)
 }
 
-/// `METHOD path` with extra headers and an optional body; `Connection: close`.
+/// `METHOD path` with extra headers and an optional body; `Connection: close`. An error when
+/// the connection fails or the response cannot be parsed.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Response> {
+    let body = body.map_or(Body::None, Body::Length);
+    let raw = encode_request(method, path, headers, body, true);
+    exchange(addr, &raw, method == "HEAD")
+}
+
+/// [`try_request`], panicking on an error.
 pub fn request(
     addr: SocketAddr,
     method: &str,
@@ -338,22 +542,20 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Response {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        raw.push_str("Host: rampart.test\r\n");
-    }
-    for (k, v) in headers {
-        raw.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        raw.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    raw.push_str("Connection: close\r\n\r\n");
-    let mut bytes = raw.into_bytes();
-    if let Some(b) = body {
-        bytes.extend_from_slice(b);
-    }
-    send_raw(addr, &bytes).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    try_request(addr, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// `METHOD path` with `chunks` as a chunked body (no `Content-Length`); `Connection: close`.
+pub fn request_chunked(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+) -> Response {
+    let raw = encode_request(method, path, headers, Body::Chunked(chunks), true);
+    exchange(addr, &raw, method == "HEAD").unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> Response {
@@ -398,7 +600,10 @@ impl Redis {
             child: Some(child),
         };
         let deadline = Instant::now() + READY;
-        while redis.cmd(&["PING"]).as_deref() != Some("+PONG") {
+        while !redis
+            .try_cmd(&["PING"])
+            .is_ok_and(|reply: String| reply == "PONG")
+        {
             assert!(
                 Instant::now() < deadline,
                 "redis-server on {port} did not answer PING"
@@ -412,59 +617,37 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Send one command (RESP), return the first reply line (`+OK`, `:3`, `$5`...).
-    pub fn cmd(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut raw = format!("*{}\r\n", args.len());
-        for a in args {
-            raw.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(raw.as_bytes()).ok()?;
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).ok()?;
-        Some(line.trim_end().to_string())
+    /// A new connection (the `redis` crate's synchronous client); connecting, reads and writes
+    /// give up after 2 s.
+    pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let timeout = Duration::from_secs(2);
+        let con = redis::Client::open(self.url())?.get_connection_with_timeout(timeout)?;
+        con.set_read_timeout(Some(timeout))?;
+        con.set_write_timeout(Some(timeout))?;
+        Ok(con)
     }
 
-    /// `INFO <section>` as text (the whole bulk reply).
+    /// Run one command on a new connection, its reply converted to `T` (`i64` for `EXISTS`
+    /// and `TTL`, `String` for `PING`, `Option<Vec<u8>>` for `GET`, `(u64, Vec<String>)` for
+    /// `SCAN`...).
+    pub fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let (name, rest) = args.split_first().expect("a command");
+        let mut cmd = redis::cmd(name);
+        for arg in rest {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut self.connection()?)
+    }
+
+    /// [`Redis::try_cmd`], panicking on a connection, server or conversion error.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        self.try_cmd(args)
+            .unwrap_or_else(|e| panic!("redis {args:?} on port {}: {e}", self.port))
+    }
+
+    /// `INFO <section>` as text (empty when Redis cannot be reached).
     pub fn info(&self, section: &str) -> String {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return String::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let raw = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
-        if s.write_all(raw.as_bytes()).is_err() {
-            return String::new();
-        }
-        let mut reader = BufReader::new(s);
-        let mut len = String::new();
-        if reader.read_line(&mut len).is_err() {
-            return String::new();
-        }
-        let n: usize = len.trim_start_matches('$').trim().parse().unwrap_or(0);
-        let mut body = vec![0; n];
-        let _ = std::io::Read::read_exact(&mut reader, &mut body);
-        String::from_utf8_lossy(&body).into_owned()
-    }
-
-    /// Send one command and return its whole reply, arrays flattened: bulk strings as text,
-    /// integers as their digits, nil as `(nil)` (for SCAN, TTL, HGETALL... in assertions).
-    pub fn query(&self, args: &[&str]) -> Vec<String> {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return Vec::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut raw = format!("*{}\r\n", args.len());
-        for a in args {
-            raw.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        if s.write_all(raw.as_bytes()).is_err() {
-            return Vec::new();
-        }
-        let mut reader = BufReader::new(s);
-        let mut out = Vec::new();
-        read_resp(&mut reader, &mut out);
-        out
+        self.try_cmd(&["INFO", section]).unwrap_or_default()
     }
 
     pub fn kill(&mut self) {
@@ -472,37 +655,6 @@ impl Redis {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// One RESP value into `out` (arrays flattened); stops quietly on a broken reply.
-fn read_resp(reader: &mut BufReader<TcpStream>, out: &mut Vec<String>) {
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return;
-    }
-    let line = line.trim_end();
-    let (kind, rest) = line.split_at(1.min(line.len()));
-    match kind {
-        "*" => {
-            let n: i64 = rest.parse().unwrap_or(0);
-            for _ in 0..n.max(0) {
-                read_resp(reader, out);
-            }
-        }
-        "$" => {
-            let n: i64 = rest.parse().unwrap_or(-1);
-            if n < 0 {
-                out.push("(nil)".into());
-                return;
-            }
-            let mut buf = vec![0; n as usize + 2];
-            if std::io::Read::read_exact(reader, &mut buf).is_ok() {
-                buf.truncate(n as usize);
-                out.push(String::from_utf8_lossy(&buf).into_owned());
-            }
-        }
-        _ => out.push(rest.to_string()),
     }
 }
 
@@ -569,11 +721,8 @@ impl Rampart {
     fn wait_ready(&self) {
         let deadline = Instant::now() + READY;
         loop {
-            let admin_up = send_raw(
-                self.admin,
-                b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-            )
-            .is_ok_and(|r| r.status == 200);
+            let admin_up = try_request(self.admin, "GET", "/healthz", &[("Host", "a")], None)
+                .is_ok_and(|r| r.status == 200);
             if admin_up && TcpStream::connect(self.addr).is_ok() {
                 return;
             }
@@ -617,27 +766,21 @@ pub fn upstream_toml(name: &str, upstreams: &[&SocketAddr]) -> String {
 
 /// One keep-alive connection for many requests (responses must carry a length or be chunked).
 pub struct KeepAlive {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    conn: HttpConn,
 }
 
 impl KeepAlive {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let writer = stream.try_clone().expect("clone");
         Self {
-            reader: BufReader::new(stream),
-            writer,
+            conn: HttpConn::connect(addr).expect("connect"),
         }
     }
 
     pub fn get(&mut self, path: &str) -> Response {
-        let raw = format!("GET {path} HTTP/1.1\r\nHost: rampart.test\r\n\r\n");
-        self.writer.write_all(raw.as_bytes()).expect("write");
-        read_response(&mut self.reader, false).expect("response")
+        self.conn
+            .send("GET", path, &[], None, false)
+            .expect("write");
+        self.conn.read_response(false).expect("response")
     }
 }
 
@@ -649,4 +792,34 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "never happened: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The client's framing against a server that sends byte by byte: chunk extensions and a
+/// trailer, `Content-Length` on the same connection, then a body delimited by close.
+#[test]
+fn http_conn_parses_split_messages() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let raw: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A:  spaced \r\n\r\n\
+            5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
+            HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nabc\
+            HTTP/1.0 200 OK\r\n\r\nuntil close";
+        for byte in raw {
+            stream.write_all(&[*byte]).expect("write");
+        }
+    });
+    let mut conn = HttpConn::connect(addr).expect("connect");
+    let chunked = conn.read_response(false).expect("chunked");
+    assert_eq!(
+        (chunked.status, chunked.text().as_str()),
+        (200, "hello world")
+    );
+    assert_eq!(chunked.header("x-a"), Some("spaced"));
+    let sized = conn.read_response(false).expect("sized");
+    assert_eq!((sized.status, sized.text().as_str()), (201, "abc"));
+    server.join().expect("server");
+    let rest = conn.read_response(false).expect("close-delimited");
+    assert_eq!((rest.status, rest.text().as_str()), (200, "until close"));
 }
