@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Invalid;
+use crate::types::UrlPath;
 
 /// The `log` target of access lines.
 pub const TARGET: &str = "rampart::access";
@@ -20,7 +20,7 @@ pub struct Config {
     pub enabled: bool,
     pub format: Format,
     /// Exact paths not logged (nginx's `access_log off` on `/health`).
-    pub skip_paths: Vec<String>,
+    pub skip_paths: Vec<UrlPath>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -35,22 +35,11 @@ impl Default for Config {
         Self {
             enabled: true,
             format: Format::Plain,
-            skip_paths: vec!["/health".into(), "/healthz".into()],
+            skip_paths: vec![
+                UrlPath::from_static("/health"),
+                UrlPath::from_static("/healthz"),
+            ],
         }
-    }
-}
-
-impl Config {
-    pub(crate) fn validate(&self) -> Result<(), Invalid> {
-        for (i, p) in self.skip_paths.iter().enumerate() {
-            if !p.starts_with('/') {
-                return Err(Invalid::new(
-                    format!("skip_paths[{i}]"),
-                    "a path starting with \"/\"",
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -78,7 +67,7 @@ impl Config {
     pub fn wants(&self, path: &str) -> bool {
         self.enabled
             && log::log_enabled!(target: TARGET, log::Level::Info)
-            && !self.skip_paths.iter().any(|p| p == path)
+            && !self.skip_paths.iter().any(|p| p.as_str() == path)
     }
 
     /// Write `entry` (the caller asked [`Config::wants`] first).

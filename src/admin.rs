@@ -46,31 +46,24 @@ impl Admin {
         self
     }
 
-    async fn purge(&self, session: &mut ServerSession) -> (StatusCode, Vec<u8>) {
-        let json = |status, v: serde_json::Value| (status, format!("{v}\n").into_bytes());
+    /// `POST /cache/purge`.
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        use serde_json::json;
         if session.req_header().method != http::Method::POST {
-            return json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                serde_json::json!({"error": "use POST"}),
-            );
+            return json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "use POST"}));
         }
         let Some(cache) = &self.cache else {
-            return json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "no cache"}),
-            );
+            return json_response(StatusCode::NOT_FOUND, json!({"error": "no cache"}));
         };
         let mut body = Vec::new();
         while let Ok(Some(chunk)) = session.read_request_body().await {
             body.extend_from_slice(&chunk);
             if body.len() > 64 * 1024 {
-                return json(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    serde_json::json!({"error": "body over 64 KiB"}),
-                );
+                let error = json!({"error": "body over 64 KiB"});
+                return json_response(StatusCode::PAYLOAD_TOO_LARGE, error);
             }
         }
-        let bad = |m: &str| json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": m }));
+        let bad = |m: &str| json_response(StatusCode::BAD_REQUEST, json!({ "error": m }));
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
             return bad(
                 r#"a JSON body: {"url": "http://host/path"}, {"route": "NAME"} or {"all": true}"#,
@@ -87,11 +80,11 @@ impl Admin {
             }
         };
         match cache.purge(what).await {
-            Ok(n) => json(StatusCode::OK, serde_json::json!({ "purged": n })),
+            Ok(n) => json_response(StatusCode::OK, json!({ "purged": n })),
             Err(PurgeError::Bad(m)) => bad(&m),
-            Err(e @ PurgeError::Store(_)) => json(
+            Err(e @ PurgeError::Store(_)) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": e.to_string()}),
+                json!({"error": e.to_string()}),
             ),
         }
     }
@@ -100,31 +93,30 @@ impl Admin {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
-        if path == "/cache/purge" {
-            let (status, body) = self.purge(session).await;
-            return Response::builder()
-                .status(status)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(http::header::CONTENT_LENGTH, body.len())
-                .body(body)
-                .unwrap_or_default();
-        }
-        let (status, ctype, body) = match path.as_str() {
-            "/healthz" => (StatusCode::OK, "application/json", self.health.clone()),
-            "/metrics" => (
+        match session.req_header().uri.path() {
+            "/cache/purge" => self.purge(session).await,
+            "/healthz" => response(StatusCode::OK, "application/json", self.health.clone()),
+            "/metrics" => response(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
                 self.metrics.render(),
             ),
-            _ => (
+            _ => response(
                 StatusCode::NOT_FOUND,
                 "text/plain",
                 b"not found; try /healthz, /metrics or POST /cache/purge\n".to_vec(),
             ),
-        };
-        response(status, ctype, body)
+        }
     }
+}
+
+/// The admin listener's JSON answers: one object and a newline.
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
+    response(
+        status,
+        "application/json",
+        format!("{value}\n").into_bytes(),
+    )
 }
 
 /// A whole response for Pingora's `ServeHttp` services (this one and the demo's samples).

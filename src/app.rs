@@ -4,7 +4,6 @@
 //! Invariant: every check that can fail does so here, before a listener opens, with a message
 //! naming what failed; a server that [`build`] returned only fails on operating-system errors.
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,21 +16,23 @@ use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
 
 use crate::admin::Admin;
+use crate::cache::Cache;
 use crate::client::Cidrs;
 use crate::compress;
-use crate::config::{self, Config};
-use crate::cors;
+use crate::config::Config;
 use crate::headers::Headers;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PublicEndpoint};
 use crate::proxy::Proxy;
-use crate::routing::{Route, Router, Upstream};
+use crate::ratelimit::Limiter;
+use crate::redis::Redis;
+use crate::routing::{Router, Upstream};
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
-        addr: String,
+        addr: std::net::SocketAddr,
         key: &'static str,
         source: std::io::Error,
     },
@@ -41,6 +42,8 @@ pub enum Error {
     Store(String),
     #[error("cannot start: {0}")]
     Runtime(String),
+    #[error(transparent)]
+    Unresolved(#[from] crate::routing::Unresolved),
 }
 
 /// A configured server, ready to run.
@@ -62,56 +65,24 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let upstreams: BTreeMap<String, Arc<Upstream>> = config
-        .upstreams
-        .iter()
-        .map(|(name, c)| (name.clone(), Arc::new(Upstream::new(name, c))))
-        .collect();
-    discover_now(&upstreams)?;
-    for upstream in upstreams.values() {
+    let compression = compress::Policies::new(&config.compression);
+    let router = Router::new(
+        &config.routes,
+        &config.upstreams,
+        &config.cors,
+        &compression,
+    )?;
+    discover_now(router.upstreams())?;
+    for upstream in router.upstreams() {
         server.add_service(GenBackgroundService::new(
             format!("upstream {}", upstream.name),
             upstream.balancer.clone(),
         ));
     }
 
-    let policies: BTreeMap<String, Arc<cors::Policy>> = config
-        .cors
-        .iter()
-        .map(|(name, c)| (name.clone(), Arc::new(cors::Policy::new(c))))
-        .collect();
-    let compression = compress::Policies::new(&config.compression);
-    let routes = config
-        .routes
-        .iter()
-        .filter_map(|r| {
-            Some(Arc::new(Route {
-                name: r.name.clone(),
-                prefix: r.prefix.clone(),
-                upstream: upstreams.get(&r.upstream)?.clone(),
-                strip_prefix: r.strip_prefix,
-                rewrite: r.rewrite.clone(),
-                cors: r.cors.as_ref().and_then(|p| policies.get(p)).cloned(),
-                compression: r
-                    .compression
-                    .as_ref()
-                    .and_then(|p| compression.named.get(p))
-                    .cloned(),
-            }))
-        })
-        .collect();
-
-    let trusted = Cidrs::new(
-        config
-            .server
-            .trusted_proxies
-            .iter()
-            .filter_map(|c| config::parse_cidr(c).ok())
-            .collect(),
-    );
     let metrics =
-        Arc::new(Metrics::with_config(&config.metrics).map_err(|e| Error::Runtime(e.to_string()))?);
-    let redis = crate::store::redis::Redis::from_config(&config.store, metrics.clone())
+        Arc::new(Metrics::new(&config.metrics).map_err(|e| Error::Runtime(e.to_string()))?);
+    let redis = Redis::from_config(&config.store, metrics.clone())
         .map_err(|e| Error::Store(e.to_string()))?;
     if let Some(r) = &redis {
         server.add_service(GenBackgroundService::new(
@@ -119,44 +90,37 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
             r.clone(),
         ));
     }
-    let ratelimit = crate::ratelimit::Limiter::new(
+    let ratelimit = Limiter::new(
         &config.ratelimit,
         config.store.cluster,
         redis.clone(),
         metrics.clone(),
     );
-    let cache = crate::cache::Cache::new(config, redis.clone(), metrics.clone());
+    let cache = Cache::new(&config.cache, &config.routes, redis, metrics.clone());
     let proxy = Proxy {
         ratelimit,
         cache: cache.clone(),
         metrics: metrics.clone(),
-        router: Router::new(routes),
-        headers: Headers::new(&config.headers, &config.metrics),
+        router,
+        headers: Headers::new(
+            &config.headers,
+            config.metrics.process_time_header,
+            config.metrics.server_timing,
+        ),
         access_log: config.access_log.clone(),
-        public_metrics: config.metrics.public_path.as_ref().map(|path| {
-            let allow = config
-                .metrics
-                .public_allow
-                .iter()
-                .filter_map(|c| config::parse_cidr(c).ok())
-                .collect();
-            crate::metrics::PublicEndpoint {
-                path: path.clone(),
-                allow: Cidrs::new(allow),
-            }
-        }),
-        trusted,
+        public_metrics: PublicEndpoint::new(&config.metrics),
+        trusted: Cidrs::new(&config.server.trusted_proxies),
         compression,
     };
     let mut service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "rampart");
-    service.add_tcp(&config.server.listen);
+    service.add_tcp(&config.server.listen.to_string());
     if let Some(tls) = &config.server.tls {
         // HTTP/2 is offered over TLS (ALPN h2, then http/1.1), as nginx's `http2 on` does.
         let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&tls.cert, &tls.key)
             .map_err(|e| Error::Tls(e.to_string()))?;
         settings.enable_h2();
-        service.add_tls_with_settings(&tls.listen, None, settings);
+        service.add_tls_with_settings(&tls.listen.to_string(), None, settings);
     }
     server.add_service(service);
 
@@ -164,7 +128,7 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
         "admin".to_string(),
         Admin::new(config, metrics).with_cache(cache),
     );
-    admin.add_tcp(&config.server.admin_listen);
+    admin.add_tcp(&config.server.admin_listen.to_string());
     server.add_service(admin);
 
     for s in extra {
@@ -177,18 +141,14 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
 /// into an error naming the config key.
 fn check_listeners(config: &Config) -> Result<(), Error> {
     let mut wanted = vec![
-        (config.server.listen.clone(), "server.listen"),
-        (config.server.admin_listen.clone(), "server.admin_listen"),
+        (config.server.listen.0, "server.listen"),
+        (config.server.admin_listen.0, "server.admin_listen"),
     ];
     if let Some(tls) = &config.server.tls {
-        wanted.push((tls.listen.clone(), "server.tls.listen"));
+        wanted.push((tls.listen.0, "server.tls.listen"));
     }
     for (addr, key) in wanted {
-        TcpListener::bind(&addr).map_err(|source| Error::Listen {
-            addr: addr.clone(),
-            key,
-            source,
-        })?;
+        TcpListener::bind(addr).map_err(|source| Error::Listen { addr, key, source })?;
     }
     Ok(())
 }
@@ -209,13 +169,13 @@ fn check_tls(config: &Config) -> Result<(), Error> {
 }
 
 /// Resolve every upstream once before listening, so the first request has addresses.
-fn discover_now(upstreams: &BTreeMap<String, Arc<Upstream>>) -> Result<(), Error> {
+fn discover_now(upstreams: &[Arc<Upstream>]) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Runtime(e.to_string()))?;
     rt.block_on(async {
-        for u in upstreams.values() {
+        for u in upstreams {
             if let Err(e) = u.balancer.update().await {
                 log::warn!("upstream {}: discovery failed: {e}", u.name);
             }

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::types::Cidr;
+
 /// A set of networks (trusted proxies, who may read public metrics).
 #[derive(Debug, Clone, Default)]
 pub struct Cidrs {
@@ -16,8 +18,10 @@ pub struct Cidrs {
 }
 
 impl Cidrs {
-    pub fn new(nets: Vec<IpNet>) -> Self {
-        Self { nets }
+    pub fn new(nets: &[Cidr]) -> Self {
+        Self {
+            nets: nets.iter().map(|c| c.0).collect(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -40,8 +44,6 @@ pub struct Client {
     pub ip: Option<IpAddr>,
     /// `https` when the connection to Rampart is TLS, or a trusted peer says so.
     pub scheme: &'static str,
-    /// Whether the peer is a trusted proxy (its forwarding headers were believed).
-    pub via_trusted_proxy: bool,
 }
 
 impl Client {
@@ -79,12 +81,7 @@ impl Client {
                 None => {}
             }
         }
-        Self {
-            peer,
-            ip,
-            scheme,
-            via_trusted_proxy,
-        }
+        Self { peer, ip, scheme }
     }
 }
 
@@ -116,10 +113,8 @@ mod tests {
     use super::*;
 
     fn trusted() -> Cidrs {
-        Cidrs::new(vec![
-            "10.0.0.0/8".parse().expect("net"),
-            "127.0.0.1/32".parse().expect("net"),
-        ])
+        let net = |t: &str| Cidr::try_from(t.to_string()).expect("net");
+        Cidrs::new(&[net("10.0.0.0/8"), net("127.0.0.1")])
     }
 
     fn ip(s: &str) -> Option<IpAddr> {

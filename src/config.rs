@@ -10,23 +10,23 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::Path;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use crate::{accesslog, cache, compress, cors, headers, metrics, ratelimit, routing, store};
+use crate::types::{Cidr, Duration, HostPort, Invalid, ListenAddr, Name};
+use crate::{accesslog, cache, compress, cors, headers, metrics, ratelimit, redis, routing};
 
 /// The whole file. Every section has defaults, so an empty file is a valid (if useless) one.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
-    pub upstreams: BTreeMap<String, routing::UpstreamConfig>,
+    pub upstreams: BTreeMap<Name, routing::UpstreamConfig>,
     pub routes: Vec<routing::RouteConfig>,
     pub headers: headers::Config,
-    pub cors: BTreeMap<String, cors::Config>,
-    pub store: store::Config,
+    pub cors: BTreeMap<Name, cors::Config>,
+    pub store: redis::Config,
     pub metrics: metrics::Config,
     pub access_log: accesslog::Config,
     pub ratelimit: ratelimit::Config,
@@ -39,13 +39,13 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Public listener (plain HTTP). Env: `RAMPART_LISTEN`.
-    pub listen: String,
-    /// Admin listener (`/healthz`, later `/metrics`). Env: `RAMPART_ADMIN_LISTEN`.
-    pub admin_listen: String,
+    pub listen: ListenAddr,
+    /// Admin listener (`/healthz`, `/metrics`, `/cache/purge`). Env: `RAMPART_ADMIN_LISTEN`.
+    pub admin_listen: ListenAddr,
     /// Worker threads for the proxy service.
     pub threads: usize,
     /// Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (CIDRs or addresses).
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<Cidr>,
     /// Optional TLS listener; when present, HSTS is sent on its responses.
     pub tls: Option<TlsConfig>,
     /// How long in-flight requests may take to finish on shutdown.
@@ -55,8 +55,8 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:8080".into(),
-            admin_listen: "127.0.0.1:9091".into(),
+            listen: ListenAddr(([0, 0, 0, 0], 8080).into()),
+            admin_listen: ListenAddr(([127, 0, 0, 1], 9091).into()),
             threads: 2,
             trusted_proxies: Vec::new(),
             tls: None,
@@ -69,31 +69,9 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    pub listen: String,
+    pub listen: ListenAddr,
     pub cert: String,
     pub key: String,
-}
-
-/// A duration written as text: `"250ms"`, `"5s"`, `"2m"`, `"1h 30m"` (humantime syntax).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Duration(pub std::time::Duration);
-
-impl Duration {
-    pub const fn secs(s: u64) -> Self {
-        Self(std::time::Duration::from_secs(s))
-    }
-    pub const fn millis(ms: u64) -> Self {
-        Self(std::time::Duration::from_millis(ms))
-    }
-}
-
-impl<'de> Deserialize<'de> for Duration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map(Duration).map_err(|e| {
-            serde::de::Error::custom(format!("a duration like \"5s\" or \"250ms\" ({e})"))
-        })
-    }
 }
 
 /// What went wrong, and where.
@@ -113,7 +91,12 @@ pub enum Error {
         message: String,
     },
     /// A documented environment override holds a bad value.
-    Env { var: String, message: String },
+    Env {
+        var: String,
+        /// The key of the file it replaces.
+        key: String,
+        message: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -127,39 +110,14 @@ impl fmt::Display for Error {
                 key,
                 message,
             } => write!(f, "{file}:{line}:{column}: {key}: {message}"),
-            Error::Env { var, message } => write!(f, "environment variable {var}: {message}"),
+            Error::Env { var, key, message } => {
+                write!(f, "environment variable {var} (sets {key}): {message}")
+            }
         }
     }
 }
 
 impl std::error::Error for Error {}
-
-/// A problem found by a feature's own validation: the key path below its section and why.
-#[derive(Debug)]
-pub struct Invalid {
-    pub key: String,
-    pub message: String,
-}
-
-impl Invalid {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-    /// Prefix the key with the section it was found in (`routes[2]` + `upstream`).
-    pub fn within(mut self, parent: &str) -> Self {
-        self.key = if self.key.is_empty() {
-            parent.to_string()
-        } else if self.key.starts_with('[') {
-            format!("{parent}{}", self.key)
-        } else {
-            format!("{parent}.{}", self.key)
-        };
-        self
-    }
-}
 
 /// Read, parse, override from the environment, validate.
 pub fn load(path: &Path) -> Result<Config, Error> {
@@ -212,16 +170,29 @@ pub fn parse(file: &str, text: &str, env: &BTreeMap<String, String>) -> Result<C
 /// | `RAMPART_REDIS_URL` | `store.redis_url` |
 /// | `RAMPART_REDIS_PASSWORD` | `store.redis_password` |
 /// | `RAMPART_UPSTREAM_<NAME>` | `upstreams.<name>.addrs` (comma-separated; `-` in the name becomes `_`) |
+/// A documented override's value, parsed as the file's value would be.
+fn parse_env<T: TryFrom<String, Error = String>>(
+    var: &str,
+    key: &str,
+    value: String,
+) -> Result<T, Error> {
+    T::try_from(value).map_err(|message| Error::Env {
+        var: var.to_string(),
+        key: key.to_string(),
+        message,
+    })
+}
+
 fn apply_env(config: &mut Config, env: &BTreeMap<String, String>) -> Result<(), Error> {
     let get = |var: &str| env.get(var).filter(|v| !v.trim().is_empty()).cloned();
     if let Some(v) = get("RAMPART_LISTEN") {
-        config.server.listen = v;
+        config.server.listen = parse_env("RAMPART_LISTEN", "server.listen", v)?;
     }
     if let Some(v) = get("RAMPART_ADMIN_LISTEN") {
-        config.server.admin_listen = v;
+        config.server.admin_listen = parse_env("RAMPART_ADMIN_LISTEN", "server.admin_listen", v)?;
     }
     if let Some(v) = get("RAMPART_REDIS_URL") {
-        config.store.redis_url = Some(v);
+        config.store.redis_url = Some(parse_env("RAMPART_REDIS_URL", "store.redis_url", v)?);
     }
     if let Some(v) = get("RAMPART_REDIS_PASSWORD") {
         config.store.redis_password = Some(v);
@@ -232,41 +203,33 @@ fn apply_env(config: &mut Config, env: &BTreeMap<String, String>) -> Result<(), 
             name.to_ascii_uppercase().replace('-', "_")
         );
         if let Some(v) = get(&var) {
-            let addrs: Vec<String> = v
+            upstream.addrs = v
                 .split(',')
                 .map(str::trim)
                 .filter(|a| !a.is_empty())
-                .map(String::from)
-                .collect();
-            for a in &addrs {
-                routing::check_addr(a).map_err(|message| Error::Env {
+                .map(|a| HostPort::try_from(a.to_string()))
+                .collect::<Result<_, _>>()
+                .map_err(|message| Error::Env {
+                    key: format!("upstreams.{name}.addrs"),
                     var: var.clone(),
                     message,
                 })?;
-            }
-            upstream.addrs = addrs;
         }
     }
     Ok(())
 }
 
 impl Config {
+    /// The checks no single value can make on its own: ranges, fields that exclude each other,
+    /// and names that must refer to something defined elsewhere in the file.
     fn validate(&self) -> Result<(), Invalid> {
-        check_listen(&self.server.listen).map_err(|m| Invalid::new("server.listen", m))?;
-        check_listen(&self.server.admin_listen)
-            .map_err(|m| Invalid::new("server.admin_listen", m))?;
         if self.server.threads == 0 || self.server.threads > 1024 {
             return Err(Invalid::new(
                 "server.threads",
                 "a thread count from 1 to 1024",
             ));
         }
-        for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
-            parse_cidr(cidr)
-                .map_err(|m| Invalid::new(format!("server.trusted_proxies[{i}]"), m))?;
-        }
         if let Some(tls) = &self.server.tls {
-            check_listen(&tls.listen).map_err(|m| Invalid::new("server.tls.listen", m))?;
             if tls.listen == self.server.listen {
                 return Err(Invalid::new(
                     "server.tls.listen",
@@ -281,13 +244,11 @@ impl Config {
             ));
         }
         for (name, upstream) in &self.upstreams {
-            check_name(name).map_err(|m| Invalid::new(format!("upstreams.{name}"), m))?;
             upstream
                 .validate()
                 .map_err(|e| e.within(&format!("upstreams.{name}")))?;
         }
         for (name, cors) in &self.cors {
-            check_name(name).map_err(|m| Invalid::new(format!("cors.{name}"), m))?;
             cors.validate()
                 .map_err(|e| e.within(&format!("cors.{name}")))?;
         }
@@ -361,12 +322,8 @@ impl Config {
                 }
             }
         }
-        self.headers.validate().map_err(|e| e.within("headers"))?;
         self.store.validate().map_err(|e| e.within("store"))?;
         self.metrics.validate().map_err(|e| e.within("metrics"))?;
-        self.access_log
-            .validate()
-            .map_err(|e| e.within("access_log"))?;
         let route_names: Vec<&str> = self.routes.iter().map(|r| r.name.as_str()).collect();
         self.ratelimit
             .validate(&route_names)
@@ -398,43 +355,13 @@ impl Config {
     }
 }
 
-fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
-    let v: Vec<&str> = it.map(String::as_str).collect();
+fn names<'a>(it: impl Iterator<Item = &'a Name>) -> String {
+    let v: Vec<&str> = it.map(Name::as_str).collect();
     if v.is_empty() {
         "(none defined)".into()
     } else {
         v.join(", ")
     }
-}
-
-/// Names of upstreams, routes and policies appear in metrics labels and Redis keys.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err("a name of 1 to 64 characters from [A-Za-z0-9_-]".into())
-    }
-}
-
-fn check_listen(addr: &str) -> Result<(), String> {
-    addr.parse::<SocketAddr>()
-        .map(|_| ())
-        .map_err(|_| format!("an IP:port address such as \"0.0.0.0:8080\", not \"{addr}\""))
-}
-
-/// `10.0.0.0/8`, `::1/128` or a bare address (meaning a single host).
-pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
-    if let Ok(net) = text.parse::<ipnet::IpNet>() {
-        return Ok(net);
-    }
-    text.parse::<std::net::IpAddr>()
-        .map(ipnet::IpNet::from)
-        .map_err(|_| format!("a CIDR such as \"10.0.0.0/8\" or an address, not \"{text}\""))
 }
 
 /// 1-based line and column of a byte offset.
@@ -533,8 +460,8 @@ mod tests {
     #[test]
     fn empty_file_is_defaults() {
         let c = parse("t.toml", "", &env()).expect("valid");
-        assert_eq!(c.server.listen, "0.0.0.0:8080");
-        assert_eq!(c.server.admin_listen, "127.0.0.1:9091");
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9091");
     }
 
     #[test]
@@ -564,11 +491,13 @@ mod tests {
         );
         env.insert("RAMPART_LISTEN".into(), "127.0.0.1:9999".into());
         let c = parse("t.toml", text, &env).expect("valid");
-        assert_eq!(
-            c.upstreams["back-end"].addrs,
-            ["10.0.0.1:80", "10.0.0.2:80"]
-        );
-        assert_eq!(c.server.listen, "127.0.0.1:9999");
+        let addrs: Vec<&str> = c.upstreams["back-end"]
+            .addrs
+            .iter()
+            .map(|a| a.as_str())
+            .collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.2:80"]);
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9999");
     }
 
     #[test]

@@ -12,17 +12,17 @@ use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 
-use crate::config::{Duration, Invalid};
+use crate::types::{Duration, HeaderNameText, Invalid};
 
 /// `[cors.NAME]`: a policy routes refer to by name.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Exact origins (`https://app.example.com`) or `"*"` for any.
-    pub allow_origins: Vec<String>,
-    pub allow_methods: Vec<String>,
-    pub allow_headers: Vec<String>,
-    pub expose_headers: Vec<String>,
+    pub allow_origins: Vec<Origin>,
+    pub allow_methods: Vec<MethodName>,
+    pub allow_headers: Vec<HeaderNameText>,
+    pub expose_headers: Vec<HeaderNameText>,
     /// How long browsers may cache a preflight answer.
     pub max_age: Duration,
     pub allow_credentials: bool,
@@ -32,10 +32,16 @@ impl Default for Config {
     /// The old nginx.conf's `/api/` CORS block.
     fn default() -> Self {
         Self {
-            allow_origins: vec!["*".into()],
-            allow_methods: ["GET", "POST", "PUT", "DELETE", "OPTIONS"]
-                .map(String::from)
-                .to_vec(),
+            allow_origins: vec![Origin::Any],
+            allow_methods: [
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::OPTIONS,
+            ]
+            .map(MethodName)
+            .to_vec(),
             allow_headers: [
                 "DNT",
                 "User-Agent",
@@ -46,7 +52,7 @@ impl Default for Config {
                 "Range",
                 "Authorization",
             ]
-            .map(String::from)
+            .map(HeaderNameText::from_static)
             .to_vec(),
             expose_headers: Vec::new(),
             max_age: Duration::secs(600),
@@ -63,40 +69,53 @@ impl Config {
                 "at least one origin, or \"*\" for any",
             ));
         }
-        for (i, o) in self.allow_origins.iter().enumerate() {
-            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
-                return Err(Invalid::new(
-                    format!("allow_origins[{i}]"),
-                    format!("\"*\" or an origin such as \"https://app.example.com\", not \"{o}\""),
-                ));
-            }
-            if o.ends_with('/') {
-                return Err(Invalid::new(
-                    format!("allow_origins[{i}]"),
-                    "an origin has no trailing slash",
-                ));
-            }
-        }
-        if self.allow_credentials && self.allow_origins.iter().any(|o| o == "*") {
+        if self.allow_credentials && self.allow_origins.contains(&Origin::Any) {
             return Err(Invalid::new(
                 "allow_credentials",
                 "credentials cannot be allowed for any origin (\"*\"); list the origins",
             ));
         }
-        for (i, m) in self.allow_methods.iter().enumerate() {
-            Method::from_bytes(m.as_bytes())
-                .map_err(|_| Invalid::new(format!("allow_methods[{i}]"), "an HTTP method name"))?;
-        }
-        for (field, list) in [
-            ("allow_headers", &self.allow_headers),
-            ("expose_headers", &self.expose_headers),
-        ] {
-            for (i, h) in list.iter().enumerate() {
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| Invalid::new(format!("{field}[{i}]"), "a header name"))?;
-            }
-        }
         Ok(())
+    }
+}
+
+/// One entry of `allow_origins`: `"*"`, or an origin (`scheme://host[:port]`, no path).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Origin {
+    Any,
+    Exact(String),
+}
+
+impl TryFrom<String> for Origin {
+    type Error = String;
+    fn try_from(o: String) -> Result<Self, String> {
+        if o == "*" {
+            return Ok(Origin::Any);
+        }
+        if !(o.starts_with("http://") || o.starts_with("https://")) {
+            return Err(format!(
+                "\"*\" or an origin such as \"https://app.example.com\", not \"{o}\""
+            ));
+        }
+        if o.ends_with('/') {
+            return Err("an origin has no trailing slash".into());
+        }
+        Ok(Origin::Exact(o))
+    }
+}
+
+/// An HTTP method name in `allow_methods`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MethodName(pub Method);
+
+impl TryFrom<String> for MethodName {
+    type Error = String;
+    fn try_from(m: String) -> Result<Self, String> {
+        Method::from_bytes(m.as_bytes())
+            .map(MethodName)
+            .map_err(|_| format!("an HTTP method name, not \"{m}\""))
     }
 }
 
@@ -112,6 +131,13 @@ pub struct Policy {
     max_age: HeaderValue,
 }
 
+/// Method and header names (tokens) joined with `", "`: always a valid header value; the
+/// empty value stands in for the impossible failure rather than a panic.
+fn join<'a>(tokens: impl Iterator<Item = &'a str>) -> HeaderValue {
+    let text = tokens.collect::<Vec<_>>().join(", ");
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""))
+}
+
 /// What the request asked, as far as CORS cares.
 pub enum Request {
     /// No `Origin`: not a CORS request.
@@ -124,16 +150,21 @@ pub enum Request {
 
 impl Policy {
     pub fn new(c: &Config) -> Self {
-        let join = |v: &[String]| {
-            HeaderValue::from_str(&v.join(", ")).unwrap_or(HeaderValue::from_static(""))
-        };
         Self {
-            any_origin: c.allow_origins.iter().any(|o| o == "*"),
-            origins: c.allow_origins.clone(),
+            any_origin: c.allow_origins.contains(&Origin::Any),
+            origins: c
+                .allow_origins
+                .iter()
+                .filter_map(|o| match o {
+                    Origin::Exact(o) => Some(o.clone()),
+                    Origin::Any => None,
+                })
+                .collect(),
             credentials: c.allow_credentials,
-            methods: join(&c.allow_methods),
-            headers: join(&c.allow_headers),
-            expose: (!c.expose_headers.is_empty()).then(|| join(&c.expose_headers)),
+            methods: join(c.allow_methods.iter().map(|m| m.0.as_str())),
+            headers: join(c.allow_headers.iter().map(|h| h.written.as_str())),
+            expose: (!c.expose_headers.is_empty())
+                .then(|| join(c.expose_headers.iter().map(|h| h.written.as_str()))),
             max_age: HeaderValue::from(c.max_age.0.as_secs()),
         }
     }
@@ -159,17 +190,19 @@ impl Policy {
         }
     }
 
-    /// Headers for the answer to a preflight (only called when the origin is allowed).
-    pub fn preflight_headers(&self, resp: &mut ResponseHeader) {
-        let _ = resp.insert_header(
-            http::header::ACCESS_CONTROL_ALLOW_METHODS,
-            self.methods.clone(),
-        );
-        let _ = resp.insert_header(
-            http::header::ACCESS_CONTROL_ALLOW_HEADERS,
-            self.headers.clone(),
-        );
-        let _ = resp.insert_header(http::header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
+    /// Headers for the answer to a preflight (only sent when the origin is allowed).
+    pub fn preflight_headers(&self) -> [(HeaderName, HeaderValue); 3] {
+        [
+            (
+                http::header::ACCESS_CONTROL_ALLOW_METHODS,
+                self.methods.clone(),
+            ),
+            (
+                http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+                self.headers.clone(),
+            ),
+            (http::header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone()),
+        ]
     }
 
     /// Headers every response to a request on this route gets (preflight included).

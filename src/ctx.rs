@@ -1,13 +1,16 @@
-//! Per-request context: what one phase learns and a later one needs, one field per feature.
+//! Per-request context: what one phase learns and a later one needs.
+//!
+//! It only composes: one field per feature, each feature's own state type, and no logic.
+//! `proxy.rs` hands each feature its own field (`&mut ctx.cache` to the cache, ...), so no
+//! feature module imports this one.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use pingora::lb::Backend;
+use std::time::Instant;
 
 use crate::client::Client;
-use crate::ratelimit;
-use crate::routing::Route;
+use crate::headers::Downstream;
+use crate::routing::{self, Route};
+use crate::{cache, compress, ratelimit};
 
 pub struct Ctx {
     /// When Rampart first saw the request.
@@ -20,17 +23,14 @@ pub struct Ctx {
     pub tls: bool,
     /// The matched route; `None` until `request_filter` found one.
     pub route: Option<Arc<Route>>,
-    /// Addresses this request already tried to connect to (retries go elsewhere).
-    pub tried: Vec<Backend>,
-    /// When the request was sent upstream, and how long the response header took.
-    pub upstream_started: Option<Instant>,
-    pub upstream_time: Option<Duration>,
+    /// Addresses tried and upstream timing.
+    pub upstream: routing::RequestState,
     /// The rate limiter's verdicts (their headers go on the response); `None`: no policy.
     pub ratelimit: Option<ratelimit::Decision>,
     /// The response cache's decisions for this request.
-    pub cache: crate::cache::RequestState,
+    pub cache: cache::RequestState,
     /// Accept-Encoding, policy and the body encoder of this response.
-    pub compress: crate::compress::State,
+    pub compress: compress::RequestState,
 }
 
 impl Ctx {
@@ -41,12 +41,20 @@ impl Ctx {
             client: None,
             tls: false,
             route: None,
-            tried: Vec::new(),
-            upstream_started: None,
-            upstream_time: None,
+            upstream: Default::default(),
             ratelimit: None,
             cache: Default::default(),
             compress: Default::default(),
+        }
+    }
+
+    /// What the downstream headers say about this request.
+    pub fn downstream(&self) -> Downstream<'_> {
+        Downstream {
+            request_id: &self.request_id,
+            tls: self.tls,
+            started: self.started,
+            upstream_time: self.upstream.response_time,
         }
     }
 }

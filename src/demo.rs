@@ -33,11 +33,7 @@ pub fn setup() -> Result<(Config, Vec<Box<dyn ServiceWithDependents>>), config::
 
 /// The lines printed for the newcomer to try.
 pub fn instructions(config: &Config) -> String {
-    let port = config
-        .server
-        .listen
-        .rsplit_once(':')
-        .map_or("8080", |(_, p)| p);
+    let port = config.server.listen.0.port();
     let base = format!("http://127.0.0.1:{port}");
     let admin = &config.server.admin_listen;
     format!(

@@ -13,8 +13,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 
 use crate::client::Client;
-use crate::config::Invalid;
-use crate::ctx::Ctx;
+use crate::types::{HeaderNameText, HeaderValueText};
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -24,9 +23,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct Config {
     /// Added to every response unless the upstream set the header itself. Writing this table
     /// replaces the defaults (the old nginx.conf's three headers).
-    pub security: BTreeMap<String, String>,
+    pub security: BTreeMap<HeaderNameText, HeaderValueText>,
     /// `Strict-Transport-Security`, sent on responses over the TLS listener only ("" = off).
-    pub hsts: String,
+    pub hsts: HeaderValueText,
 }
 
 impl Default for Config {
@@ -38,28 +37,15 @@ impl Default for Config {
                 ("X-XSS-Protection", "1; mode=block"),
             ]
             .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-            hsts: "max-age=31536000; includeSubDomains".into(),
-        }
-    }
-}
-
-impl Config {
-    pub(crate) fn validate(&self) -> Result<(), Invalid> {
-        for (name, value) in &self.security {
-            HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| Invalid::new(format!("security.{name}"), "a valid header name"))?;
-            HeaderValue::from_str(value).map_err(|_| {
-                Invalid::new(
-                    format!("security.{name}"),
-                    "a header value of visible ASCII",
+            .map(|(k, v)| {
+                (
+                    HeaderNameText::from_static(k),
+                    HeaderValueText::from_static(v),
                 )
-            })?;
+            })
+            .collect(),
+            hsts: HeaderValueText::from_static("max-age=31536000; includeSubDomains"),
         }
-        HeaderValue::from_str(&self.hsts)
-            .map_err(|_| Invalid::new("hsts", "a header value of visible ASCII"))?;
-        Ok(())
     }
 }
 
@@ -72,27 +58,18 @@ pub struct Headers {
 }
 
 impl Headers {
-    /// `timing` is the `[metrics]` section: it says whether `X-Process-Time` and
+    /// `process_time` and `server_timing` come from `[metrics]`: whether `X-Process-Time` and
     /// `Server-Timing` go out.
-    pub fn new(c: &Config, timing: &crate::metrics::Config) -> Self {
-        let security = c
-            .security
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    HeaderName::from_bytes(k.as_bytes()).ok()?,
-                    HeaderValue::from_str(v).ok()?,
-                ))
-            })
-            .collect();
-        let hsts = (!c.hsts.is_empty())
-            .then(|| HeaderValue::from_str(&c.hsts).ok())
-            .flatten();
+    pub fn new(c: &Config, process_time: bool, server_timing: bool) -> Self {
         Self {
-            security,
-            hsts,
-            process_time: timing.process_time_header,
-            server_timing: timing.server_timing,
+            security: c
+                .security
+                .iter()
+                .map(|(k, v)| (k.name.clone(), v.0.clone()))
+                .collect(),
+            hsts: (!c.hsts.is_empty()).then(|| c.hsts.0.clone()),
+            process_time,
+            server_timing,
         }
     }
 
@@ -103,10 +80,10 @@ impl Headers {
         req: &mut RequestHeader,
         client: &Client,
         request_id: &str,
-        host: Option<&str>,
+        host: Option<&HeaderValue>,
     ) {
         if let Some(host) = host {
-            let _ = req.insert_header(http::header::HOST, host);
+            let _ = req.insert_header(http::header::HOST, host.clone());
         }
         if let Some(peer) = client.peer {
             let peer = peer.to_string();
@@ -129,26 +106,26 @@ impl Headers {
     }
 
     /// Security headers, the request id and timing, on any response Rampart sends.
-    pub fn downstream(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
+    pub fn downstream(&self, resp: &mut ResponseHeader, request: &Downstream<'_>) {
         for (name, value) in &self.security {
             if !resp.headers.contains_key(name) {
                 let _ = resp.insert_header(name.clone(), value.clone());
             }
         }
-        if ctx.tls {
+        if request.tls {
             if let Some(hsts) = &self.hsts {
                 let _ = resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
             }
         }
-        let _ = resp.insert_header(REQUEST_ID, ctx.request_id.as_str());
+        let _ = resp.insert_header(REQUEST_ID, request.request_id);
         // Time so far: the response header is about to leave, the body may still stream.
-        let elapsed = ctx.started.elapsed();
+        let elapsed = request.started.elapsed();
         if self.process_time {
             let _ = resp.insert_header("x-process-time", format!("{:.6}", elapsed.as_secs_f64()));
         }
         if self.server_timing {
             let total = elapsed.as_secs_f64() * 1000.0;
-            let value = match ctx.upstream_time {
+            let value = match request.upstream_time {
                 Some(up) => format!(
                     "upstream;dur={:.3}, total;dur={total:.3}",
                     up.as_secs_f64() * 1000.0
@@ -158,6 +135,17 @@ impl Headers {
             let _ = resp.append_header("server-timing", value);
         }
     }
+}
+
+/// What [`Headers::downstream`] needs to know about the request being answered.
+pub struct Downstream<'a> {
+    pub request_id: &'a str,
+    /// Arrived over the TLS listener (HSTS goes out).
+    pub tls: bool,
+    /// When Rampart first saw the request.
+    pub started: std::time::Instant,
+    /// How long the upstream took to send its response header, if it was asked.
+    pub upstream_time: Option<std::time::Duration>,
 }
 
 /// The client's `X-Request-Id` when it is a sane token, else a fresh UUID. Anything longer or
@@ -176,22 +164,28 @@ pub fn request_id(req: &RequestHeader) -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// The tokens of every `Vary` field line, trimmed, empty elements skipped (RFC 9110 section
+/// 12.5.5). The one `Vary` parser: compression, CORS and the cache's variance all use it.
+pub fn vary_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// Add a token to `Vary` once, keeping what is there (`*` already covers everything).
 pub fn add_vary(resp: &mut ResponseHeader, token: &str) {
-    let mut tokens: Vec<String> = Vec::new();
-    for v in resp.headers.get_all(http::header::VARY) {
-        if let Ok(s) = v.to_str() {
-            for t in s.split(',') {
-                let t = t.trim();
-                if t == "*" || t.eq_ignore_ascii_case(token) {
-                    return;
-                }
-                if !t.is_empty() {
-                    tokens.push(t.to_string());
-                }
-            }
+    let mut tokens: Vec<&str> = Vec::new();
+    for t in vary_tokens(&resp.headers) {
+        if t == "*" || t.eq_ignore_ascii_case(token) {
+            return;
         }
+        tokens.push(t);
     }
-    tokens.push(token.to_string());
-    let _ = resp.insert_header(http::header::VARY, tokens.join(", "));
+    tokens.push(token);
+    let value = tokens.join(", ");
+    let _ = resp.insert_header(http::header::VARY, value);
 }

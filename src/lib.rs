@@ -18,6 +18,7 @@ pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod redis;
 pub mod respond;
 pub mod routing;
-pub mod store;
+pub mod types;

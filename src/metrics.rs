@@ -10,7 +10,8 @@
 
 use serde::Deserialize;
 
-use crate::config::Invalid;
+use crate::client::{Cidrs, Client};
+use crate::types::{Cidr, Invalid, UrlPath};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -41,9 +42,9 @@ pub struct Config {
     pub buckets: Vec<f64>,
     /// Also serve the metrics on the public listener at this path (off by default: the admin
     /// listener is the place for them).
-    pub public_path: Option<String>,
+    pub public_path: Option<UrlPath>,
     /// Who may read `public_path` (CIDRs); empty means everyone who reaches the listener.
-    pub public_allow: Vec<String>,
+    pub public_allow: Vec<Cidr>,
     /// `X-Process-Time: <seconds>` on every response, as the old FastAPI middleware did.
     pub process_time_header: bool,
     /// `Server-Timing: upstream;dur=<ms>, total;dur=<ms>` on every response.
@@ -76,15 +77,6 @@ impl Config {
                 "positive bounds in strictly increasing order, e.g. [0.005, 0.05, 0.5, 5]",
             ));
         }
-        if let Some(p) = &self.public_path {
-            if !p.starts_with('/') {
-                return Err(Invalid::new("public_path", "a path starting with \"/\""));
-            }
-        }
-        for (i, c) in self.public_allow.iter().enumerate() {
-            crate::config::parse_cidr(c)
-                .map_err(|m| Invalid::new(format!("public_allow[{i}]"), m))?;
-        }
         Ok(())
     }
 }
@@ -92,12 +84,21 @@ impl Config {
 /// `[metrics] public_path`: metrics on the public listener, for some clients only.
 pub struct PublicEndpoint {
     pub path: String,
-    pub allow: crate::client::Cidrs,
+    pub allow: Cidrs,
 }
 
 impl PublicEndpoint {
+    /// `None` unless `[metrics] public_path` is set.
+    pub fn new(config: &Config) -> Option<Self> {
+        let path = config.public_path.as_ref()?;
+        Some(Self {
+            path: path.to_string(),
+            allow: Cidrs::new(&config.public_allow),
+        })
+    }
+
     /// Whether `client` may read it (an empty allow list means anyone).
-    pub fn allows(&self, client: Option<&crate::client::Client>) -> bool {
+    pub fn allows(&self, client: Option<&Client>) -> bool {
         self.allow.is_empty()
             || client
                 .and_then(|c| c.ip)
@@ -159,16 +160,8 @@ pub fn method_label(method: &http::Method) -> &'static str {
 }
 
 impl Metrics {
-    /// Build every family; `buckets` for the request-duration histogram.
-    pub fn new(buckets: &[f64]) -> Result<Self, prometheus::Error> {
-        Self::with_config(&Config {
-            buckets: buckets.to_vec(),
-            ..Config::default()
-        })
-    }
-
     /// Build every family as `[metrics]` says.
-    pub fn with_config(config: &Config) -> Result<Self, prometheus::Error> {
+    pub fn new(config: &Config) -> Result<Self, prometheus::Error> {
         let buckets = config.buckets.as_slice();
         let registry = Registry::new();
         let counter =

@@ -23,7 +23,7 @@ use crate::ctx::Ctx;
 use crate::headers::{self, Headers};
 use crate::metrics::{self, Metrics};
 use crate::ratelimit::Limiter;
-use crate::respond;
+use crate::respond::{self, LocalResponse};
 use crate::routing::{self, Router};
 
 /// Everything the request path reads; built once by `app`, shared by all workers.
@@ -52,43 +52,31 @@ impl ProxyHttp for Proxy {
 
     /// identify -> public metrics? -> dot segments (400) -> route (none: 404) -> the route's
     /// compression -> CORS preflight (204/403) -> rate limits (429, or 503 under `deny`).
+    /// Each step may decide the answer itself; it is sent here, in one place.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.identify(session, ctx);
-        if let Some(public) = self.public_metrics.as_ref() {
-            if public.path == session.req_header().uri.path() {
-                self.serve_public_metrics(public, session, ctx).await?;
-                return Ok(true);
-            }
-        }
-        if let Some(reason) = routing::unroutable(session.req_header()) {
-            respond::problem(session, &self.headers, ctx, 400, reason).await?;
-            return Ok(true);
-        }
-        let Some(route) = self.router.route(session.req_header().uri.path()).cloned() else {
-            let detail = "no route matches this path";
-            respond::problem(session, &self.headers, ctx, 404, detail).await?;
-            return Ok(true);
+        let Some(local) = self.local_response(session.req_header(), ctx).await else {
+            return Ok(false);
         };
-        ctx.compress.use_route(route.compression.as_ref());
-        ctx.route = Some(route);
-        if self.answer_preflight(session, ctx).await? {
-            return Ok(true);
-        }
-        self.enforce_rate_limits(session, ctx).await
+        respond::send(session, &self.headers, ctx, local).await?;
+        Ok(true)
     }
 
     /// Cacheable method, no credentials, store reachable: enable the cache.
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        self.cache.request_filter(session, ctx);
+        if let Some(route) = ctx.route.as_ref() {
+            self.cache
+                .request_filter(session, &route.name, &mut ctx.cache);
+        }
         Ok(())
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        self.cache.key(session, ctx)
+        self.cache.key(session, &ctx.cache)
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
-        self.cache.cache_miss(session, ctx);
+        self.cache.cache_miss(session, &mut ctx.cache);
     }
 
     fn response_cache_filter(
@@ -97,7 +85,7 @@ impl ProxyHttp for Proxy {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        Ok(self.cache.response_cacheable(resp, ctx))
+        Ok(self.cache.response_cacheable(resp, &ctx.cache))
     }
 
     fn cache_vary_filter(
@@ -115,7 +103,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
-        cache::should_serve_stale(ctx, error)
+        cache::should_serve_stale(&ctx.cache, error)
     }
 
     /// The route's group, next untried address round-robin.
@@ -124,14 +112,14 @@ impl ProxyHttp for Proxy {
             return Error::e_explain(ErrorType::InternalError, "no route for upstream_peer");
         };
         let upstream = &route.upstream;
-        let Some(backend) = upstream.select(&ctx.tried) else {
+        let Some(backend) = upstream.select(&ctx.upstream.tried) else {
             return Error::e_explain(
                 ErrorType::ConnectNoRoute,
                 format!("upstream group {} has no usable address", upstream.name),
             );
         };
         let peer = upstream.peer(&backend);
-        ctx.tried.push(backend);
+        ctx.upstream.tried.push(backend);
         Ok(Box::new(peer))
     }
 
@@ -147,9 +135,9 @@ impl ProxyHttp for Proxy {
             self.metrics.upstream_error(&route.upstream.name, "connect");
         }
         let retry = ctx.route.as_ref().is_some_and(|r| {
-            ctx.tried.len() <= r.upstream.config.connect_retries
+            ctx.upstream.tried.len() <= r.upstream.config.connect_retries
                 && session.req_header().method.is_idempotent()
-                && r.upstream.select(&ctx.tried).is_some()
+                && r.upstream.select(&ctx.upstream.tried).is_some()
         });
         e.set_retry(retry);
         e
@@ -177,18 +165,14 @@ impl ProxyHttp for Proxy {
             )?;
             upstream_request.set_uri(uri);
         }
-        let host = match &route.upstream.config.host {
-            Some(h) => Some(h.as_str()),
-            None if !upstream_request.headers.contains_key(http::header::HOST) => {
-                Some(route.upstream.host_header())
-            }
-            None => None,
-        };
+        let host = route
+            .upstream
+            .host_for(upstream_request.headers.contains_key(http::header::HOST));
         if let Some(client) = &ctx.client {
             self.headers
                 .forward(upstream_request, client, &ctx.request_id, host);
         }
-        ctx.upstream_started = Some(std::time::Instant::now());
+        ctx.upstream.sent_at = Some(std::time::Instant::now());
         Ok(())
     }
 
@@ -200,9 +184,9 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(route), Some(started)) = (ctx.route.as_ref(), ctx.upstream_started) {
-            let took = started.elapsed();
-            ctx.upstream_time = Some(took);
+        if let (Some(route), Some(sent_at)) = (ctx.route.as_ref(), ctx.upstream.sent_at) {
+            let took = sent_at.elapsed();
+            ctx.upstream.response_time = Some(took);
             self.metrics.upstream_response(
                 &route.upstream.name,
                 upstream_response.status.as_u16(),
@@ -210,7 +194,7 @@ impl ProxyHttp for Proxy {
             );
         }
         self.cache
-            .invalidate_unsafe(session, upstream_response, ctx)
+            .invalidate_unsafe(session, upstream_response, &ctx.cache)
             .await;
         Ok(())
     }
@@ -223,7 +207,8 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.cache.status_headers(session, upstream_response, ctx);
+        self.cache
+            .status_headers(session, upstream_response, &mut ctx.cache);
         respond::finish_headers(&self.headers, session.req_header(), ctx, upstream_response);
         ctx.compress.response(upstream_response);
         Ok(())
@@ -243,7 +228,7 @@ impl ProxyHttp for Proxy {
 
     /// Every request ends here, answered or not: metrics, then the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        self.cache.finish(session, e, ctx).await;
+        self.cache.release_unfilled(session, e, &ctx.cache).await;
         let elapsed = ctx.started.elapsed();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
@@ -276,7 +261,7 @@ impl ProxyHttp for Proxy {
             bytes: session.body_bytes_sent(),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             route,
-            upstream: ctx.tried.last().map(|b| b.addr.to_string()),
+            upstream: ctx.upstream.tried.last().map(|b| b.addr.to_string()),
             cache: ctx.cache.x_cache,
             limit: ctx.ratelimit.as_ref().map(|d| d.outcome()),
         });
@@ -286,9 +271,8 @@ impl ProxyHttp for Proxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let (code, detail) = error_status(e);
         if code > 0 {
-            if let Err(write_err) =
-                respond::problem(session, &self.headers, ctx, code, detail).await
-            {
+            let problem = LocalResponse::problem(code, detail, &ctx.request_id);
+            if let Err(write_err) = respond::send(session, &self.headers, ctx, problem).await {
                 log::debug!("could not send {code} to the client: {write_err}");
             }
         }
@@ -299,7 +283,7 @@ impl ProxyHttp for Proxy {
     }
 }
 
-/// The steps of `request_filter`, each answering the client itself when it returns `true`.
+/// The steps of `request_filter`: each returns the answer when it decides one itself.
 impl Proxy {
     /// Request id, TLS, client identity and the client's `Accept-Encoding`.
     fn identify(&self, session: &Session, ctx: &mut Ctx) {
@@ -319,74 +303,67 @@ impl Proxy {
         ));
     }
 
+    /// public metrics -> unroutable (400) -> no route (404) -> preflight -> rate limits.
+    async fn local_response(&self, req: &RequestHeader, ctx: &mut Ctx) -> Option<LocalResponse> {
+        if let Some(public) = self.public_metrics.as_ref() {
+            if public.path == req.uri.path() {
+                return Some(self.public_metrics(public, ctx));
+            }
+        }
+        if let Some(reason) = routing::unroutable(req) {
+            return Some(LocalResponse::problem(400, reason, &ctx.request_id));
+        }
+        let Some(route) = self.router.route(req.uri.path()).cloned() else {
+            let detail = "no route matches this path";
+            return Some(LocalResponse::problem(404, detail, &ctx.request_id));
+        };
+        ctx.compress.use_route(route.compression.as_ref());
+        ctx.route = Some(route.clone());
+        if let Some(policy) = route.cors.as_ref() {
+            if let Some(answer) = preflight(policy, req, &ctx.request_id) {
+                return Some(answer);
+            }
+        }
+        let decision = self
+            .ratelimit
+            .check(req, &route.name, ctx.client.as_ref())
+            .await?;
+        let refusal = decision.refusal.as_ref().map(|r| {
+            LocalResponse::problem(r.status, &r.detail, &ctx.request_id)
+                .with_header(r.retry_after())
+        });
+        ctx.ratelimit = Some(decision);
+        refusal
+    }
+
     /// `[metrics] public_path`: the metrics for allowed clients, 403 for the others.
-    async fn serve_public_metrics(
-        &self,
-        public: &metrics::PublicEndpoint,
-        session: &mut Session,
-        ctx: &Ctx,
-    ) -> Result<()> {
+    fn public_metrics(&self, public: &metrics::PublicEndpoint, ctx: &Ctx) -> LocalResponse {
         if public.allows(ctx.client.as_ref()) {
             let body = self.metrics.render();
-            respond::content(
-                session,
-                &self.headers,
-                ctx,
-                200,
-                metrics::CONTENT_TYPE,
-                body,
-            )
-            .await
+            LocalResponse::content(http::StatusCode::OK, metrics::CONTENT_TYPE, body)
         } else {
-            respond::problem(
-                session,
-                &self.headers,
-                ctx,
-                403,
-                "metrics not readable here",
-            )
-            .await
+            LocalResponse::problem(403, "metrics not readable here", &ctx.request_id)
         }
     }
+}
 
-    /// A CORS preflight on a route with a policy is answered here, never proxied or limited.
-    async fn answer_preflight(&self, session: &mut Session, ctx: &Ctx) -> Result<bool> {
-        let Some(policy) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) else {
-            return Ok(false);
-        };
-        match policy.classify(session.req_header()) {
-            cors::Request::Preflight { allowed: true } => {
-                respond::preflight(session, &self.headers, ctx).await?;
-                Ok(true)
-            }
-            cors::Request::Preflight { allowed: false } => {
-                respond::problem(session, &self.headers, ctx, 403, "origin not allowed").await?;
-                Ok(true)
-            }
-            cors::Request::Actual | cors::Request::None => Ok(false),
+/// A CORS preflight on a route with a policy is answered by Rampart, never proxied or limited:
+/// 204 with the policy's headers, or 403 for an origin it does not allow.
+fn preflight(
+    policy: &cors::Policy,
+    req: &RequestHeader,
+    request_id: &str,
+) -> Option<LocalResponse> {
+    match policy.classify(req) {
+        cors::Request::Preflight { allowed: true } => {
+            Some(LocalResponse::preflight(policy.preflight_headers()))
         }
-    }
-
-    /// Charge every applicable policy; a refusal (429, or 503 under `deny`) is answered here.
-    async fn enforce_rate_limits(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some(decision) = self.ratelimit.check(session.req_header(), ctx).await else {
-            return Ok(false);
-        };
-        let refusal = decision.refusal.clone();
-        ctx.ratelimit = Some(decision);
-        let Some(r) = refusal else {
-            return Ok(false);
-        };
-        respond::problem_with(
-            session,
-            &self.headers,
-            ctx,
-            r.status,
-            &r.detail,
-            &r.headers(),
-        )
-        .await?;
-        Ok(true)
+        cors::Request::Preflight { allowed: false } => Some(LocalResponse::problem(
+            403,
+            "origin not allowed",
+            request_id,
+        )),
+        cors::Request::Actual | cors::Request::None => None,
     }
 }
 

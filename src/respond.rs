@@ -1,15 +1,22 @@
-//! The single exit for responses Rampart writes itself (400, 403, 404, 429, 5xx, preflight).
+//! Responses Rampart writes itself (400, 403, 404, 429, 503, 5xx, preflight, public metrics) as
+//! values, and the one place that sends them.
 //!
-//! Phases: `request_filter` and `fail_to_proxy`. Such responses skip Pingora's
-//! `response_filter`, so [`finish_headers`] is called here and from `response_filter` alike:
-//! the one place that decides what every response carries. Bodies go through the same
-//! compression policy as proxied ones (`compress::State::whole`), so `Vary` and encoding agree.
+//! Phases: the steps of `request_filter` return a [`LocalResponse`] instead of writing one, so
+//! each step is a plain function that can be unit-tested without a session; `proxy.rs` hands
+//! the value to [`send`], as does `fail_to_proxy`. Such responses skip Pingora's
+//! `response_filter`, so [`finish_headers`] runs here and from `response_filter` alike: the one
+//! place that decides what every response carries. Bodies go through the same compression
+//! policy as proxied ones (`compress::RequestState::encode_local`), so `Vary` and encoding
+//! agree.
 //!
-//! Invariant: a self-made error is `application/problem+json` (RFC 9457) naming the request id,
-//! and carries the same security, CORS and request-id headers as a proxied response.
+//! Invariants: a self-made error is `application/problem+json` (RFC 9457) naming the request
+//! id, and carries the same security, CORS and request-id headers as a proxied response; a
+//! request whose body was not read is answered with `Connection: close`, so its unread body is
+//! never parsed as the next request.
 
 use bytes::Bytes;
-use http::Method;
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::Session;
 use serde::Serialize;
@@ -17,22 +24,12 @@ use serde::Serialize;
 use crate::ctx::Ctx;
 use crate::headers::Headers;
 
-/// Headers every response gets, whoever made it.
-pub fn finish_headers(
-    headers: &Headers,
-    req: &RequestHeader,
-    ctx: &Ctx,
-    resp: &mut ResponseHeader,
-) {
-    headers.downstream(resp, ctx);
-    if let Some(cors) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
-        cors.response_headers(req, resp);
-    }
-    // From response_filter this runs after the cache stored the response: limit headers
-    // describe this request only and are never cached.
-    if let Some(limits) = &ctx.ratelimit {
-        limits.write_headers(resp);
-    }
+/// A whole response, decided but not yet sent.
+#[derive(Debug)]
+pub struct LocalResponse {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
 }
 
 #[derive(Serialize)]
@@ -45,98 +42,161 @@ struct Problem<'a> {
     request_id: &'a str,
 }
 
-/// Write an RFC 9457 problem response and end the exchange.
-pub async fn problem(
-    session: &mut Session,
-    headers: &Headers,
-    ctx: &Ctx,
-    status: u16,
-    detail: &str,
-) -> pingora::Result<()> {
-    problem_with(session, headers, ctx, status, detail, &[]).await
-}
-
-/// [`problem`] with extra headers (`Retry-After` on a 429).
-pub async fn problem_with(
-    session: &mut Session,
-    headers: &Headers,
-    ctx: &Ctx,
-    status: u16,
-    detail: &str,
-    extra: &[(http::HeaderName, String)],
-) -> pingora::Result<()> {
-    let code =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::to_vec(&Problem {
-        kind: "about:blank",
-        title: code.canonical_reason().unwrap_or("Error"),
-        status: code.as_u16(),
-        detail,
-        request_id: &ctx.request_id,
-    })
-    .unwrap_or_default();
-    let mut resp = ResponseHeader::build(code, Some(8))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    for (name, value) in extra {
-        resp.insert_header(name.clone(), value.as_str())?;
+impl LocalResponse {
+    /// An RFC 9457 problem: `status`, the sentence explaining it, the request id.
+    pub fn problem(status: u16, detail: &str, request_id: &str) -> Self {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            request_id,
+        })
+        .unwrap_or_default();
+        Self::content(status, "application/problem+json", body)
     }
-    write(session, headers, ctx, resp, Bytes::from(body)).await
+
+    /// A body Rampart serves itself, never to be stored by a cache.
+    pub fn content(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            headers: vec![
+                (
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static(content_type),
+                ),
+                (
+                    http::header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                ),
+            ],
+            body: Bytes::from(body),
+        }
+    }
+
+    /// `204` with the headers of an allowed CORS preflight.
+    pub fn preflight(headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>) -> Self {
+        Self {
+            status: StatusCode::NO_CONTENT,
+            headers: headers.into_iter().collect(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// One more header (`Retry-After` on a 429).
+    pub fn with_header(mut self, header: (HeaderName, HeaderValue)) -> Self {
+        self.headers.push(header);
+        self
+    }
 }
 
-/// A body Rampart serves itself (metrics on the public listener).
-pub async fn content(
-    session: &mut Session,
+/// Headers every response gets, whoever made it.
+pub fn finish_headers(
     headers: &Headers,
+    req: &RequestHeader,
     ctx: &Ctx,
-    status: u16,
-    content_type: &str,
-    body: Vec<u8>,
-) -> pingora::Result<()> {
-    let code = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-    let mut resp = ResponseHeader::build(code, Some(8))?;
-    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    write(session, headers, ctx, resp, Bytes::from(body)).await
-}
-
-/// `204` answer to an allowed CORS preflight.
-pub async fn preflight(session: &mut Session, headers: &Headers, ctx: &Ctx) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(http::StatusCode::NO_CONTENT, Some(8))?;
+    resp: &mut ResponseHeader,
+) {
+    headers.downstream(resp, &ctx.downstream());
     if let Some(cors) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
-        cors.preflight_headers(&mut resp);
+        cors.response_headers(req, resp);
     }
-    write(session, headers, ctx, resp, Bytes::new()).await
+    // From response_filter this runs after the cache stored the response: limit headers
+    // describe this request only and are never cached.
+    if let Some(limits) = &ctx.ratelimit {
+        limits.write_headers(resp);
+    }
 }
 
-async fn write(
+/// Send `local` and end the exchange; nothing when a response already went out (an error
+/// mid-body: nothing sane can follow its header).
+pub async fn send(
     session: &mut Session,
     headers: &Headers,
     ctx: &Ctx,
-    mut resp: ResponseHeader,
-    body: Bytes,
+    local: LocalResponse,
 ) -> pingora::Result<()> {
     if session.response_written().is_some() {
-        // Headers already went out (an error mid-body): nothing sane can follow.
         return Ok(());
     }
+    let mut resp = ResponseHeader::build(local.status, Some(local.headers.len() + 8))?;
+    for (name, value) in local.headers {
+        resp.insert_header(name, value)?;
+    }
     finish_headers(headers, session.req_header(), ctx, &mut resp);
-    let body = ctx.compress.whole(&mut resp, body);
+    let body = ctx.compress.encode_local(&mut resp, local.body);
     resp.set_content_length(body.len())?;
-    let req = session.req_header();
-    // An unread request body would be mistaken for the next request: close instead.
-    let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    let head = req.method == Method::HEAD || body.is_empty();
-    if has_body && !session.is_body_done() {
+    let body_done = session.is_body_done();
+    if must_close(session.req_header(), body_done) {
         session.set_keepalive(None);
     }
+    let head = session.req_header().method == Method::HEAD || body.is_empty();
     session.write_response_header(Box::new(resp), head).await?;
     if !head {
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// Whether the connection must close after a local response: the request announced a body
+/// that has not been read, and its bytes would be mistaken for the next request.
+pub fn must_close(req: &RequestHeader, body_done: bool) -> bool {
+    let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    has_body && !body_done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/x", None).expect("request");
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    #[test]
+    fn problem_names_status_and_request_id() {
+        let p = LocalResponse::problem(429, "slow down", "abc");
+        assert_eq!(p.status, StatusCode::TOO_MANY_REQUESTS);
+        let body: serde_json::Value = serde_json::from_slice(&p.body).expect("json");
+        assert_eq!(body["status"], 429);
+        assert_eq!(body["title"], "Too Many Requests");
+        assert_eq!(body["detail"], "slow down");
+        assert_eq!(body["request_id"], "abc");
+        let ctype = p
+            .headers
+            .iter()
+            .find(|(n, _)| n == http::header::CONTENT_TYPE);
+        assert_eq!(
+            ctype.map(|(_, v)| v.as_bytes()),
+            Some(&b"application/problem+json"[..])
+        );
+        let cc = p
+            .headers
+            .iter()
+            .find(|(n, _)| n == http::header::CACHE_CONTROL);
+        assert_eq!(cc.map(|(_, v)| v.as_bytes()), Some(&b"no-store"[..]));
+    }
+
+    #[test]
+    fn out_of_range_status_is_an_internal_error() {
+        assert_eq!(LocalResponse::problem(1000, "x", "").status, 500);
+    }
+
+    #[test]
+    fn unread_body_closes_the_connection() {
+        assert!(must_close(&req(&[("content-length", "5")]), false));
+        assert!(must_close(&req(&[("transfer-encoding", "chunked")]), false));
+        assert!(!must_close(&req(&[("content-length", "5")]), true));
+        assert!(!must_close(&req(&[("content-length", "0")]), false));
+        assert!(!must_close(&req(&[]), false));
+    }
 }

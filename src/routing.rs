@@ -7,10 +7,11 @@
 //! prefixes); a path is forwarded byte for byte unless the route configures a rewrite; an
 //! address that refused a connection is not tried again by the same request.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
@@ -18,14 +19,15 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use serde::Deserialize;
 
-use crate::config::{check_name, Duration, Invalid};
+use crate::types::{Duration, HeaderValueText, HostPort, Invalid, Name, UrlPath};
+use crate::{compress, cors};
 
 /// `[upstreams.NAME]`: a group of interchangeable addresses.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// One or more `host:port`; names are resolved at start and every `resolve_interval`.
-    pub addrs: Vec<String>,
+    pub addrs: Vec<HostPort>,
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Duration,
     #[serde(default = "defaults::io_timeout")]
@@ -46,7 +48,7 @@ pub struct UpstreamConfig {
     pub resolve_interval: Duration,
     /// `Host` to send instead of the client's (default: the client's `Host` is preserved).
     #[serde(default)]
-    pub host: Option<String>,
+    pub host: Option<HeaderValueText>,
 }
 
 /// `[[routes]]`: a path prefix sent to an upstream group.
@@ -54,30 +56,30 @@ pub struct UpstreamConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Used in metrics labels, logs and cache keys; unique.
-    pub name: String,
+    pub name: Name,
     /// Matches when the request path starts with it; the longest matching prefix wins.
-    pub prefix: String,
+    pub prefix: UrlPath,
     /// Name of an `[upstreams.NAME]` group.
-    pub upstream: String,
+    pub upstream: Name,
     /// Remove the prefix before forwarding (`/api/v1/x` with prefix `/api` -> `/v1/x`).
     #[serde(default)]
     pub strip_prefix: bool,
     /// Replace the prefix with this before forwarding (`/old/x` -> `/new/x`).
     #[serde(default)]
-    pub rewrite: Option<String>,
+    pub rewrite: Option<UrlPath>,
     /// Name of a `[cors.NAME]` policy applied to this route.
     #[serde(default)]
-    pub cors: Option<String>,
+    pub cors: Option<Name>,
     /// Name of a `[cache.policies.NAME]` policy: responses of this route are cached.
     #[serde(default)]
-    pub cache: Option<String>,
+    pub cache: Option<Name>,
     /// Name of a `[compression.policies.NAME]` policy (default: `[compression]` itself).
     #[serde(default)]
-    pub compression: Option<String>,
+    pub compression: Option<Name>,
 }
 
 mod defaults {
-    use crate::config::Duration;
+    use crate::types::Duration;
     pub fn connect_timeout() -> Duration {
         Duration::secs(2)
     }
@@ -103,9 +105,6 @@ impl UpstreamConfig {
         if self.addrs.is_empty() {
             return Err(Invalid::new("addrs", "at least one \"host:port\" address"));
         }
-        for (i, a) in self.addrs.iter().enumerate() {
-            check_addr(a).map_err(|m| Invalid::new(format!("addrs[{i}]"), m))?;
-        }
         if self.connect_timeout.0.is_zero() {
             return Err(Invalid::new("connect_timeout", "a duration above zero"));
         }
@@ -130,50 +129,42 @@ impl UpstreamConfig {
 
 impl RouteConfig {
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
-        check_name(&self.name).map_err(|m| Invalid::new("name", m))?;
-        if !self.prefix.starts_with('/') {
-            return Err(Invalid::new("prefix", "a path prefix starting with \"/\""));
-        }
-        if let Some(r) = &self.rewrite {
-            if !r.starts_with('/') {
-                return Err(Invalid::new("rewrite", "a path starting with \"/\""));
-            }
-            if self.strip_prefix {
-                return Err(Invalid::new(
-                    "rewrite",
-                    "either strip_prefix or rewrite, not both",
-                ));
-            }
+        if self.rewrite.is_some() && self.strip_prefix {
+            return Err(Invalid::new(
+                "rewrite",
+                "either strip_prefix or rewrite, not both",
+            ));
         }
         Ok(())
     }
 }
 
-/// `host:port` with a port from 1 to 65535 and a non-empty host.
-pub fn check_addr(addr: &str) -> Result<(), String> {
-    let bad = || format!("a \"host:port\" address such as \"backend:8000\", not \"{addr}\"");
-    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if host.is_empty() || port == 0 || host.contains('/') || host.contains(' ') {
-        return Err(bad());
-    }
-    Ok(())
-}
-
 /// A group of addresses: round-robin over healthy ones, DNS re-resolved in the background.
 pub struct Upstream {
-    pub name: String,
+    pub name: Name,
     pub config: UpstreamConfig,
     pub balancer: Arc<LoadBalancer<RoundRobin>>,
+    /// `Host` sent when the group names one, or when the client sent none (HTTP/1.0): the
+    /// configured `host`, else the first address.
+    host_header: HeaderValue,
 }
 
 impl Upstream {
     /// The load balancer is returned unstarted: `app` runs it as a background service
     /// (discovery and health checks) and awaits one discovery before listening.
-    pub fn new(name: &str, config: &UpstreamConfig) -> Self {
+    pub fn new(name: &Name, config: &UpstreamConfig) -> Self {
         let discovery = Box::new(Dns {
             addrs: config.addrs.clone(),
         });
+        let host_header = match &config.host {
+            Some(h) => h.0.clone(),
+            // A validated `host:port` is visible ASCII, so this always converts.
+            None => config
+                .addrs
+                .first()
+                .and_then(|a| HeaderValue::from_str(a).ok())
+                .unwrap_or(HeaderValue::from_static("")),
+        };
         let mut balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(discovery));
         let mut hc = TcpHealthCheck::new();
         hc.peer_template.options.connection_timeout = Some(config.connect_timeout.0);
@@ -183,9 +174,10 @@ impl Upstream {
         balancer.update_frequency = Some(config.resolve_interval.0);
         balancer.parallel_health_check = true;
         Self {
-            name: name.to_string(),
+            name: name.clone(),
             config: config.clone(),
             balancer: Arc::new(balancer),
+            host_header,
         }
     }
 
@@ -211,12 +203,10 @@ impl Upstream {
         peer
     }
 
-    /// The address used as `Host` when the client sent none (HTTP/1.0) or `host` is set.
-    pub fn host_header(&self) -> &str {
-        self.config
-            .host
-            .as_deref()
-            .unwrap_or_else(|| self.config.addrs.first().map_or("", String::as_str))
+    /// The `Host` to send upstream: the group's own when it names one, the client's when it
+    /// sent one (`None`: leave it), else the group's first address.
+    pub fn host_for(&self, client_sent_host: bool) -> Option<&HeaderValue> {
+        (self.config.host.is_some() || !client_sent_host).then_some(&self.host_header)
     }
 }
 
@@ -225,7 +215,7 @@ impl Upstream {
 /// flaw without `resolve`). A name that does not resolve is logged and skipped; the other
 /// addresses stay in service.
 struct Dns {
-    addrs: Vec<String>,
+    addrs: Vec<HostPort>,
 }
 
 #[async_trait]
@@ -246,16 +236,27 @@ impl ServiceDiscovery for Dns {
     }
 }
 
+/// Where one request went upstream (a field of the request context).
+#[derive(Default)]
+pub struct RequestState {
+    /// Addresses this request already tried to connect to (retries go elsewhere).
+    pub tried: Vec<Backend>,
+    /// When the request was sent upstream.
+    pub sent_at: Option<std::time::Instant>,
+    /// How long the upstream took to send its response header.
+    pub response_time: Option<std::time::Duration>,
+}
+
 /// A configured route, resolved: upstream and CORS policy are shared handles.
 pub struct Route {
-    pub name: String,
+    pub name: Name,
     pub prefix: String,
     pub upstream: Arc<Upstream>,
     pub strip_prefix: bool,
     pub rewrite: Option<String>,
-    pub cors: Option<Arc<crate::cors::Policy>>,
+    pub cors: Option<Arc<cors::Policy>>,
     /// `None`: the default `[compression]` policy.
-    pub compression: Option<Arc<crate::compress::Policy>>,
+    pub compression: Option<Arc<compress::Policy>>,
 }
 
 impl Route {
@@ -287,20 +288,83 @@ impl Route {
 pub struct Router {
     /// Sorted by prefix length, longest first: the first match is the longest.
     routes: Vec<Arc<Route>>,
+    upstreams: Vec<Arc<Upstream>>,
+}
+
+/// A route names a group or policy that was not built: the config was not validated.
+#[derive(Debug, thiserror::Error)]
+#[error("route {route}: no {what} named \"{name}\" (config not validated?)")]
+pub struct Unresolved {
+    route: Name,
+    what: &'static str,
+    name: Name,
 }
 
 impl Router {
-    pub fn new(mut routes: Vec<Arc<Route>>) -> Self {
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Self { routes }
+    /// The routes of a validated config, with their upstream groups, CORS and compression
+    /// policies resolved to shared handles. `config::validate` has checked every name a route
+    /// refers to, so [`Unresolved`] only reports a config that skipped it.
+    pub fn new(
+        routes: &[RouteConfig],
+        upstreams: &BTreeMap<Name, UpstreamConfig>,
+        cors: &BTreeMap<Name, cors::Config>,
+        compression: &compress::Policies,
+    ) -> Result<Self, Unresolved> {
+        let groups: BTreeMap<&Name, Arc<Upstream>> = upstreams
+            .iter()
+            .map(|(name, c)| (name, Arc::new(Upstream::new(name, c))))
+            .collect();
+        let cors: BTreeMap<&Name, Arc<cors::Policy>> = cors
+            .iter()
+            .map(|(name, c)| (name, Arc::new(cors::Policy::new(c))))
+            .collect();
+        let mut built = Vec::with_capacity(routes.len());
+        for r in routes {
+            let unresolved = |what, name: &Name| Unresolved {
+                route: r.name.clone(),
+                what,
+                name: name.clone(),
+            };
+            let upstream = groups
+                .get(&r.upstream)
+                .ok_or_else(|| unresolved("upstream", &r.upstream))?;
+            let cors = match &r.cors {
+                Some(n) => Some(cors.get(n).ok_or_else(|| unresolved("CORS policy", n))?),
+                None => None,
+            };
+            let compression = match &r.compression {
+                Some(n) => Some(
+                    compression
+                        .named
+                        .get(n)
+                        .ok_or_else(|| unresolved("compression policy", n))?,
+                ),
+                None => None,
+            };
+            built.push(Arc::new(Route {
+                name: r.name.clone(),
+                prefix: r.prefix.to_string(),
+                upstream: upstream.clone(),
+                strip_prefix: r.strip_prefix,
+                rewrite: r.rewrite.as_ref().map(|p| p.to_string()),
+                cors: cors.cloned(),
+                compression: compression.cloned(),
+            }));
+        }
+        built.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Ok(Self {
+            routes: built,
+            upstreams: groups.into_values().collect(),
+        })
+    }
+
+    /// Every upstream group (their load balancers run as background services).
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
     }
 
     pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| path.starts_with(&r.prefix))
-    }
-
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.routes.iter()
     }
 }
 
@@ -333,7 +397,7 @@ mod tests {
 
     fn route(prefix: &str, strip: bool, rewrite: Option<&str>) -> Route {
         let cfg = UpstreamConfig {
-            addrs: vec!["127.0.0.1:1".into()],
+            addrs: vec![HostPort::from_static("127.0.0.1:1")],
             connect_timeout: Duration::secs(1),
             read_timeout: Duration::secs(1),
             write_timeout: Duration::secs(1),
@@ -344,9 +408,9 @@ mod tests {
             host: None,
         };
         Route {
-            name: "r".into(),
+            name: Name::from_static("r"),
             prefix: prefix.into(),
-            upstream: Arc::new(Upstream::new("u", &cfg)),
+            upstream: Arc::new(Upstream::new(&Name::from_static("u"), &cfg)),
             strip_prefix: strip,
             rewrite: rewrite.map(String::from),
             cors: None,
@@ -379,14 +443,5 @@ mod tests {
         assert!(has_dot_segments("/api/%2E%2e/admin"));
         assert!(has_dot_segments("/./x"));
         assert!(!has_dot_segments("/api/v1.2/x..y"));
-    }
-
-    #[test]
-    fn addresses() {
-        assert!(check_addr("backend:8000").is_ok());
-        assert!(check_addr("[::1]:80").is_ok());
-        assert!(check_addr("backend").is_err());
-        assert!(check_addr("backend:0").is_err());
-        assert!(check_addr(":80").is_err());
     }
 }

@@ -11,5 +11,5 @@ mod errors;
 mod headers;
 mod metrics;
 mod ratelimit;
+mod redis;
 mod routing;
-mod store;

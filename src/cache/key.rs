@@ -7,6 +7,8 @@ use pingora::cache::{CacheMeta, VarianceBuilder};
 use pingora::http::RequestHeader;
 
 use super::policy::Policy;
+use crate::compress::acceptable_codings;
+use crate::headers::vary_tokens;
 
 /// `cache_vary_filter`: the variance of a request against a stored (or about to be stored)
 /// response: its `Vary` headers, plus `Accept-Encoding` whenever the body is encoded.
@@ -35,14 +37,7 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
 
 /// Lower-cased `Vary` names, sorted; `accept-encoding` added when the body is encoded.
 pub(super) fn vary_names(headers: &http::HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = headers
-        .get_all(http::header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect();
+    let mut names: Vec<String> = vary_tokens(headers).map(str::to_ascii_lowercase).collect();
     let encoded = headers
         .get(http::header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
@@ -54,31 +49,15 @@ pub(super) fn vary_names(headers: &http::HeaderMap) -> Vec<String> {
     names
 }
 
-/// `Accept-Encoding` reduced to the sorted set of codings with q > 0: `gzip, br` and
-/// `br;q=1.0,gzip` share one variant.
+/// `Accept-Encoding` reduced to the set of codings the client accepts, read by the same
+/// parser compression negotiates with.
 pub(super) fn accepted_encodings(req: &RequestHeader) -> String {
-    let mut codings: Vec<String> = req
-        .headers
-        .get_all(http::header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|item| {
-            let mut parts = item.split(';');
-            let coding = parts.next()?.trim().to_ascii_lowercase();
-            let refused = parts.any(|p| {
-                let p = p.trim();
-                p.strip_prefix("q=")
-                    .or_else(|| p.strip_prefix("Q="))
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            (!coding.is_empty() && !refused).then_some(coding)
-        })
-        .collect();
-    codings.sort();
-    codings.dedup();
-    codings.join(",")
+    acceptable_codings(
+        req.headers
+            .get_all(http::header::ACCEPT_ENCODING)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
 }
 
 /// The request's host, lower-cased: `Host`, else the URI's authority (HTTP/2).
@@ -145,15 +124,15 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::policy::PolicyConfig;
-    use crate::config::Duration;
+    use crate::cache::policy::{PolicyConfig, QueryName};
+    use crate::types::Duration;
 
     fn policy() -> Policy {
         Policy::new(
             "p",
             &PolicyConfig {
                 ttl: Duration::secs(60),
-                ignore_query: vec!["utm_source".into()],
+                ignore_query: vec![QueryName::try_from("utm_source".to_string()).expect("name")],
                 ..Default::default()
             },
         )

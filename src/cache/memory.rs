@@ -20,7 +20,7 @@ use bytes::Bytes;
 use super::Stored;
 use crate::metrics::Metrics;
 
-pub struct Memory {
+pub struct MemoryStorage {
     budget: usize,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
@@ -43,7 +43,7 @@ struct Slot {
     weight: usize,
 }
 
-impl Memory {
+impl MemoryStorage {
     pub fn new(budget: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             budget,
@@ -208,8 +208,8 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes_lru_first() {
-        let metrics = Arc::new(Metrics::new(&crate::metrics::DEFAULT_BUCKETS).expect("m"));
-        let m = Memory::new(3000, metrics);
+        let metrics = Arc::new(Metrics::new(&Default::default()).expect("m"));
+        let m = MemoryStorage::new(3000, metrics);
         let ttl = Duration::from_secs(60);
         assert!(m.put("r:a", "1", stored(900), ttl));
         assert!(m.put("r:b", "1", stored(900), ttl));
@@ -232,8 +232,8 @@ mod tests {
 
     #[test]
     fn expires() {
-        let metrics = Arc::new(Metrics::new(&crate::metrics::DEFAULT_BUCKETS).expect("m"));
-        let m = Memory::new(3000, metrics);
+        let metrics = Arc::new(Metrics::new(&Default::default()).expect("m"));
+        let m = MemoryStorage::new(3000, metrics);
         assert!(m.put("r:a", "1", stored(10), Duration::ZERO));
         assert!(m.get("r:a", "1").is_none());
         assert_eq!(m.lock().bytes, 0);

@@ -3,7 +3,7 @@
 //! Pingora's `HttpCache` state machine does freshness, `Vary` secondary slots, revalidation
 //! (conditional requests on expiry), the cache lock (N concurrent misses on one key -> one
 //! upstream fetch per replica; the Redis store extends that across replicas) and serve-stale; this module decides *what* may be cached and
-//! under which key, and supplies the storage ([`Store`]: Redis shared by replicas, or a
+//! under which key, and supplies the storage ([`CacheStorage`]: Redis shared by replicas, or a
 //! byte-bounded in-process LRU when no `store.redis_url` is set).
 //!
 //! Phases (called from `proxy.rs`):
@@ -36,7 +36,7 @@
 //! Invariants: a response with `Set-Cookie` or `Cache-Control: private`/`no-store` is never
 //! stored, and a request with `Authorization` or `Cookie` never reads a shared entry, unless
 //! the route's policy opts in; a store failure never fails a request (it becomes a miss, the
-//! outage is logged once by `store::redis` and counted); nothing in the key or the metrics
+//! outage is logged once by `crate::redis` and counted); nothing in the key or the metrics
 //! labels comes from a raw path except through a hash.
 //!
 //! `'static`: pingora's `Storage` and cache-lock APIs take `&'static` references. Each
@@ -48,7 +48,7 @@
 mod key;
 mod memory;
 mod policy;
-mod redis_store;
+mod redis;
 mod storage;
 
 use std::collections::HashMap;
@@ -64,27 +64,28 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use crate::ctx::Ctx;
 use crate::metrics::Metrics;
-use crate::store::redis::Redis;
+use crate::redis::Redis;
+use crate::routing::RouteConfig;
+use crate::types::Name;
 
 pub use key::variance;
 use key::{frame, request_host, UrlKey};
-pub use memory::Memory;
+pub use memory::MemoryStorage;
 use policy::cacheable;
 pub use policy::{Config, Policy, PolicyConfig};
-pub use redis_store::RedisStore;
-use storage::Limits;
-pub use storage::{Store, Stored};
+pub use redis::RedisStorage;
+use storage::FillBounds;
+pub use storage::{CacheStorage, Stored};
 
 // ---------------------------------------------------------------------------------------------
 // Per-request state
 
-/// What the cache decided for one request (a field of [`Ctx`]).
+/// What the cache decided for one request (a field of the request context).
 #[derive(Default)]
 pub struct RequestState {
     /// The route's policy; `None`: the route does not cache, no cache headers are added.
-    pub route: Option<(String, Arc<Policy>)>,
+    pub route: Option<(Name, Arc<Policy>)>,
     /// Why the cache was not consulted (`method`, `credentials`).
     pub bypass: Option<&'static str>,
     /// The store is known to be down: the request went upstream without a lookup.
@@ -110,41 +111,43 @@ pub enum Purge {
 
 /// The response cache shared by all workers: policies per route, the store, the cache lock.
 pub struct Cache {
-    store: &'static Store,
+    store: &'static CacheStorage,
     lock: &'static CacheKeyLockImpl,
     /// route name -> policy, for routes with an enabled policy.
-    policies: HashMap<String, Arc<Policy>>,
+    policies: HashMap<Name, Arc<Policy>>,
     /// (prefix, route name), longest first: the admin purge finds a URL's route like the router.
-    prefixes: Vec<(String, String)>,
+    prefixes: Vec<(String, Name)>,
     metrics: Arc<Metrics>,
 }
 
 impl Cache {
-    /// Leaks one store and one cache lock (see the module header).
+    /// The cache's route table (which route uses which enabled policy) from `[cache]` and the
+    /// routes. Leaks one store and one cache lock (see the module header).
     pub fn new(
-        config: &crate::config::Config,
+        config: &Config,
+        routes: &[RouteConfig],
         redis: Option<Arc<Redis>>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let policies_by_name: HashMap<&str, Arc<Policy>> = config
-            .cache
+        let enabled: HashMap<&Name, Arc<Policy>> = config
             .policies
             .iter()
             .filter(|(_, c)| c.enabled)
-            .map(|(n, c)| (n.as_str(), Arc::new(Policy::new(n, c))))
+            .map(|(n, c)| (n, Arc::new(Policy::new(n, c))))
             .collect();
         let mut policies = HashMap::new();
         let mut prefixes = Vec::new();
-        for r in &config.routes {
-            if let Some(p) = r.cache.as_deref().and_then(|n| policies_by_name.get(n)) {
+        for r in routes {
+            // A route naming a disabled policy does not cache (the switch exists for that).
+            if let Some(p) = r.cache.as_ref().and_then(|n| enabled.get(n)) {
                 policies.insert(r.name.clone(), p.clone());
             }
-            prefixes.push((r.prefix.clone(), r.name.clone()));
+            prefixes.push((r.prefix.to_string(), r.name.clone()));
         }
         prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         let store = match redis {
-            Some(r) => Store::Redis(RedisStore::new(r, metrics.clone())),
-            None => Store::Memory(Memory::new(config.cache.memory_bytes, metrics.clone())),
+            Some(r) => CacheStorage::Redis(RedisStorage::new(r, metrics.clone())),
+            None => CacheStorage::Memory(MemoryStorage::new(config.memory_bytes, metrics.clone())),
         };
         let age = policies
             .values()
@@ -162,27 +165,24 @@ impl Cache {
     }
 
     /// `request_cache_filter`: enable the cache for this request, or record why not.
-    pub fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) {
-        let Some(route) = ctx.route.as_ref() else {
+    pub fn request_filter(&self, session: &mut Session, route: &Name, state: &mut RequestState) {
+        let Some(policy) = self.policies.get(route) else {
             return;
         };
-        let Some(policy) = self.policies.get(&route.name) else {
-            return;
-        };
-        ctx.cache.route = Some((route.name.clone(), policy.clone()));
+        state.route = Some((route.clone(), policy.clone()));
         let req = session.req_header();
         if req.method != Method::GET && req.method != Method::HEAD {
-            ctx.cache.bypass = Some("method");
+            state.bypass = Some("method");
             return;
         }
         let credentials = req.headers.contains_key(http::header::AUTHORIZATION)
             || req.headers.contains_key(http::header::COOKIE);
         if credentials && !policy.share_with_credentials {
-            ctx.cache.bypass = Some("credentials");
+            state.bypass = Some("credentials");
             return;
         }
         if self.store.unavailable() {
-            ctx.cache.store_down = true;
+            state.store_down = true;
             return;
         }
         let mut overrides = CacheOptionOverrides::default();
@@ -193,8 +193,8 @@ impl Cache {
     }
 
     /// `cache_key_callback`.
-    pub fn key(&self, session: &Session, ctx: &Ctx) -> Result<CacheKey> {
-        let Some((route, policy)) = ctx.cache.route.as_ref() else {
+    pub fn key(&self, session: &Session, state: &RequestState) -> Result<CacheKey> {
+        let Some((route, policy)) = state.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "cache key without a policy");
         };
         let req = session.req_header();
@@ -222,7 +222,7 @@ impl Cache {
             frame(&mut primary, &values.join(&b","[..]));
         }
         let mut key = CacheKey::new(primary, url.tag);
-        key.extensions.insert(Limits {
+        key.extensions.insert(FillBounds {
             body: policy.max_body_bytes,
             wait: policy.lock_timeout,
         });
@@ -231,17 +231,22 @@ impl Cache {
 
     /// `cache_miss`: this request fetches the entry; remember which, to release the fill claim
     /// if nothing gets stored.
-    pub fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
+    pub fn cache_miss(&self, session: &mut Session, state: &mut RequestState) {
         session.cache.cache_miss();
         if let Some(key) = session.cache.maybe_cache_key() {
-            ctx.cache.writer = Some((key.user_tag.clone(), key.combined()));
+            state.writer = Some((key.user_tag.clone(), key.combined()));
         }
     }
 
     /// `logging`: a writer whose fetch failed or was not stored releases its fill claim, so
     /// requests waiting on other replicas go upstream now rather than at `lock_timeout`.
-    pub async fn finish(&self, session: &Session, error: Option<&Error>, ctx: &Ctx) {
-        let Some((tag, entry)) = ctx.cache.writer.as_ref() else {
+    pub async fn release_unfilled(
+        &self,
+        session: &Session,
+        error: Option<&Error>,
+        state: &RequestState,
+    ) {
+        let Some((tag, entry)) = state.writer.as_ref() else {
             return;
         };
         let stored = error.is_none()
@@ -261,8 +266,8 @@ impl Cache {
     }
 
     /// `response_cache_filter`: may this response be stored, and how long is it fresh.
-    pub fn response_cacheable(&self, resp: &ResponseHeader, ctx: &Ctx) -> RespCacheable {
-        let Some((_, policy)) = ctx.cache.route.as_ref() else {
+    pub fn response_cacheable(&self, resp: &ResponseHeader, state: &RequestState) -> RespCacheable {
+        let Some((_, policy)) = state.route.as_ref() else {
             return RespCacheable::Uncacheable(NoCacheReason::Custom("no-policy"));
         };
         cacheable(policy, resp, SystemTime::now())
@@ -270,8 +275,13 @@ impl Cache {
 
     /// `upstream_response_filter`: a successful unsafe request drops the URL's entries (RFC 9111
     /// section 4.4) before its response goes out, so the client's next GET sees the change.
-    pub async fn invalidate_unsafe(&self, session: &Session, resp: &ResponseHeader, ctx: &Ctx) {
-        let Some((route, policy)) = ctx.cache.route.as_ref() else {
+    pub async fn invalidate_unsafe(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        state: &RequestState,
+    ) {
+        let Some((route, policy)) = state.route.as_ref() else {
             return;
         };
         let req = session.req_header();
@@ -290,18 +300,23 @@ impl Cache {
     }
 
     /// `response_filter`: `Cache-Status` (RFC 9211), `X-Cache`, and the lookup metric.
-    pub fn status_headers(&self, session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
-        let Some((route, _)) = ctx.cache.route.as_ref() else {
+    pub fn status_headers(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        state: &mut RequestState,
+    ) {
+        let Some((route, _)) = state.route.as_ref() else {
             return;
         };
-        let (x_cache, status, result) = outcome(session, ctx);
+        let (x_cache, status, result) = outcome(session, state);
         self.metrics
             .cache_lookups
             .with_label_values(&[route.as_str(), result])
             .inc();
         let _ = resp.insert_header("x-cache", x_cache);
         let _ = resp.append_header("cache-status", status);
-        ctx.cache.x_cache = Some(x_cache);
+        state.x_cache = Some(x_cache);
     }
 
     /// The admin endpoint: how many entries went.
@@ -309,7 +324,7 @@ impl Cache {
         match what {
             Purge::All => self.store.purge_prefix(None).await,
             Purge::Route(route) => {
-                if !self.prefixes.iter().any(|(_, r)| *r == route) {
+                if !self.prefixes.iter().any(|(_, r)| r.as_str() == route) {
                     return Err(PurgeError::Bad(format!("no route named \"{route}\"")));
                 }
                 self.store.purge_prefix(Some(&route)).await
@@ -349,8 +364,8 @@ pub enum PurgeError {
 
 /// `should_serve_stale`: during revalidation (the window was checked by pingora) and on
 /// upstream errors (connect failures, timeouts, 5xx) within `stale-if-error`.
-pub fn should_serve_stale(ctx: &Ctx, error: Option<&Error>) -> bool {
-    if ctx.cache.route.is_none() {
+pub fn should_serve_stale(state: &RequestState, error: Option<&Error>) -> bool {
+    if state.route.is_none() {
         return false;
     }
     match error {
@@ -360,15 +375,15 @@ pub fn should_serve_stale(ctx: &Ctx, error: Option<&Error>) -> bool {
 }
 
 /// (`X-Cache`, `Cache-Status` entry, metric result) for a request on a caching route.
-fn outcome(session: &Session, ctx: &Ctx) -> (&'static str, String, &'static str) {
-    if let Some(why) = ctx.cache.bypass {
+fn outcome(session: &Session, state: &RequestState) -> (&'static str, String, &'static str) {
+    if let Some(why) = state.bypass {
         return (
             "BYPASS",
             format!("rampart; fwd=bypass; detail={why}"),
             "bypass",
         );
     }
-    if ctx.cache.store_down {
+    if state.store_down {
         return (
             "MISS",
             "rampart; fwd=miss; detail=store-unavailable".into(),

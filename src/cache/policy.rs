@@ -11,7 +11,7 @@ use pingora::http::ResponseHeader;
 use serde::Deserialize;
 
 use super::key::vary_names;
-use crate::config::{check_name, Duration, Invalid};
+use crate::types::{Duration, HeaderNameText, Invalid, Name};
 
 /// Longest freshness or stale window Rampart accepts from anyone: `max-age=99999999999`
 /// becomes a year, so no time arithmetic can overflow.
@@ -50,7 +50,7 @@ pub struct Config {
     /// headers and keys; least recently used entries go first.
     pub memory_bytes: usize,
     /// `[cache.policies.NAME]`, referred to by `[[routes]] cache = "NAME"`.
-    pub policies: BTreeMap<String, PolicyConfig>,
+    pub policies: BTreeMap<Name, PolicyConfig>,
 }
 
 impl Default for Config {
@@ -85,9 +85,9 @@ pub struct PolicyConfig {
     /// Larger bodies are passed through, not stored.
     pub max_body_bytes: usize,
     /// Request headers whose values split the cache (in addition to the origin's `Vary`).
-    pub vary: Vec<String>,
+    pub vary: Vec<HeaderNameText>,
     /// Query parameters left out of the key (tracking parameters such as `utm_source`).
-    pub ignore_query: Vec<String>,
+    pub ignore_query: Vec<QueryName>,
     /// Let requests with `Authorization` or `Cookie` read and fill the shared cache.
     pub share_with_credentials: bool,
     /// Store responses that carry `Set-Cookie` (the cookie itself is never stored).
@@ -122,7 +122,6 @@ impl Config {
         }
         for (name, p) in &self.policies {
             let at = format!("policies.{name}");
-            check_name(name).map_err(|m| Invalid::new(&at, m))?;
             p.validate().map_err(|e| e.within(&at))?;
         }
         Ok(())
@@ -153,22 +152,26 @@ impl PolicyConfig {
         if self.max_body_bytes == 0 {
             return Err(Invalid::new("max_body_bytes", "above zero"));
         }
-        for (i, h) in self.vary.iter().enumerate() {
-            HeaderName::from_bytes(h.as_bytes())
-                .map_err(|_| Invalid::new(format!("vary[{i}]"), "a header name"))?;
-        }
-        for (i, q) in self.ignore_query.iter().enumerate() {
-            if q.is_empty() || q.contains(['&', '=']) {
-                return Err(Invalid::new(
-                    format!("ignore_query[{i}]"),
-                    "a query parameter name (no '&' or '=')",
-                ));
-            }
-        }
         if self.lock_timeout.0.is_zero() {
             return Err(Invalid::new("lock_timeout", "a duration above zero"));
         }
         Ok(())
+    }
+}
+
+/// A query parameter name left out of cache keys: no `&` or `=`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct QueryName(String);
+
+impl TryFrom<String> for QueryName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        if name.is_empty() || name.contains(['&', '=']) {
+            Err("a query parameter name (no '&' or '=')".into())
+        } else {
+            Ok(Self(name))
+        }
     }
 }
 
@@ -199,12 +202,8 @@ impl Policy {
             swr: secs_u32(c.stale_while_revalidate.0),
             sie: secs_u32(c.stale_if_error.0),
             max_body_bytes: c.max_body_bytes,
-            vary: c
-                .vary
-                .iter()
-                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-                .collect(),
-            ignore_query: c.ignore_query.clone(),
+            vary: c.vary.iter().map(|h| h.name.clone()).collect(),
+            ignore_query: c.ignore_query.iter().map(|q| q.0.clone()).collect(),
             share_with_credentials: c.share_with_credentials,
             store_set_cookie: c.store_set_cookie,
             lock_timeout: c.lock_timeout.0,
@@ -299,7 +298,7 @@ mod tests {
             "p",
             &PolicyConfig {
                 ttl: Duration::secs(60),
-                ignore_query: vec!["utm_source".into()],
+                ignore_query: vec![QueryName("utm_source".into())],
                 ..Default::default()
             },
         )

@@ -13,25 +13,28 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta};
 use pingora::prelude::*;
 
-use super::memory::Memory;
+use super::memory::MemoryStorage;
 use super::policy::HARD_MAX_TTL;
-use super::redis_store::RedisStore;
+use super::redis::RedisStorage;
 use super::PurgeError;
 
 /// The route policy's limits, carried in the cache key's extensions for the storage: how much
 /// body a fill may buffer, how long a lookup may wait for another request's fill.
 #[derive(Clone, Copy)]
-pub(super) struct Limits {
+pub(super) struct FillBounds {
     pub(super) body: usize,
     pub(super) wait: StdDuration,
 }
 
-impl Limits {
+impl FillBounds {
     pub(super) fn of(key: &CacheKey) -> Self {
-        key.extensions.get::<Limits>().copied().unwrap_or(Limits {
-            body: 1024 * 1024,
-            wait: StdDuration::from_secs(5),
-        })
+        key.extensions
+            .get::<FillBounds>()
+            .copied()
+            .unwrap_or(FillBounds {
+                body: 1024 * 1024,
+                wait: StdDuration::from_secs(5),
+            })
     }
 }
 
@@ -40,9 +43,9 @@ impl Limits {
 /// Both group entries by URL tag (`route:urlhash`), each entry identified inside its group by
 /// pingora's combined key hash (primary + variance), and both store the serialized
 /// [`CacheMeta`] (internal part and header) beside the whole body.
-pub enum Store {
-    Redis(RedisStore),
-    Memory(Memory),
+pub enum CacheStorage {
+    Redis(RedisStorage),
+    Memory(MemoryStorage),
 }
 
 /// What a store holds for one entry.
@@ -52,27 +55,27 @@ pub struct Stored {
     pub body: Bytes,
 }
 
-impl Store {
+impl CacheStorage {
     pub(super) fn unavailable(&self) -> bool {
         match self {
-            Store::Redis(r) => r.unavailable(),
-            Store::Memory(_) => false,
+            CacheStorage::Redis(r) => r.unavailable(),
+            CacheStorage::Memory(_) => false,
         }
     }
 
     pub(super) async fn find(&self, key: &CacheKey) -> Option<Stored> {
         let (tag, entry) = (&key.user_tag, key.combined());
         match self {
-            Store::Redis(r) => r.find(tag, &entry, Limits::of(key).wait).await,
-            Store::Memory(m) => m.get(tag, &entry),
+            CacheStorage::Redis(r) => r.find(tag, &entry, FillBounds::of(key).wait).await,
+            CacheStorage::Memory(m) => m.get(tag, &entry),
         }
     }
 
     pub(super) async fn release(&self, tag: &str, entry: &str) {
         match self {
-            Store::Redis(r) => r.release(tag, entry).await,
+            CacheStorage::Redis(r) => r.release(tag, entry).await,
             // In-process fills are coordinated by pingora's cache lock alone.
-            Store::Memory(_) => {}
+            CacheStorage::Memory(_) => {}
         }
     }
 
@@ -84,8 +87,8 @@ impl Store {
         ttl: StdDuration,
     ) -> bool {
         match self {
-            Store::Redis(r) => r.put(tag, entry, stored, ttl).await,
-            Store::Memory(m) => m.put(tag, entry, stored, ttl),
+            CacheStorage::Redis(r) => r.put(tag, entry, stored, ttl).await,
+            CacheStorage::Memory(m) => m.put(tag, entry, stored, ttl),
         }
     }
 
@@ -98,22 +101,22 @@ impl Store {
         ttl: StdDuration,
     ) -> bool {
         match self {
-            Store::Redis(r) => r.put_meta(tag, entry, internal, header, ttl).await,
-            Store::Memory(m) => m.put_meta(tag, entry, internal, header, ttl),
+            CacheStorage::Redis(r) => r.put_meta(tag, entry, internal, header, ttl).await,
+            CacheStorage::Memory(m) => m.put_meta(tag, entry, internal, header, ttl),
         }
     }
 
     pub(super) async fn delete(&self, tag: &str, entry: &str) -> bool {
         match self {
-            Store::Redis(r) => r.delete(tag, entry).await,
-            Store::Memory(m) => m.delete(tag, entry),
+            CacheStorage::Redis(r) => r.delete(tag, entry).await,
+            CacheStorage::Memory(m) => m.delete(tag, entry),
         }
     }
 
     pub(super) async fn purge_url(&self, tag: &str) -> std::result::Result<u64, PurgeError> {
         match self {
-            Store::Redis(r) => r.purge_url(tag).await,
-            Store::Memory(m) => Ok(m.purge_tag(tag)),
+            CacheStorage::Redis(r) => r.purge_url(tag).await,
+            CacheStorage::Memory(m) => Ok(m.purge_tag(tag)),
         }
     }
 
@@ -123,8 +126,8 @@ impl Store {
         route: Option<&str>,
     ) -> std::result::Result<u64, PurgeError> {
         match self {
-            Store::Redis(r) => r.purge_route(route).await,
-            Store::Memory(m) => Ok(match route {
+            CacheStorage::Redis(r) => r.purge_route(route).await,
+            CacheStorage::Memory(m) => Ok(match route {
                 Some(route) => m.purge_prefix(&format!("{route}:")),
                 None => m.purge_prefix(""),
             }),
@@ -146,7 +149,7 @@ fn retention(meta: &CacheMeta) -> StdDuration {
 }
 
 #[async_trait]
-impl Storage for Store {
+impl Storage for CacheStorage {
     async fn lookup(
         &'static self,
         key: &CacheKey,
@@ -181,7 +184,7 @@ impl Storage for Store {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let (internal, header) = meta.serialize()?;
-        let limit = Limits::of(key).body;
+        let limit = FillBounds::of(key).body;
         Ok(Box::new(Fill {
             store: self,
             tag: key.user_tag.clone(),
@@ -289,7 +292,7 @@ impl HandleHit for Hit {
 /// store call when the response ends, so a reader never sees half an entry. A failed write
 /// is not an error for the request: it was answered from the upstream already.
 struct Fill {
-    store: &'static Store,
+    store: &'static CacheStorage,
     tag: String,
     entry: String,
     internal: Vec<u8>,

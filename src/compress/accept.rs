@@ -19,37 +19,19 @@ impl Accept {
     /// when a coding is listed twice the first listing counts.
     pub fn parse<'a>(values: impl Iterator<Item = &'a [u8]>) -> Self {
         let mut accept = Accept::default();
-        for value in values {
-            accept.present = true;
-            let Ok(text) = std::str::from_utf8(value) else {
+        let mut values = values.peekable();
+        accept.present = values.peek().is_some();
+        for (token, q) in elements(values) {
+            let slot = if token == "*" {
+                &mut accept.star
+            } else if token.eq_ignore_ascii_case("identity") {
+                &mut accept.identity
+            } else if let Some(c) = Coding::parse(token) {
+                &mut accept.codings[c.index()]
+            } else {
                 continue;
             };
-            for element in text.split(',') {
-                let mut parts = element.split(';');
-                let token = parts.next().unwrap_or("").trim();
-                if token.is_empty() {
-                    continue;
-                }
-                let mut q = Some(1000);
-                for param in parts {
-                    if let Some((k, v)) = param.split_once('=') {
-                        if k.trim().eq_ignore_ascii_case("q") {
-                            q = parse_q(v.trim());
-                        }
-                    }
-                }
-                let Some(q) = q else { continue };
-                let slot = if token == "*" {
-                    &mut accept.star
-                } else if token.eq_ignore_ascii_case("identity") {
-                    &mut accept.identity
-                } else if let Some(c) = Coding::parse(token) {
-                    &mut accept.codings[c.index()]
-                } else {
-                    continue;
-                };
-                slot.get_or_insert(q);
-            }
+            slot.get_or_insert(q);
         }
         accept
     }
@@ -86,6 +68,54 @@ impl Accept {
             _ => Some(c),
         }
     }
+}
+
+/// Every element of the `Accept-Encoding` field lines as (coding, weight in thousandths), in
+/// order. An element with a malformed weight is skipped, alone. The one parser of this header:
+/// negotiation ([`Accept::parse`]) and the cache's variance ([`acceptable_codings`]) both read
+/// the client through it, so they cannot disagree on what a client accepts.
+pub fn elements<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> impl Iterator<Item = (&'a str, u16)> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|text| text.split(','))
+        .filter_map(|element| {
+            let mut parts = element.split(';');
+            let token = parts.next().unwrap_or("").trim();
+            if token.is_empty() {
+                return None;
+            }
+            let mut q = Some(1000);
+            for param in parts {
+                if let Some((k, v)) = param.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("q") {
+                        q = parse_q(v.trim());
+                    }
+                }
+            }
+            Some((token, q?))
+        })
+}
+
+/// The codings a client accepts (weight above 0; its first listing of each counts),
+/// lower-cased, sorted and joined: `gzip, br` and `br;q=1.0,gzip` give the same text. The
+/// cache keys a stored response that varies on `Accept-Encoding` by it.
+pub fn acceptable_codings<'a>(values: impl Iterator<Item = &'a [u8]>) -> String {
+    let mut seen: Vec<(String, u16)> = Vec::new();
+    for (token, q) in elements(values) {
+        let token = token.to_ascii_lowercase();
+        if !seen.iter().any(|(t, _)| *t == token) {
+            seen.push((token, q));
+        }
+    }
+    let mut accepted: Vec<String> = seen
+        .into_iter()
+        .filter(|(_, q)| *q > 0)
+        .map(|(t, _)| t)
+        .collect();
+    accepted.sort();
+    accepted.join(",")
 }
 
 /// RFC 9110 qvalue: `0`, `0.xyz`, `1`, `1.000`; leniently any decimal in [0, 1].

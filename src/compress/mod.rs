@@ -1,10 +1,10 @@
 //! Response compression: gzip, brotli and zstd chosen per client, with nginx-grade policy.
 //!
-//! Phases: `request_filter` ([`State::request`] parses `Accept-Encoding` and takes the default
-//! policy, [`State::use_route`] switches to the route's), `response_filter` ([`State::response`]
+//! Phases: `request_filter` ([`RequestState::request`] parses `Accept-Encoding` and takes the default
+//! policy, [`RequestState::use_route`] switches to the route's), `response_filter` ([`RequestState::response`]
 //! decides and rewrites the header; proxied responses and cache hits alike),
-//! `response_body_filter` ([`State::body`] encodes chunk by chunk), and `respond`
-//! ([`State::whole`] for the responses Rampart writes itself).
+//! `response_body_filter` ([`RequestState::body`] encodes chunk by chunk), and `respond`
+//! ([`RequestState::encode_local`] for the responses Rampart writes itself).
 //!
 //! Pingora ships the encoders (`Algorithm::compressor`: flate2 on zlib-ng, brotli, zstd behind
 //! its `Encode` trait) and they are used as they are, except two written here because Pingora
@@ -51,14 +51,14 @@ use pingora::protocols::http::compression::Encode;
 use crate::headers::add_vary;
 use crate::metrics::Metrics;
 
-pub use accept::Accept;
+pub use accept::{acceptable_codings, Accept};
 pub use codec::{encode_once, Coding};
 use policy::{decide, rewrite_header, Action};
 pub use policy::{Config, Policies, Policy, DEFAULT_TYPES};
 
-/// Per-request compression state (a field of `Ctx`).
+/// Per-request compression state (a field of the request context).
 #[derive(Default)]
-pub struct State {
+pub struct RequestState {
     policy: Option<Arc<Policy>>,
     accept: Accept,
     head: bool,
@@ -74,7 +74,7 @@ struct Active {
     label: Option<&'static str>,
 }
 
-impl State {
+impl RequestState {
     /// `request_filter`, before routing: remember what the client accepts; the default
     /// policy applies until a route says otherwise (Rampart's own 400/404 use it).
     pub fn request(&mut self, policies: &Policies, req: &RequestHeader) {
@@ -158,7 +158,7 @@ impl State {
 
     /// A whole body Rampart wrote itself: same decision as a proxied response, encoded in one
     /// go and framed with its exact `Content-Length`.
-    pub fn whole(&self, resp: &mut ResponseHeader, body: Bytes) -> Bytes {
+    pub fn encode_local(&self, resp: &mut ResponseHeader, body: Bytes) -> Bytes {
         let Some(policy) = self.policy.as_ref() else {
             return body;
         };

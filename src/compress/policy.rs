@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::accept::Accept;
 use super::codec::Coding;
-use crate::config::{check_name, Invalid};
+use crate::types::{Invalid, Name};
 
 /// `[compression]` (the default policy) and `[compression.policies.NAME]` (a named policy a
 /// route selects with `compression = "NAME"`; its keys default as below, not to `[compression]`).
@@ -34,13 +34,13 @@ pub struct Config {
     /// length (chunked) are compressed.
     pub min_size: u64,
     /// Media types to compress: `type/subtype`, `type/*` or `type/*+suffix`.
-    pub types: Vec<String>,
+    pub types: Vec<MediaPattern>,
     /// Media types never compressed, even when `types` matches (same patterns).
-    pub exclude_types: Vec<String>,
+    pub exclude_types: Vec<MediaPattern>,
     /// Decode an upstream's `gzip`/`br`/`zstd` body for a client that does not accept it.
     pub decompress: bool,
     /// Named policies (only in `[compression]` itself).
-    pub policies: BTreeMap<String, Config>,
+    pub policies: BTreeMap<Name, Config>,
 }
 
 impl Default for Config {
@@ -52,8 +52,13 @@ impl Default for Config {
             br_level: 5,
             zstd_level: 3,
             min_size: 1000,
-            types: DEFAULT_TYPES.iter().map(|t| t.to_string()).collect(),
-            exclude_types: vec!["text/event-stream".into()],
+            types: DEFAULT_TYPES
+                .iter()
+                .filter_map(|t| MediaPattern::parse(t))
+                .collect(),
+            exclude_types: MediaPattern::parse("text/event-stream")
+                .into_iter()
+                .collect(),
             decompress: true,
             policies: BTreeMap::new(),
         }
@@ -92,7 +97,6 @@ impl Config {
         self.validate_policy()?;
         for (name, policy) in &self.policies {
             let at = format!("policies.{name}");
-            check_name(name).map_err(|m| Invalid::new(at.clone(), m))?;
             if !policy.policies.is_empty() {
                 return Err(Invalid::new(
                     format!("{at}.policies"),
@@ -122,29 +126,14 @@ impl Config {
         if !(1..=19).contains(&self.zstd_level) {
             return Err(Invalid::new("zstd_level", "a level from 1 to 19"));
         }
-        for (key, list) in [
-            ("types", &self.types),
-            ("exclude_types", &self.exclude_types),
-        ] {
-            for (i, t) in list.iter().enumerate() {
-                MediaPattern::parse(t).ok_or_else(|| {
-                    Invalid::new(
-                        format!("{key}[{i}]"),
-                        format!(
-                            "a media type like \"text/html\", \"text/*\" or \
-                             \"application/*+json\", not \"{t}\""
-                        ),
-                    )
-                })?;
-            }
-        }
         Ok(())
     }
 }
 
 /// A media-type pattern: `type/subtype`, `type/*`, `type/*+suffix`, `*/*`.
-#[derive(Debug, Clone, PartialEq)]
-struct MediaPattern {
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MediaPattern {
     /// `None`: any type.
     kind: Option<String>,
     sub: SubPattern,
@@ -156,6 +145,18 @@ enum SubPattern {
     Exact(String),
     /// `*+json`: any subtype ending in `+json`.
     Suffix(String),
+}
+
+impl TryFrom<String> for MediaPattern {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text).ok_or_else(|| {
+            format!(
+                "a media type like \"text/html\", \"text/*\" or \"application/*+json\", \
+                 not \"{text}\""
+            )
+        })
+    }
 }
 
 impl MediaPattern {
@@ -215,15 +216,13 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(c: &Config) -> Self {
-        let patterns =
-            |list: &[String]| list.iter().filter_map(|t| MediaPattern::parse(t)).collect();
         Self {
             enabled: c.enabled,
             order: c.encodings.clone(),
             levels: [c.gzip_level, c.br_level, c.zstd_level],
             min_size: c.min_size,
-            include: patterns(&c.types),
-            exclude: patterns(&c.exclude_types),
+            include: c.types.clone(),
+            exclude: c.exclude_types.clone(),
             decompress: c.decompress,
         }
     }
@@ -252,7 +251,7 @@ impl Policy {
 /// The default policy and the named ones, shared by all requests.
 pub struct Policies {
     pub default: Arc<Policy>,
-    pub named: BTreeMap<String, Arc<Policy>>,
+    pub named: BTreeMap<Name, Arc<Policy>>,
 }
 
 impl Policies {
@@ -547,20 +546,18 @@ mod tests {
             }),
             "encodings[1]"
         );
-        assert_eq!(
-            bad(Config {
-                types: vec!["text/*".into(), "json".into()],
-                ..Config::default()
-            }),
-            "types[1]"
-        );
+        let types = toml::from_str::<Config>("types = [\"text/*\", \"json\"]");
+        let e = types.expect_err("not a media type").to_string();
+        assert!(e.contains("a media type like"), "{e}");
+        assert_eq!(Config::default().types.len(), DEFAULT_TYPES.len());
+        let name = |n: &str| Name::try_from(n.to_string()).expect("name");
         let nested = Config {
-            policies: [("inner".to_string(), Config::default())].into(),
+            policies: [(name("inner"), Config::default())].into(),
             ..Config::default()
         };
         assert_eq!(
             bad(Config {
-                policies: [("outer".to_string(), nested)].into(),
+                policies: [(name("outer"), nested)].into(),
                 ..Config::default()
             }),
             "policies.outer.policies"

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::config::{Key, PolicyConfig};
+use crate::types::Name;
 
 /// A policy ready to charge: the bucket in integer units (see the module header).
 #[derive(Debug)]
@@ -11,7 +12,7 @@ pub struct Policy {
     pub name: String,
     pub key: Key,
     /// Route names; empty: every route.
-    pub routes: Vec<String>,
+    pub routes: Vec<Name>,
     pub report_only: bool,
     /// Tokens the bucket holds (the `q` of `RateLimit-Policy`).
     pub burst: u64,
@@ -47,7 +48,7 @@ impl Policy {
     }
 
     pub(super) fn applies_to(&self, route: &str) -> bool {
-        self.routes.is_empty() || self.routes.iter().any(|r| r == route)
+        self.routes.is_empty() || self.routes.iter().any(|r| r.as_str() == route)
     }
 
     /// Debt after `elapsed_us` of refill.

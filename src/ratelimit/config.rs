@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use http::HeaderName;
 use serde::{Deserialize, Deserializer};
 
-use crate::config::{check_name, Invalid};
+use crate::types::{Invalid, Name};
 
 /// Largest `burst * period_in_microseconds`: Redis runs Lua on doubles, exact below 2^53.
 const MAX_CAPACITY: u64 = 1 << 52;
@@ -21,7 +21,7 @@ pub struct Config {
     /// Buckets per policy in the in-process store (fixed: memory does not grow with clients).
     pub memory_slots: usize,
     /// Named policies; a request must pass every one that applies to its route.
-    pub policies: BTreeMap<String, PolicyConfig>,
+    pub policies: BTreeMap<Name, PolicyConfig>,
 }
 
 impl Default for Config {
@@ -61,7 +61,7 @@ pub struct PolicyConfig {
     pub key: Key,
     /// Route names it applies to; empty: every route.
     #[serde(default)]
-    pub routes: Vec<String>,
+    pub routes: Vec<Name>,
     /// Count and report, never reject.
     #[serde(default)]
     pub report_only: bool,
@@ -152,7 +152,6 @@ impl Config {
         }
         for (name, p) in &self.policies {
             let at = format!("policies.{name}");
-            check_name(name).map_err(|m| Invalid::new(at.clone(), m))?;
             if p.burst == Some(0) {
                 return Err(Invalid::new(
                     format!("{at}.burst"),

@@ -1,6 +1,6 @@
 //! What a limiter decision looks like to a client: the refusal and the `RateLimit` headers.
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 
 use super::bucket::Verdict;
@@ -14,9 +14,12 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// Extra headers for `respond::problem_with`.
-    pub fn headers(&self) -> Vec<(HeaderName, String)> {
-        vec![(http::header::RETRY_AFTER, self.retry_after_secs.to_string())]
+    /// `Retry-After`, beside the problem body.
+    pub fn retry_after(&self) -> (HeaderName, HeaderValue) {
+        (
+            http::header::RETRY_AFTER,
+            HeaderValue::from(self.retry_after_secs),
+        )
     }
 }
 

@@ -27,18 +27,18 @@ use super::{decide, Charge, Charged, Policy};
 struct Bucket {
     /// Units owed (see the module header of `ratelimit`).
     debt: u64,
-    /// Microseconds since `Store::epoch` when `debt` was last settled.
+    /// Microseconds since `MemoryBuckets::epoch` when `debt` was last settled.
     stamp: u64,
 }
 
-pub struct Store {
+pub struct MemoryBuckets {
     /// One fixed table per policy, indexed like `Limiter::policies`.
     tables: Vec<Box<[Mutex<Bucket>]>>,
     hasher: RandomState,
     epoch: Instant,
 }
 
-impl Store {
+impl MemoryBuckets {
     pub fn new(policies: usize, slots: usize) -> Self {
         let slots = slots.max(1);
         Self {
@@ -51,6 +51,7 @@ impl Store {
     }
 
     /// Buckets allocated in total (constant for the life of the store).
+    #[cfg(test)]
     pub fn buckets(&self) -> usize {
         self.tables.iter().map(|t| t.len()).sum()
     }
@@ -100,7 +101,7 @@ mod tests {
         )
     }
 
-    fn one(store: &Store, p: &Policy, who: &str) -> bool {
+    fn one(store: &MemoryBuckets, p: &Policy, who: &str) -> bool {
         store.charge(
             &[p],
             &[Charge {
@@ -114,7 +115,7 @@ mod tests {
     #[test]
     fn exact_under_threads() {
         for limit in [1u64, 5, 20] {
-            let store = std::sync::Arc::new(Store::new(1, 1024));
+            let store = std::sync::Arc::new(MemoryBuckets::new(1, 1024));
             let p = std::sync::Arc::new(policy("1/h", limit));
             let threads: Vec<_> = (0..8)
                 .map(|_| {
@@ -131,7 +132,7 @@ mod tests {
     /// bucket stays drained (spraying cannot evict and so refill it).
     #[test]
     fn bounded_and_not_resettable() {
-        let store = Store::new(1, 4096);
+        let store = MemoryBuckets::new(1, 4096);
         let p = policy("1/h", 2);
         let before = store.buckets();
         assert!(one(&store, &p, "ip:victim"));
@@ -149,7 +150,7 @@ mod tests {
 
     #[test]
     fn collisions_only_make_it_stricter() {
-        let store = Store::new(1, 1);
+        let store = MemoryBuckets::new(1, 1);
         let p = policy("1/h", 3);
         assert!(one(&store, &p, "ip:a"));
         assert!(one(&store, &p, "ip:b"));

@@ -33,37 +33,29 @@ mod headers;
 pub mod memory;
 pub mod redis;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use pingora::http::RequestHeader;
 
-use crate::ctx::Ctx;
+use crate::client::Client;
 use crate::metrics::Metrics;
-use crate::store::redis::Redis;
+use crate::redis::Redis;
 
 pub use bucket::{decide, Charge, Charged, Policy, Verdict};
 pub use config::{Config, Key, OnStoreError, PolicyConfig, Rate};
 pub use headers::{Decision, Refusal};
-
-/// While Redis is down, one request per this interval probes it; the others go straight to
-/// the fallback instead of each paying a failed call.
-const PROBE_INTERVAL_MS: u64 = 250;
 
 /// The configured policies and their stores.
 pub struct Limiter {
     policies: Vec<Arc<Policy>>,
     on_store_error: OnStoreError,
     legacy_headers: bool,
-    memory: memory::Store,
-    redis: Option<redis::Store>,
+    memory: memory::MemoryBuckets,
+    redis: Option<redis::RedisBuckets>,
     metrics: Arc<Metrics>,
     /// Running on the fallback (logged and gauged once per outage).
     fallback: AtomicBool,
-    /// Milliseconds since `started` of the last call to a Redis that was down.
-    last_probe_ms: AtomicU64,
-    started: Instant,
 }
 
 impl Limiter {
@@ -85,29 +77,32 @@ impl Limiter {
                 .set(0);
         }
         Self {
-            memory: memory::Store::new(policies.len(), config.memory_slots),
-            redis: redis.map(|r| redis::Store::new(r, cluster)),
+            memory: memory::MemoryBuckets::new(policies.len(), config.memory_slots),
+            redis: redis.map(|r| redis::RedisBuckets::new(r, cluster)),
             policies,
             on_store_error: config.on_store_error,
             legacy_headers: config.legacy_headers,
             metrics,
             fallback: AtomicBool::new(false),
-            last_probe_ms: AtomicU64::new(0),
-            started: Instant::now(),
         }
     }
 
-    /// Charge the request to every policy of its route. `None`: no policy applies.
-    pub async fn check(&self, req: &RequestHeader, ctx: &Ctx) -> Option<Decision> {
-        let route = ctx.route.as_ref()?;
+    /// Charge the request on `route` from `client` to every policy of the route. `None`: no
+    /// policy applies.
+    pub async fn check(
+        &self,
+        req: &RequestHeader,
+        route: &str,
+        client: Option<&Client>,
+    ) -> Option<Decision> {
         let charges: Vec<Charge> = self
             .policies
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.applies_to(&route.name))
+            .filter(|(_, p)| p.applies_to(route))
             .map(|(i, p)| Charge {
                 policy: i,
-                identity: identity(&p.key, req, ctx, &route.name),
+                identity: identity(&p.key, req, client, route),
             })
             .collect();
         if charges.is_empty() {
@@ -122,7 +117,7 @@ impl Limiter {
         let outcome = match &self.redis {
             None => self.memory.charge(&policies, &charges),
             Some(store) => {
-                let shared = if self.should_call_redis() {
+                let shared = if store.should_try() {
                     match store.charge(&policies, &charges).await {
                         Ok(v) => Some(v),
                         Err(e) => {
@@ -207,23 +202,6 @@ impl Limiter {
             .inc();
     }
 
-    /// Redis is called unless it is known down; then one request per probe interval tries it.
-    fn should_call_redis(&self) -> bool {
-        let Some(store) = &self.redis else {
-            return false;
-        };
-        if !store.is_down() {
-            return true;
-        }
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_probe_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= PROBE_INTERVAL_MS
-            && self
-                .last_probe_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-
     fn fell_back(&self) {
         if !self.fallback.swap(true, Ordering::Relaxed) {
             let how = match self.on_store_error {
@@ -254,8 +232,8 @@ impl Limiter {
 
 /// The bucket name of a request within a policy. Never contains `{` or `}` (they delimit the
 /// Redis Cluster hash tag).
-fn identity(key: &Key, req: &RequestHeader, ctx: &Ctx, route: &str) -> String {
-    let by_ip = || match ctx.client.as_ref().and_then(|c| c.ip) {
+fn identity(key: &Key, req: &RequestHeader, client: Option<&Client>, route: &str) -> String {
+    let by_ip = || match client.and_then(|c| c.ip) {
         Some(ip) => format!("ip:{ip}"),
         None => "ip:unknown".to_string(),
     };

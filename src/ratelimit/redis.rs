@@ -27,7 +27,7 @@ use std::sync::Arc;
 use redis::Script;
 
 use super::{Charge, Charged, Policy};
-use crate::store::redis::{Error, Redis};
+use crate::redis::{Error, Redis};
 
 /// KEYS[i]: one bucket per policy. ARGV, four per key: cost, refill, capacity, enforce (1/0).
 const SCRIPT: &str = r"
@@ -73,13 +73,13 @@ end
 return out
 ";
 
-pub struct Store {
+pub struct RedisBuckets {
     redis: Arc<Redis>,
     script: Script,
     cluster: bool,
 }
 
-impl Store {
+impl RedisBuckets {
     pub fn new(redis: Arc<Redis>, cluster: bool) -> Self {
         Self {
             redis,
@@ -88,8 +88,9 @@ impl Store {
         }
     }
 
-    pub fn is_down(&self) -> bool {
-        self.redis.is_down()
+    /// See [`Redis::should_try`].
+    pub fn should_try(&self) -> bool {
+        self.redis.should_try()
     }
 
     /// Charge one request; `policies[i]` is the policy of `charges[i]`.

@@ -1,17 +1,21 @@
-//! The one Redis connection every feature shares (rate limits, cache).
+//! The shared Redis connection every feature uses (rate limits, cache), and `[store]`.
 //!
-//! Not a phase of its own: features call [`Redis::call`] from theirs. Single-node Redis goes
-//! through redis-rs's `ConnectionManager` (reconnects by itself), a cluster through its async
-//! cluster connection; both are created lazily on first use, inside the runtime that serves
-//! requests, so a Redis that is down at start delays nothing.
+//! With `store.redis_url` set, rate-limit buckets and cache entries live in Redis, so every
+//! replica shares them; without it, each feature keeps its state in process (the embedded
+//! default). Not a phase of its own: features call [`Redis::call`] from theirs. Single-node
+//! Redis goes through redis-rs's `ConnectionManager` (reconnects by itself), a cluster through
+//! its async cluster connection; both are created lazily on first use, inside the runtime that
+//! serves requests, so a Redis that is down at start delays nothing.
 //!
 //! Invariants: no call outlives `store.timeout`; every call is timed and every failure counted
 //! (`rampart_store_*{backend="redis"}`); an outage is logged once when it starts and once when
-//! it ends, never per request. A background PING every `store.health_interval` keeps
-//! `rampart_store_up` true to Redis's state even when no request touches the store.
+//! it ends, never per request; while Redis is known down, features skip it except one probe
+//! per [`PROBE_INTERVAL`] ([`Redis::should_try`], one gate for every feature). A background
+//! PING every `store.health_interval` keeps `rampart_store_up` true to Redis's state even when
+//! no request touches the store.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,11 +26,87 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use crate::metrics::Metrics;
+use crate::types::{Duration as ConfigDuration, Invalid};
 
 const BACKEND: &str = "redis";
+
+/// While Redis is known down, one call per this interval probes it; the others skip it at
+/// once (each feature falls back as configured) instead of each paying a failed call.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// `redis://host:6379/0`, `rediss://...` (TLS), `redis+unix://` or `unix://`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RedisUrl(String);
+
+impl TryFrom<String> for RedisUrl {
+    type Error = String;
+    fn try_from(url: String) -> Result<Self, String> {
+        let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|s| url.starts_with(s));
+        if ok {
+            Ok(Self(url))
+        } else {
+            Err("a URL such as \"redis://redis:6379/0\" (or rediss://, unix://)".into())
+        }
+    }
+}
+
+impl RedisUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `redis://host:6379/0`, `rediss://...` (TLS). Absent: in-process stores.
+    /// Env: `RAMPART_REDIS_URL`.
+    pub redis_url: Option<RedisUrl>,
+    /// Password, kept out of the URL and the file. Env: `RAMPART_REDIS_PASSWORD`.
+    pub redis_password: Option<String>,
+    /// Redis Cluster: the URL is one seed node.
+    pub cluster: bool,
+    /// Prefix of every key Rampart writes.
+    pub key_prefix: String,
+    /// Per-call deadline; past it the call counts as a store error.
+    pub timeout: ConfigDuration,
+    /// How often Redis is PINGed in the background, so an outage is noticed (and exported as
+    /// `rampart_store_up 0`) without waiting for traffic.
+    pub health_interval: ConfigDuration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_password: None,
+            cluster: false,
+            key_prefix: "rampart:".into(),
+            timeout: ConfigDuration::millis(50),
+            health_interval: ConfigDuration::secs(5),
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
+        if self.health_interval.0 < Duration::from_millis(100) {
+            return Err(Invalid::new("health_interval", "at least \"100ms\""));
+        }
+        if self.timeout.0.is_zero() {
+            return Err(Invalid::new("timeout", "a duration above zero"));
+        }
+        Ok(())
+    }
+}
 
 /// Why a store call failed; callers decide what that means for the request.
 #[derive(Debug, thiserror::Error)]
@@ -86,13 +166,16 @@ pub struct Redis {
     prefix: String,
     metrics: Arc<Metrics>,
     down: AtomicBool,
+    /// Milliseconds since `started` of the last probe of a Redis that was down.
+    last_probe_ms: AtomicU64,
+    started: Instant,
 }
 
 impl Redis {
     /// `None` when no `redis_url` is configured (the embedded default: in-process stores).
     /// Fails only on a URL redis-rs cannot use; connecting happens on first use.
     pub fn from_config(
-        config: &super::Config,
+        config: &Config,
         metrics: Arc<Metrics>,
     ) -> Result<Option<Arc<Self>>, RedisError> {
         let Some(url) = &config.redis_url else {
@@ -116,6 +199,8 @@ impl Redis {
             prefix: config.key_prefix.clone(),
             metrics,
             down: AtomicBool::new(false),
+            last_probe_ms: AtomicU64::new(0),
+            started: Instant::now(),
         })))
     }
 
@@ -134,6 +219,23 @@ impl Redis {
     /// Whether the last call failed (an outage is in progress).
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
+    }
+
+    /// Whether a feature should call Redis now: always while it answers; while it is down, only
+    /// the one caller per [`PROBE_INTERVAL`] that wins the probe (its success ends the outage
+    /// for everyone).
+    pub fn should_try(&self) -> bool {
+        if !self.is_down() {
+            return true;
+        }
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        let interval = u64::try_from(PROBE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(last) >= interval
+            && self
+                .last_probe_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Run one operation (a command, pipeline or script) under the store deadline, timed and

@@ -4,16 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rampart::metrics::{Metrics, DEFAULT_BUCKETS};
-use rampart::store::redis::Redis as Store;
+use rampart::metrics::Metrics;
+use rampart::redis::Redis as Store;
 
 use crate::common::*;
 
 fn store_for(redis: &Redis, timeout_ms: u64) -> (Arc<Store>, Arc<Metrics>) {
-    let metrics = Arc::new(Metrics::new(&DEFAULT_BUCKETS).expect("metrics"));
-    let config = rampart::store::Config {
-        redis_url: Some(redis.url()),
-        timeout: rampart::config::Duration::millis(timeout_ms),
+    let metrics = Arc::new(Metrics::new(&Default::default()).expect("metrics"));
+    let config = rampart::redis::Config {
+        redis_url: Some(redis.url().try_into().expect("url")),
+        timeout: rampart::types::Duration::millis(timeout_ms),
         ..Default::default()
     };
     let store = Store::from_config(&config, metrics.clone())
@@ -22,7 +22,7 @@ fn store_for(redis: &Redis, timeout_ms: u64) -> (Arc<Store>, Arc<Metrics>) {
     (store, metrics)
 }
 
-async fn ping(store: &Store) -> Result<String, rampart::store::redis::Error> {
+async fn ping(store: &Store) -> Result<String, rampart::redis::Error> {
     store
         .call("ping", |mut c| async move {
             redis::cmd("PING").query_async(&mut c).await
@@ -72,12 +72,12 @@ async fn outage_is_bounded_counted_and_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_at_start_is_not_fatal() {
     let port = free_port();
-    let config = rampart::store::Config {
-        redis_url: Some(format!("redis://127.0.0.1:{port}")),
-        timeout: rampart::config::Duration::millis(100),
+    let config = rampart::redis::Config {
+        redis_url: Some(format!("redis://127.0.0.1:{port}").try_into().expect("url")),
+        timeout: rampart::types::Duration::millis(100),
         ..Default::default()
     };
-    let metrics = Arc::new(Metrics::new(&DEFAULT_BUCKETS).expect("metrics"));
+    let metrics = Arc::new(Metrics::new(&Default::default()).expect("metrics"));
     let store = Store::from_config(&config, metrics)
         .expect("url")
         .expect("configured");

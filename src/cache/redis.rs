@@ -23,25 +23,22 @@
 //!
 //! Failures: every call goes through [`Redis::call`] (store timeout, metrics, the outage
 //! logged once). A failed lookup is a miss, a failed write is dropped. While Redis is down,
-//! requests skip the cache entirely (no timeout paid per request) except one probe per second
-//! ([`RedisStore::unavailable`]), which is how caching resumes when Redis returns.
+//! requests skip the cache entirely (no timeout paid per request) except the probe that
+//! [`Redis::should_try`] lets through, which is how caching resumes when Redis returns.
 //!
 //! Cluster: all fields of one URL live in one key, so one slot; `SCAN` on a cluster connection
 //! reaches one node only, so route/all purges are single-node there (documented limitation).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::{Script, Value};
 
 use super::{PurgeError, Stored};
 use crate::metrics::Metrics;
-use crate::store::redis::Redis;
+use crate::redis::Redis;
 
-/// How often a request may probe a Redis that is known to be down.
-const PROBE_EVERY_MS: u64 = 1000;
 /// Keys per `SCAN` step of a route purge.
 const SCAN_COUNT: usize = 500;
 /// A route purge stops after this many `SCAN` steps (a bound, not an expected figure).
@@ -67,19 +64,17 @@ enum Found {
     Busy,
 }
 
-pub struct RedisStore {
+pub struct RedisStorage {
     redis: Arc<Redis>,
     metrics: Arc<Metrics>,
-    last_probe_ms: AtomicU64,
     lookup_or_claim: Script,
 }
 
-impl RedisStore {
+impl RedisStorage {
     pub fn new(redis: Arc<Redis>, metrics: Arc<Metrics>) -> Self {
         Self {
             redis,
             metrics,
-            last_probe_ms: AtomicU64::new(0),
             lookup_or_claim: Script::new(LOOKUP_OR_CLAIM),
         }
     }
@@ -92,22 +87,10 @@ impl RedisStore {
         self.redis.key(&format!("cache-fill:{{{tag}}}:{entry}"))
     }
 
-    /// True while Redis is down, except for one request per second that probes it.
+    /// True while Redis is known down, except for the one caller that probes it
+    /// ([`Redis::should_try`]).
     pub fn unavailable(&self) -> bool {
-        if !self.redis.is_down() {
-            return false;
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let last = self.last_probe_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < PROBE_EVERY_MS {
-            return true;
-        }
-        // One winner per interval probes; the others keep skipping.
-        self.last_probe_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
+        !self.redis.should_try()
     }
 
     /// A request's lookup: the entry; or, while another request (on any replica) fills it,

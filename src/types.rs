@@ -1,0 +1,308 @@
+//! Config value types every section shares, each parsed once, when the file is read.
+//!
+//! A leaf: it imports nothing from the crate, so a feature can use these types (and be read
+//! and unit-tested) without the root `config` module. Every type here is deserialized straight
+//! from its text (`#[serde(try_from = "String")]`): a value that does not have its shape is a
+//! located error while the file is parsed (`file:line:col: key: what was expected`), and a
+//! value that exists has been checked. Nothing downstream parses these strings again.
+//!
+//! [`Invalid`] is what a section's own cross-field check returns: the key below the section
+//! and why; `config` turns it into a located error.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{HeaderName, HeaderValue};
+use serde::{Deserialize, Deserializer};
+
+/// A problem found by a section's own validation: the key path below its section and why.
+#[derive(Debug)]
+pub struct Invalid {
+    pub key: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Prefix the key with the section it was found in (`routes[2]` + `upstream`).
+    pub fn within(mut self, parent: &str) -> Self {
+        self.key = if self.key.is_empty() {
+            parent.to_string()
+        } else if self.key.starts_with('[') {
+            format!("{parent}{}", self.key)
+        } else {
+            format!("{parent}.{}", self.key)
+        };
+        self
+    }
+}
+
+/// A duration written as text: `"250ms"`, `"5s"`, `"2m"`, `"1h 30m"` (humantime syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn secs(s: u64) -> Self {
+        Self(std::time::Duration::from_secs(s))
+    }
+    pub const fn millis(ms: u64) -> Self {
+        Self(std::time::Duration::from_millis(ms))
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Duration).map_err(|e| {
+            serde::de::Error::custom(format!("a duration like \"5s\" or \"250ms\" ({e})"))
+        })
+    }
+}
+
+/// Declares a newtype over `String` that exists only once `check` accepted the text.
+macro_rules! checked_text {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(text: String) -> Result<Self, String> {
+                let check: fn(&str) -> Result<(), String> = $check;
+                check(&text).map(|()| Self(text))
+            }
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// A value written in the code (a default), checked in debug builds and tests.
+            pub fn from_static(text: &'static str) -> Self {
+                let check: fn(&str) -> Result<(), String> = $check;
+                debug_assert!(check(text).is_ok(), "{text}");
+                Self(text.to_string())
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+checked_text!(
+    /// The name of an upstream, route or policy: it appears in metrics labels and Redis keys,
+    /// so 1 to 64 characters from `[A-Za-z0-9_-]`.
+    Name,
+    |name| {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if ok {
+            Ok(())
+        } else {
+            Err("a name of 1 to 64 characters from [A-Za-z0-9_-]".into())
+        }
+    }
+);
+
+checked_text!(
+    /// `host:port` of an upstream: a port from 1 to 65535 and a non-empty host (a name is
+    /// resolved later, and again every `resolve_interval`).
+    HostPort,
+    |addr| {
+        let bad = || format!("a \"host:port\" address such as \"backend:8000\", not \"{addr}\"");
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 || host.contains('/') || host.contains(' ') {
+            return Err(bad());
+        }
+        Ok(())
+    }
+);
+
+checked_text!(
+    /// A URL path (or path prefix) as written in the file: starts with `/`.
+    UrlPath,
+    |path| {
+        if path.starts_with('/') {
+            Ok(())
+        } else {
+            Err(format!("a path starting with \"/\", not \"{path}\""))
+        }
+    }
+);
+
+/// An `IP:port` a listener binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ListenAddr(pub SocketAddr);
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse::<SocketAddr>()
+            .map(Self)
+            .map_err(|_| format!("an IP:port address such as \"0.0.0.0:8080\", not \"{text}\""))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A network: `10.0.0.0/8`, `::1/128`, or a bare address meaning that one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        if let Ok(net) = text.parse::<ipnet::IpNet>() {
+            return Ok(Self(net));
+        }
+        text.parse::<IpAddr>()
+            .map(|ip| Self(ipnet::IpNet::from(ip)))
+            .map_err(|_| format!("a CIDR such as \"10.0.0.0/8\" or an address, not \"{text}\""))
+    }
+}
+
+/// A header name, checked, kept both as `http` uses it (lower-cased) and as written (so a
+/// list echoed to clients, such as CORS's, reads as the operator wrote it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HeaderNameText {
+    pub name: HeaderName,
+    pub written: String,
+}
+
+impl TryFrom<String> for HeaderNameText {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match HeaderName::from_bytes(text.as_bytes()) {
+            Ok(name) => Ok(Self {
+                name,
+                written: text,
+            }),
+            Err(_) => Err(format!("a header name, not \"{text}\"")),
+        }
+    }
+}
+
+impl HeaderNameText {
+    /// A name written in the code (a default), checked in debug builds and tests.
+    pub fn from_static(text: &'static str) -> Self {
+        let name = HeaderName::from_bytes(text.as_bytes());
+        debug_assert!(name.is_ok(), "{text}");
+        Self {
+            name: name.unwrap_or(HeaderName::from_static("x-invalid")),
+            written: text.to_string(),
+        }
+    }
+}
+
+// `HeaderName` has no order; by its text, so it can key the config's sorted tables.
+impl Ord for HeaderNameText {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name.as_str().cmp(other.name.as_str())
+    }
+}
+
+impl PartialOrd for HeaderNameText {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A header value of visible ASCII (an empty one is allowed: some keys mean "off" by it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HeaderValueText(pub HeaderValue);
+
+impl TryFrom<String> for HeaderValueText {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        HeaderValue::from_str(&text)
+            .map(Self)
+            .map_err(|_| "a header value of visible ASCII".to_string())
+    }
+}
+
+impl HeaderValueText {
+    pub fn from_static(text: &'static str) -> Self {
+        Self(HeaderValue::from_static(text))
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(Name::try_from("api-v1_2".to_string()).is_ok());
+        assert!(Name::try_from(String::new()).is_err());
+        assert!(Name::try_from("a b".to_string()).is_err());
+        assert!(Name::try_from("x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn addresses() {
+        let ok = |a: &str| HostPort::try_from(a.to_string()).is_ok();
+        assert!(ok("backend:8000"));
+        assert!(ok("[::1]:80"));
+        assert!(!ok("backend"));
+        assert!(!ok("backend:0"));
+        assert!(!ok(":80"));
+        assert!(ListenAddr::try_from("0.0.0.0:8080".to_string()).is_ok());
+        assert!(ListenAddr::try_from("localhost:8080".to_string()).is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        let net = |t: &str| Cidr::try_from(t.to_string()).map(|c| c.0.to_string());
+        assert_eq!(net("10.0.0.0/8").as_deref(), Ok("10.0.0.0/8"));
+        assert_eq!(net("127.0.0.1").as_deref(), Ok("127.0.0.1/32"));
+        assert!(net("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn within_prefixes_keys() {
+        assert_eq!(Invalid::new("a", "m").within("s").key, "s.a");
+        assert_eq!(Invalid::new("[2]", "m").within("s").key, "s[2]");
+        assert_eq!(Invalid::new("", "m").within("s").key, "s");
+    }
+}
