@@ -234,3 +234,123 @@ impl Policy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(origins: &[&str], credentials: bool) -> Policy {
+        Policy::new(&Config {
+            allow_origins: origins
+                .iter()
+                .map(|o| Origin::try_from(o.to_string()).expect("origin"))
+                .collect(),
+            allow_credentials: credentials,
+            ..Config::default()
+        })
+    }
+
+    fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, b"/api/x", None).expect("request");
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    fn header<'a>(resp: &'a ResponseHeader, name: &str) -> Option<&'a str> {
+        resp.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn classification() {
+        let p = policy(&["https://a.example"], false);
+        let allowed = [
+            ("origin", "https://a.example"),
+            ("access-control-request-method", "GET"),
+        ];
+        assert!(matches!(
+            p.classify(&req("OPTIONS", &allowed)),
+            Request::Preflight { allowed: true }
+        ));
+        let other = [
+            ("origin", "https://b.example"),
+            ("access-control-request-method", "GET"),
+        ];
+        assert!(matches!(
+            p.classify(&req("OPTIONS", &other)),
+            Request::Preflight { allowed: false }
+        ));
+        // OPTIONS without Access-Control-Request-Method is an actual request, not a preflight.
+        let plain = [("origin", "https://a.example")];
+        assert!(matches!(
+            p.classify(&req("OPTIONS", &plain)),
+            Request::Actual
+        ));
+        assert!(matches!(p.classify(&req("GET", &plain)), Request::Actual));
+        assert!(matches!(p.classify(&req("GET", &[])), Request::None));
+    }
+
+    #[test]
+    fn listed_origins_are_echoed_with_vary() {
+        let p = policy(&["https://a.example"], true);
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        p.response_headers(&req("GET", &[("origin", "https://a.example")]), &mut resp);
+        assert_eq!(
+            header(&resp, "access-control-allow-origin"),
+            Some("https://a.example")
+        );
+        assert_eq!(
+            header(&resp, "access-control-allow-credentials"),
+            Some("true")
+        );
+        assert_eq!(header(&resp, "vary"), Some("Origin"));
+        // An origin not listed gets no grant, but still the Vary (the answer depends on it).
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        p.response_headers(
+            &req("GET", &[("origin", "https://evil.example")]),
+            &mut resp,
+        );
+        assert_eq!(header(&resp, "access-control-allow-origin"), None);
+        assert_eq!(header(&resp, "vary"), Some("Origin"));
+    }
+
+    #[test]
+    fn any_origin_without_credentials_is_a_star_without_vary() {
+        let p = policy(&["*"], false);
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        p.response_headers(&req("GET", &[("origin", "https://x.example")]), &mut resp);
+        assert_eq!(header(&resp, "access-control-allow-origin"), Some("*"));
+        assert_eq!(header(&resp, "vary"), None);
+        let names: Vec<String> = p
+            .preflight_headers()
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "access-control-allow-methods",
+                "access-control-allow-headers",
+                "access-control-max-age"
+            ]
+        );
+    }
+
+    #[test]
+    fn config_values_and_checks() {
+        assert!(Origin::try_from("https://a.example/".to_string()).is_err());
+        assert!(Origin::try_from("a.example".to_string()).is_err());
+        assert!(MethodName::try_from("GE T".to_string()).is_err());
+        let both = Config {
+            allow_origins: vec![Origin::Any],
+            allow_credentials: true,
+            ..Config::default()
+        };
+        assert_eq!(
+            both.validate().expect_err("credentials").key,
+            "allow_credentials"
+        );
+        Config::default().validate().expect("defaults are valid");
+    }
+}

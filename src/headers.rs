@@ -189,3 +189,79 @@ pub fn add_vary(resp: &mut ResponseHeader, token: &str) {
     let value = tokens.join(", ");
     let _ = resp.insert_header(http::header::VARY, value);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(id: &[u8]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).expect("request");
+        r.insert_header(REQUEST_ID, HeaderValue::from_bytes(id).expect("value"))
+            .expect("header");
+        r
+    }
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(request_id(&with_id(b"abc-123_x.y:z")), "abc-123_x.y:z");
+        let long = [b'a'; 129];
+        for bad in [&b"has space"[..], b"new\tline", &long[..], b"quote\""] {
+            let id = request_id(&with_id(bad));
+            assert_ne!(id.as_bytes(), bad);
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        }
+        let none = RequestHeader::build("GET", b"/", None).expect("request");
+        assert!(uuid::Uuid::parse_str(&request_id(&none)).is_ok());
+    }
+
+    #[test]
+    fn vary_tokens_are_added_once() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        resp.append_header("vary", "Accept, origin").expect("h");
+        add_vary(&mut resp, "Origin");
+        assert_eq!(
+            resp.headers.get("vary").map(|v| v.as_bytes()),
+            Some(&b"Accept, origin"[..])
+        );
+        add_vary(&mut resp, "Accept-Encoding");
+        assert_eq!(
+            resp.headers.get("vary").map(|v| v.as_bytes()),
+            Some(&b"Accept, origin, Accept-Encoding"[..])
+        );
+        let mut star = ResponseHeader::build(200, None).expect("resp");
+        star.append_header("vary", "*").expect("h");
+        add_vary(&mut star, "Origin");
+        assert_eq!(
+            star.headers.get("vary").map(|v| v.as_bytes()),
+            Some(&b"*"[..])
+        );
+    }
+
+    #[test]
+    fn security_headers_keep_the_upstreams_and_hsts_only_on_tls() {
+        let h = Headers::new(&Config::default(), false, false);
+        let facts = |tls| Downstream {
+            request_id: "id",
+            tls,
+            started: std::time::Instant::now(),
+            upstream_time: None,
+        };
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        resp.insert_header("x-frame-options", "DENY").expect("h");
+        h.downstream(&mut resp, &facts(false));
+        assert_eq!(
+            resp.headers.get("x-frame-options").map(|v| v.as_bytes()),
+            Some(&b"DENY"[..])
+        );
+        assert!(resp.headers.get("x-content-type-options").is_some());
+        assert!(resp.headers.get("strict-transport-security").is_none());
+        assert!(resp.headers.get("x-process-time").is_none());
+        let mut tls = ResponseHeader::build(200, None).expect("resp");
+        h.downstream(&mut tls, &facts(true));
+        assert!(tls.headers.get("strict-transport-security").is_some());
+        assert_eq!(
+            tls.headers.get(REQUEST_ID).map(|v| v.as_bytes()),
+            Some(&b"id"[..])
+        );
+    }
+}

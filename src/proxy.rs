@@ -387,3 +387,31 @@ fn error_status(e: &Error) -> (u16, &'static str) {
         _ => (500, "internal error"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(e: Box<Error>) -> u16 {
+        error_status(&e).0
+    }
+
+    /// Who caused the failure decides the status: the upstream's side is 502/504, the
+    /// client's is 400/408 or nothing at all when it is gone.
+    #[test]
+    fn errors_map_to_the_side_that_caused_them() {
+        use ErrorType::*;
+        assert_eq!(status(Error::new_up(ConnectTimedout)), 504);
+        assert_eq!(status(Error::new_up(ReadTimedout)), 504);
+        assert_eq!(status(Error::new_up(ConnectRefused)), 502);
+        assert_eq!(status(Error::new_up(ConnectNoRoute)), 502);
+        assert_eq!(status(Error::new_up(TLSHandshakeFailure)), 502);
+        assert_eq!(status(Error::new_up(ConnectionClosed)), 502);
+        assert_eq!(status(Error::new_down(ReadTimedout)), 408);
+        assert_eq!(status(Error::new_down(InvalidHTTPHeader)), 400);
+        assert_eq!(status(Error::new_down(ConnectionClosed)), 0);
+        assert_eq!(status(Error::new_down(WriteError)), 0);
+        assert_eq!(status(Error::new_in(HTTPStatus(413))), 413);
+        assert_eq!(status(Error::new_in(InternalError)), 500);
+    }
+}

@@ -375,3 +375,33 @@ fn glob_escape(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_fields_and_their_reading() {
+        assert_eq!(fields("abc"), ["abc:m", "abc:h", "abc:b"]);
+        let got = vec![
+            Some(b"m".to_vec()),
+            Some(b"h".to_vec()),
+            Some(b"body".to_vec()),
+        ];
+        let s = stored(got).expect("whole entry");
+        assert_eq!(
+            (s.internal.as_slice(), s.header.as_slice()),
+            (&b"m"[..], &b"h"[..])
+        );
+        assert_eq!(s.body, Bytes::from_static(b"body"));
+        // Half an entry (a field expired or not yet written) is no entry.
+        assert!(stored(vec![Some(b"m".to_vec()), None, Some(b"b".to_vec())]).is_none());
+        assert!(stored(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn purge_patterns_match_only_their_prefix() {
+        assert_eq!(glob_escape("api"), "api");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}

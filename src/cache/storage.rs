@@ -337,3 +337,38 @@ impl HandleMiss for Fill {
         Ok(MissFinishType::Created(size))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::ResponseHeader;
+
+    fn meta(fresh_secs: u64, swr: u32, sie: u32) -> CacheMeta {
+        let now = SystemTime::now();
+        let header = ResponseHeader::build(200, None).expect("header");
+        CacheMeta::new(
+            now + StdDuration::from_secs(fresh_secs),
+            now,
+            swr,
+            sie,
+            header,
+        )
+    }
+
+    #[test]
+    fn entries_are_kept_for_freshness_plus_the_longer_stale_window() {
+        let secs = |m: &CacheMeta| retention(m).as_secs_f64().round() as u64;
+        assert_eq!(secs(&meta(60, 0, 0)), 60);
+        assert_eq!(secs(&meta(60, 30, 300)), 360);
+        assert_eq!(secs(&meta(60, 300, 30)), 360);
+        // Already stale without a window: kept one second, never zero (Redis would refuse).
+        assert_eq!(retention(&meta(0, 0, 0)), StdDuration::from_secs(1));
+    }
+
+    #[test]
+    fn fill_bounds_default_when_the_key_has_none() {
+        let key = CacheKey::new(b"p".to_vec(), "tag".to_string());
+        let b = FillBounds::of(&key);
+        assert_eq!((b.body, b.wait), (1024 * 1024, StdDuration::from_secs(5)));
+    }
+}
