@@ -1,5 +1,12 @@
 //! Cache keys: the primary key of a request, the URL tag its entries are grouped under, and
 //! the variance of a request against a stored response's `Vary`.
+//!
+//! Phases: `cache_key_callback` and `cache_vary_filter`. Invariants: parts are
+//! length-prefixed, so no value can spill into the next; the query's parameters are sorted and
+//! ignored ones dropped; nothing of a raw path reaches a Redis key or a label except through a
+//! hash; `Accept-Encoding` is read by the same parser compression negotiates with, and an
+//! encoded body without `Vary` still varies on it (a gzip body never reaches an identity
+//! client).
 
 use http::header::HeaderValue;
 use pingora::cache::key::HashBinary;

@@ -1,49 +1,17 @@
-//! The response cache: a shared HTTP cache (RFC 9111) on pingora-cache, per route.
+//! The response cache: a shared HTTP cache (RFC 9111) per route, on pingora-cache.
 //!
-//! Pingora's `HttpCache` state machine does freshness, `Vary` secondary slots, revalidation
-//! (conditional requests on expiry), the cache lock (N concurrent misses on one key -> one
-//! upstream fetch per replica; the Redis store extends that across replicas) and serve-stale; this module decides *what* may be cached and
-//! under which key, and supplies the storage ([`CacheStorage`]: Redis shared by replicas, or a
-//! byte-bounded in-process LRU when no `store.redis_url` is set).
+//! Pingora's `HttpCache` state machine does freshness, `Vary` variants, revalidation, the
+//! cache lock and serve-stale; this module decides what may be stored ([`policy`]), under
+//! which key ([`key`]), and supplies the storage ([`storage`]: Redis shared by replicas, or a
+//! byte-bounded in-process LRU). Phases: the request and response cache filters, the key and
+//! vary callbacks, `cache_miss`, `should_serve_stale`, `upstream_response_filter` (unsafe
+//! methods invalidate), `response_filter` (`Cache-Status`, `X-Cache`) and `logging` (a failed
+//! fill releases its claim); the README's phase table maps them to the methods here.
 //!
-//! Phases (called from `proxy.rs`):
-//! - `request_cache_filter` -> [`Cache::request_filter`]: GET/HEAD on a route with an enabled
-//!   policy, without credentials (unless the policy shares them), with a reachable store,
-//!   enables the cache; everything else is marked BYPASS (or MISS while the store is down).
-//! - `cache_key_callback` -> [`Cache::key`]: route, method class, host, path, the query with its
-//!   parameters sorted and ignored ones removed, and the configured `vary` request headers.
-//! - `response_cache_filter` -> [`Cache::response_cacheable`]: origin `Cache-Control`
-//!   (`no-store`, `private`, `no-cache`, `max-age`, `s-maxage`, stale-*), `Expires`, `Vary: *`,
-//!   `Set-Cookie`, body size; the fallback `ttl` only for heuristically cacheable statuses.
-//!   Per-request headers (`X-Request-Id`, `X-Process-Time`, rate-limit headers) are removed
-//!   from the stored copy only: the miss response still carries what the upstream sent.
-//! - `cache_vary_filter` -> [`variance`]: the stored response's `Vary` request headers
-//!   (`Accept-Encoding` normalised; a `Content-Encoding` without `Vary` is treated as
-//!   `Vary: Accept-Encoding`, so a gzip body never reaches an identity client).
-//! - `cache_miss` -> [`Cache::cache_miss`] and `logging` -> [`Cache::finish`]: the request that
-//!   fetches an entry for everyone releases its cross-replica fill claim (Redis store) when
-//!   nothing got stored, so waiters elsewhere do not wait out `lock_timeout`.
-//! - `should_serve_stale` -> [`should_serve_stale`]; `upstream_response_filter` ->
-//!   [`Cache::invalidate_unsafe`] (a successful POST/PUT/PATCH/DELETE drops the URL's entries
-//!   before its response is sent); `response_filter` -> [`Cache::status_headers`]
-//!   (`Cache-Status`, `X-Cache`, `rampart_cache_lookups_total`).
-//!
-//! Compression: the cache stores what the origin sent and varies on `Accept-Encoding` whenever
-//! the origin's body depends on it; compression by Rampart happens downstream of the cache
-//! (response filters run on hits and misses alike), so a stored body is never a
-//! Rampart-compressed one.
-//!
-//! Invariants: a response with `Set-Cookie` or `Cache-Control: private`/`no-store` is never
-//! stored, and a request with `Authorization` or `Cookie` never reads a shared entry, unless
-//! the route's policy opts in; a store failure never fails a request (it becomes a miss, the
-//! outage is logged once by `crate::redis` and counted); nothing in the key or the metrics
-//! labels comes from a raw path except through a hash.
-//!
-//! `'static`: pingora's `Storage` and cache-lock APIs take `&'static` references. Each
-//! [`Cache::new`] leaks exactly one store and one lock (`Box::leak`), so a process leaks one
-//! pair per server it builds (once in production; once per test server in the tests). A global
-//! `LazyLock` would be simpler but would share one store between the several servers a test
-//! process runs, each with its own Redis.
+//! Invariants: `Set-Cookie`, `private` and `no-store` responses are never stored, and
+//! requests with `Authorization` or `Cookie` never share an entry, unless the route's policy
+//! opts in; a store failure never fails a request (it is a miss, counted); the cache keeps
+//! the origin's body and compression happens downstream of it, per client.
 
 mod key;
 mod memory;
@@ -122,7 +90,13 @@ pub struct Cache {
 
 impl Cache {
     /// The cache's route table (which route uses which enabled policy) from `[cache]` and the
-    /// routes. Leaks one store and one cache lock (see the module header).
+    /// routes.
+    ///
+    /// Leaks one store and one cache lock (`Box::leak`): pingora's `Storage` and cache-lock
+    /// APIs take `&'static` references. That is one pair per server built (once in
+    /// production, once per test server in the tests); a global `LazyLock` would be simpler
+    /// but would share one store between the servers a test process runs, each with its own
+    /// Redis.
     pub fn new(
         config: &Config,
         routes: &[RouteConfig],

@@ -1,4 +1,12 @@
-//! Cache policy: which responses may be stored, for how long, and what of them is kept.
+//! Cache policy: `[cache]` and `[cache.policies.NAME]`, and the decision of
+//! `response_cache_filter`: may this response be stored, how long is it fresh, and what of
+//! its header is kept.
+//!
+//! Invariants: the fallback `ttl` goes only to statuses a cache may store without explicit
+//! freshness (RFC 9110 section 15.1); `Set-Cookie`, `private` and `no-store` are never stored
+//! unless the policy opts in; headers that describe one request (request id, timing,
+//! rate-limit state) are stripped from the stored copy; no freshness exceeds a year, so no
+//! time arithmetic can overflow.
 
 use std::collections::BTreeMap;
 use std::time::{Duration as StdDuration, SystemTime};

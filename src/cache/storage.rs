@@ -1,4 +1,12 @@
 //! The pingora `Storage` glue: lookups, fills and purges over the two backends.
+//!
+//! Phases: called by pingora's cache state machine (lookup on every cacheable request, a miss
+//! handler while a response is stored, purge and meta updates on revalidation). Both backends
+//! group entries by URL tag (`route:urlhash`) and keep pingora's serialized meta and header
+//! beside the whole body.
+//!
+//! Invariant: a body is written once, at the end of the fill, so a reader never sees half an
+//! entry; a body over the policy's `max_body_bytes` is passed through, never stored.
 
 use std::time::{Duration as StdDuration, SystemTime};
 

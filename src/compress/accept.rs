@@ -1,4 +1,9 @@
 //! `Accept-Encoding`: what a client can read, with its weights (RFC 9110 section 12.5.3).
+//!
+//! Phase: `request_filter` (parsed once per request). Written by hand because Pingora's
+//! parser keeps only the order of tokens and drops q-values. Invariant: one parser
+//! ([`elements`]) for negotiation and for the cache's variance, so the two agree on what a
+//! client accepts; a malformed element is ignored alone.
 
 use super::codec::Coding;
 

@@ -1,41 +1,17 @@
 //! Response compression: gzip, brotli and zstd chosen per client, with nginx-grade policy.
 //!
-//! Phases: `request_filter` ([`RequestState::request`] parses `Accept-Encoding` and takes the default
-//! policy, [`RequestState::use_route`] switches to the route's), `response_filter` ([`RequestState::response`]
-//! decides and rewrites the header; proxied responses and cache hits alike),
-//! `response_body_filter` ([`RequestState::body`] encodes chunk by chunk), and `respond`
-//! ([`RequestState::encode_local`] for the responses Rampart writes itself).
+//! Phases: `request_filter` (what the client accepts, the route's policy), `response_filter`
+//! (decide and rewrite the header, proxied responses and cache hits alike),
+//! `response_body_filter` (encode chunk by chunk) and `respond` (Rampart's own responses, in
+//! one go). The pieces: [`policy`] (what is compressed and how the header changes),
+//! [`accept`] (negotiation), [`codec`] (the encoders).
 //!
-//! Pingora ships the encoders (`Algorithm::compressor`: flate2 on zlib-ng, brotli, zstd behind
-//! its `Encode` trait) and they are used as they are, except two written here because Pingora
-//! lacks them: a zstd decompressor (Pingora only decompresses gzip and br) and a brotli
-//! compressor that ends the stream (Pingora's only flushes, leaving a stream without its last
-//! meta-block that strict decoders reject). Pingora's policy (`ResponseCompression` module,
-//! left disabled) is replaced because it takes the first encoding the client lists, ignores
-//! q-values, compresses anything of 20 bytes or more and has a fixed type list. The
-//! `Accept-Encoding` parser ([`Accept`]) is hand-written for the same reason (Pingora's drops
-//! q-values).
-//!
-//! `Vary: Accept-Encoding` goes on a response exactly when its encoding could differ for
-//! another client: a compressible type (or a 304, which stands for its 200) at or above
-//! `min_size` or of unknown length, HEAD and 206 included; or an upstream-encoded body while
-//! `decompress` is on. A body that is always sent as it is (too small, excluded type,
-//! no-transform, 204) gets none, as with nginx.
-//!
-//! Streaming: each chunk is encoded as it arrives, but the encoders emit output as their
-//! window fills rather than flushing every chunk, which is why event streams are excluded.
-//!
-//! Compression happens downstream of the response cache, per client: the cache stores identity
-//! bodies and every hit passes `response_filter`, so one stored body serves gzip, br, zstd and
-//! identity clients (the trap of Pingora issue #283 is not possible).
-//!
-//! Invariants: a body is never encoded twice (an upstream `Content-Encoding` is left alone or,
-//! when the client cannot read it, decoded); 1xx/204/304/206, HEAD, `Content-Range` and
-//! `Cache-Control: no-transform` responses leave with their body untouched; every response
-//! whose encoding could depend on `Accept-Encoding` carries `Vary: Accept-Encoding`, encoded or
-//! not; a re-encoded response has no `Content-Length` and no `Accept-Ranges`, and its strong
-//! `ETag` becomes weak; bodies are encoded as they stream (memory bounded by the encoder's
-//! window, never by the body).
+//! Invariants: a body is never encoded twice (an upstream's coding is left alone or, for a
+//! client that cannot read it, decoded); 1xx/204/304/206, HEAD, `Content-Range` and
+//! `no-transform` responses leave untouched; every response whose encoding could depend on
+//! `Accept-Encoding` carries `Vary: Accept-Encoding`; bodies are encoded as they stream
+//! (memory bounded by the encoder's window). Compression runs downstream of the cache, so
+//! one stored body serves every coding (the trap of Pingora issue #283 cannot happen).
 
 mod accept;
 mod codec;

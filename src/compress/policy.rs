@@ -1,5 +1,15 @@
-//! Compression policy: which responses are encoded, in which coding, and how the header
-//! changes when they are.
+//! Compression policy: `[compression]` and its named policies, which responses are encoded
+//! in which coding, and how the header changes when they are.
+//!
+//! Pingora's own policy (`ResponseCompression`, left disabled) is replaced because it takes
+//! the first encoding the client lists, ignores q-values, compresses anything of 20 bytes or
+//! more and has a fixed type list. `Vary: Accept-Encoding` goes on a response exactly when its
+//! encoding could differ for another client: a compressible type (or a 304, which stands for
+//! its 200) at or above `min_size` or of unknown length, or an upstream-encoded body while
+//! `decompress` is on; a body always sent as it is gets none, as with nginx.
+//!
+//! Invariant: a re-encoded response has no `Content-Length` and no `Accept-Ranges`, and its
+//! strong `ETag` becomes weak (RFC 9110 section 8.8.1).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

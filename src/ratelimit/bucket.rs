@@ -1,5 +1,16 @@
-//! The token bucket as pure integer arithmetic (see the module header of `ratelimit`): what a
-//! policy admits, how its debt settles, and what a request's verdict says.
+//! The token bucket as pure integer arithmetic: what a policy admits, how its debt settles,
+//! and what a request's verdict says.
+//!
+//! The bucket: a policy `rate = "C/P"` with `burst = B` (default `C`) holds at most `B`
+//! tokens and gains `C` tokens per period `P`. It is stored as a *debt* in integer units where
+//! one token costs `P` in microseconds and the refill is `C` units per microsecond, so every
+//! step is exact integer arithmetic (no rounding of `P / C`): a request is admitted when
+//! `debt + P <= B * P`, and a burst of N simultaneous requests against `B` admits exactly `B`.
+//! This is GCRA written as a token bucket: the debt is the GCRA's "theoretical arrival time"
+//! minus now, scaled by `C`. Validation keeps `B * P` below 2^52 so Redis's Lua (doubles)
+//! stays exact too.
+//!
+//! Invariant: no floating point and no clock here; the stores pass in the elapsed time.
 
 use std::sync::Arc;
 

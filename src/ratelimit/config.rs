@@ -1,4 +1,8 @@
-//! `[ratelimit]`: the policies as written in the file, and their checks.
+//! `[ratelimit]`: the policies as written in the file (rates, bursts, keys, routes), parsed
+//! into their types while the file is read, and the checks that span fields.
+//!
+//! Invariant: `burst * period` stays below 2^52 microseconds, so the Redis script's doubles
+//! are exact.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,9 @@
-//! What a limiter decision looks like to a client: the refusal and the `RateLimit` headers.
+//! What a limiter decision looks like to a client: the refusal (429, or 503 under `deny`)
+//! and the `RateLimit-Policy` / `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers)
+//! with the legacy `X-RateLimit-*` trio.
+//!
+//! Phase: written from `finish_headers` (`response_filter` and `respond`), after the cache
+//! stored a response, so limit headers are never cached.
 
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;

@@ -8,7 +8,7 @@
 //! identities that collide share one bucket, which only makes their limit stricter, and the
 //! random key stops an attacker from choosing whom to collide with.
 //!
-//! Why not `pingora-limits` (already a dependency): its `Rate` is a count-min-sketch estimate
+//! Why not `pingora-limits`: its `Rate` is a count-min-sketch estimate
 //! over fixed windows. It is bounded, but approximate and window-based: it cannot admit
 //! exactly `burst` requests nor refill continuously like the Redis buckets, and the fallback
 //! must keep the same semantics as the shared store. The table below is the same idea

@@ -2,25 +2,11 @@
 //! in-process store as the embedded default and as the fallback when Redis fails.
 //!
 //! Phase: `request_filter`, after routing and the CORS preflight (preflights are never
-//! limited). [`Limiter::check`] charges one token from every policy that applies to the
-//! request, in one step: one atomic Lua script on Redis ([`redis`]), or one locked section of
-//! the fixed-size in-process table ([`memory`]). The headers (`RateLimit-Policy`, `RateLimit`,
-//! legacy `X-RateLimit-*`) are written by [`Decision::write_headers`] from `finish_headers`,
-//! i.e. from `response_filter` (which runs after the cache stored a response, so limit
-//! headers are never cached) and from `respond` (self-made responses, the 429 included).
-//!
-//! The bucket: a policy `rate = "C/P"` with `burst = B` (default `C`) holds at most `B`
-//! tokens and gains `C` tokens per period `P`. It is stored as a *debt* in integer units where
-//! one token costs `P` in microseconds and the refill is `C` units per microsecond, so every
-//! step is exact integer arithmetic (no rounding of `P / C`): a request is admitted when
-//! `debt + P <= B * P`, and a burst of N simultaneous requests against `B` admits exactly `B`.
-//! This is GCRA written as a token bucket: the debt is the GCRA's "theoretical arrival time"
-//! minus now, scaled by `C`. Validation keeps `B * P` below 2^52 so Redis's Lua (doubles)
-//! stays exact too.
-//!
-//! A request passes only if every enforcing policy admits it; then each of them is charged,
-//! otherwise none is (a rejected request costs nothing). Report-only policies are charged by
-//! their own verdict, report in headers and metrics, and never reject.
+//! limited). [`Limiter::check`] charges one token from every policy that applies, in one
+//! step: one atomic Lua script on Redis ([`redis`]), or one locked section of the fixed-size
+//! in-process table ([`memory`]); the arithmetic is in `bucket`, the headers in `headers`.
+//! A request passes only if every enforcing policy admits it; then each is charged, otherwise
+//! none is. Report-only policies are charged by their own verdict and never reject.
 //!
 //! Invariants: a decision never waits longer than `store.timeout` on Redis; when Redis fails
 //! the request is decided as `on_store_error` says (local / allow / deny), logged once per
