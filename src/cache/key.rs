@@ -131,19 +131,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::policy::{PolicyConfig, QueryName};
-    use crate::types::Duration;
-
-    fn policy() -> Policy {
-        Policy::new(
-            "p",
-            &PolicyConfig {
-                ttl: Duration::secs(60),
-                ignore_query: vec![QueryName::try_from("utm_source".to_string()).expect("name")],
-                ..Default::default()
-            },
-        )
-    }
+    use crate::cache::policy::tests::policy;
 
     #[test]
     fn query_is_normalised() {

@@ -298,10 +298,11 @@ pub(super) fn cacheable(policy: &Policy, resp: &ResponseHeader, now: SystemTime)
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn policy() -> Policy {
+    /// A policy for unit tests: 60 s fallback, `utm_source` left out of keys.
+    pub(in crate::cache) fn policy() -> Policy {
         Policy::new(
             "p",
             &PolicyConfig {
