@@ -414,4 +414,28 @@ mod tests {
         assert_eq!(status(Error::new_in(HTTPStatus(413))), 413);
         assert_eq!(status(Error::new_in(InternalError)), 500);
     }
+
+    #[test]
+    fn preflights_are_answered_locally() {
+        let policy = cors::Policy::new(&cors::Config::default());
+        let mut req = RequestHeader::build("OPTIONS", b"/api/x", None).expect("request");
+        req.insert_header("origin", "https://app.example")
+            .expect("h");
+        assert!(
+            preflight(&policy, &req, "id").is_none(),
+            "no ACRM: an actual request"
+        );
+        req.insert_header("access-control-request-method", "GET")
+            .expect("h");
+        let answer = preflight(&policy, &req, "id").expect("answered");
+        assert_eq!(answer.status, http::StatusCode::NO_CONTENT);
+        assert!(answer.body.is_empty());
+        assert_eq!(answer.headers.len(), 3);
+        let only = cors::Config {
+            allow_origins: vec![cors::Origin::Exact("https://other.example".into())],
+            ..cors::Config::default()
+        };
+        let refused = preflight(&cors::Policy::new(&only), &req, "id").expect("answered");
+        assert_eq!(refused.status, http::StatusCode::FORBIDDEN);
+    }
 }
