@@ -16,6 +16,7 @@ pub mod ctx;
 pub mod demo;
 pub mod headers;
 pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redis;

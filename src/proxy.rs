@@ -22,9 +22,10 @@ use crate::cors;
 use crate::ctx::Ctx;
 use crate::headers::{self, Headers};
 use crate::metrics::{self, Metrics};
+use crate::path;
 use crate::ratelimit::Limiter;
 use crate::respond::{self, LocalResponse};
-use crate::routing::{self, Router};
+use crate::routing::Router;
 
 /// Everything the request path reads; built once by `app`, shared by all workers.
 pub struct Proxy {
@@ -50,12 +51,16 @@ impl ProxyHttp for Proxy {
         Ctx::new()
     }
 
-    /// identify -> public metrics? -> dot segments (400) -> route (none: 404) -> the route's
+    /// identify -> canonical path (400) -> public metrics? -> route (none: 404) -> the route's
     /// compression -> CORS preflight (204/403) -> rate limits (429, or 503 under `deny`).
     /// Each step may decide the answer itself; it is sent here, in one place.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.identify(session, ctx);
-        let Some(local) = self.local_response(session.req_header(), ctx).await else {
+        let local = match path::canonicalize(session.req_header_mut()) {
+            Err(reason) => Some(LocalResponse::problem(400, reason, &ctx.request_id)),
+            Ok(()) => self.local_response(session.req_header(), ctx).await,
+        };
+        let Some(local) = local else {
             return Ok(false);
         };
         respond::send(session, &self.headers, ctx, local).await?;
@@ -303,15 +308,12 @@ impl Proxy {
         ));
     }
 
-    /// public metrics -> unroutable (400) -> no route (404) -> preflight -> rate limits.
+    /// public metrics -> no route (404) -> preflight -> rate limits, on the canonical path.
     async fn local_response(&self, req: &RequestHeader, ctx: &mut Ctx) -> Option<LocalResponse> {
         if let Some(public) = self.public_metrics.as_ref() {
             if public.path == req.uri.path() {
                 return Some(self.public_metrics(public, ctx));
             }
-        }
-        if let Some(reason) = routing::unroutable(req) {
-            return Some(LocalResponse::problem(400, reason, &ctx.request_id));
         }
         let Some(route) = self.router.route(req.uri.path()).cloned() else {
             let detail = "no route matches this path";

@@ -368,29 +368,6 @@ impl Router {
     }
 }
 
-/// Why a request must not be routed at all (answered 400), or `None`.
-///
-/// `.`/`..` path segments, raw or percent-encoded, are refused: the upstream might normalise
-/// them into a path another route (with other limits) should have handled. (Requests with
-/// both `Content-Length` and `Transfer-Encoding` need nothing here: Pingora's parser drops the
-/// length and closes the connection afterwards, as RFC 9112 section 6.1 asks.)
-pub fn unroutable(req: &pingora::http::RequestHeader) -> Option<&'static str> {
-    if has_dot_segments(req.uri.path()) {
-        return Some("path has dot segments");
-    }
-    None
-}
-
-fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        matches!(
-            lower.as_str(),
-            "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,13 +412,5 @@ mod tests {
         assert_eq!(rw.upstream_path("/old/a/b").as_deref(), Some("/new/a/b"));
         let rw2 = route("/old", false, Some("/new"));
         assert_eq!(rw2.upstream_path("/old/a").as_deref(), Some("/new/a"));
-    }
-
-    #[test]
-    fn dot_segments() {
-        assert!(has_dot_segments("/api/../admin"));
-        assert!(has_dot_segments("/api/%2E%2e/admin"));
-        assert!(has_dot_segments("/./x"));
-        assert!(!has_dot_segments("/api/v1.2/x..y"));
     }
 }

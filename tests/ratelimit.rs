@@ -614,3 +614,36 @@ fn fallback_is_logged_once_per_outage() {
     assert_eq!(lines("ratelimit: shared store unavailable"), 2, "{text}");
     assert_eq!(lines("ratelimit: Redis answers again"), 2, "{text}");
 }
+
+/// A route's limit cannot be skipped by spelling its path another way: every spelling is
+/// charged to the same bucket (or refused), so a burst of 2 admits exactly 2.
+#[test]
+fn encoded_paths_are_charged_to_the_route_they_reach() {
+    let up = Upstream::named("ok");
+    let r = Rampart::start_with(
+        &body(
+            &up,
+            None,
+            "[ratelimit.policies.api]\nrate = \"1/h\"\nburst = 2\nroutes = [\"api\"]\n",
+        ),
+        TRUSTED,
+    );
+    let mut admitted = 0;
+    for path in [
+        "/api/x",
+        "/%61pi/x",
+        "//api/x",
+        "/api%2fx",
+        "/x/..%2fapi/x",
+        "/ap%69/x",
+        "/api/./x",
+    ] {
+        let status = get_as(r.addr, path, "198.51.100.77").status;
+        assert!(matches!(status, 200 | 429 | 400), "{path}: {status}");
+        if status == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 2, "the /api/ limit was bypassed");
+    assert_eq!(up.count(), 2);
+}

@@ -174,3 +174,51 @@ fn request_bodies_stream_through() {
     assert_eq!(resp.status, 200);
     assert_eq!(up.last().body, b"hello world");
 }
+
+/// The bypass shapes an attacker tries (encoded letters, doubled slashes, encoded slashes and
+/// dot segments) reach the route the upstream would act on, or are refused before any
+/// upstream sees them; the upstream receives the canonical path.
+#[test]
+fn encoded_paths_route_like_the_plain_path() {
+    let (b, f, s) = (
+        Upstream::named("backend"),
+        Upstream::named("frontend"),
+        Upstream::named("special"),
+    );
+    let r = dashboard(&b, &f, &s);
+    for (path, who, forwarded) in [
+        ("/%61pi/v1/x", "backend", "/api/v1/x"),
+        ("//api/v1/x", "backend", "/api/v1/x"),
+        (
+            "/api//v1/special/x?q=%2F",
+            "special",
+            "/api/v1/special/x?q=%2F",
+        ),
+        ("/api/v1/%73pecial/x", "special", "/api/v1/special/x"),
+    ] {
+        let resp = r.get(path);
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.text(), who, "{path}");
+        let upstream = [&b, &f, &s]
+            .into_iter()
+            .find(|u| u.count() > 0 && u.last().target == forwarded);
+        assert!(
+            upstream.is_some(),
+            "{path} was not forwarded as {forwarded}"
+        );
+    }
+    let before = b.count() + f.count() + s.count();
+    for path in [
+        "/api%2fv1/x",
+        "/x/..%2fapi/v1/x",
+        "/x/%2e%2e/api/v1/x",
+        "/api/%zz",
+    ] {
+        assert_eq!(r.get(path).status, 400, "{path}");
+    }
+    assert_eq!(
+        b.count() + f.count() + s.count(),
+        before,
+        "refused paths reached an upstream"
+    );
+}

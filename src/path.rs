@@ -1,0 +1,167 @@
+//! The canonical request path: the one form routing, rate limits, cache keys, metrics and the
+//! upstream all see.
+//!
+//! Phase: the first step of `request_filter`, before anything looks at the path. nginx
+//! matches locations on a normalised path; matching on the raw one would let `/%72l/x`,
+//! `//rl/x` or `/a/..%2frl/x` miss the `/rl/` route and its limit while the upstream, which
+//! normalises, serves `/rl/x`. So the path is rewritten once, and the request continues with
+//! the canonical form (RFC 3986 section 6.2.2): percent-encoded unreserved characters
+//! decoded, other escapes upper-cased, empty segments (`//`) collapsed.
+//!
+//! Invariants: a path with a dot segment (raw or encoded), an encoded `/` or `\`, an encoded
+//! NUL or control byte, or a malformed escape is refused (400), never guessed at; the query is
+//! kept byte for byte; a path already canonical is not copied.
+
+use std::borrow::Cow;
+
+use pingora::http::RequestHeader;
+
+/// Why a path is refused (the 400's detail).
+pub type Refusal = &'static str;
+
+/// The canonical form of `path` (the path only, no query), or why it has none.
+pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Refusal> {
+    if !path.starts_with('/') {
+        // Origin-form targets start with `/`; `*` (OPTIONS) and absolute forms are parsed
+        // into a URI whose path does.
+        return Err("path does not start with \"/\"");
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/').skip(1) {
+        if segment.is_empty() {
+            continue; // `//` collapses; a trailing `/` is put back below
+        }
+        let decoded = decode_segment(segment)?;
+        if decoded == "." || decoded == ".." {
+            return Err("path has dot segments");
+        }
+        out.push('/');
+        out.push_str(&decoded);
+    }
+    if path.ends_with('/') || out.is_empty() {
+        out.push('/');
+    }
+    if out == path {
+        Ok(Cow::Borrowed(path))
+    } else {
+        Ok(Cow::Owned(out))
+    }
+}
+
+/// Rewrite the request's target to its canonical path (query kept), or say why it has none.
+pub fn canonicalize(req: &mut RequestHeader) -> Result<(), Refusal> {
+    let Cow::Owned(path) = canonical_path(req.uri.path())? else {
+        return Ok(());
+    };
+    let target = match req.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let uri = target
+        .parse::<http::Uri>()
+        .map_err(|_| "path is not a valid request target")?;
+    req.set_uri(uri);
+    Ok(())
+}
+
+/// One segment with unreserved escapes decoded and the others upper-cased.
+fn decode_segment(segment: &str) -> Result<Cow<'_, str>, Refusal> {
+    if !segment.contains('%') {
+        return Ok(Cow::Borrowed(segment));
+    }
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(char::from(bytes[i]));
+            i += 1;
+            continue;
+        }
+        let (Some(hi), Some(lo)) = (
+            bytes.get(i + 1).and_then(|b| hex(*b)),
+            bytes.get(i + 2).and_then(|b| hex(*b)),
+        ) else {
+            return Err("path has a malformed percent-escape");
+        };
+        let byte = hi * 16 + lo;
+        match byte {
+            b'/' | b'\\' => return Err("path has an encoded slash"),
+            0..=0x1f | 0x7f => return Err("path has an encoded control character"),
+            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => out.push(char::from(b)),
+            b => {
+                out.push('%');
+                out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+                out.push(char::from(HEX_DIGITS[usize::from(b & 0xf)]));
+            }
+        }
+        i += 3;
+    }
+    Ok(Cow::Owned(out))
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(p: &str) -> Result<String, Refusal> {
+        canonical_path(p).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn bypass_shapes_become_the_plain_path_or_are_refused() {
+        assert_eq!(canon("/%72l/x").as_deref(), Ok("/rl/x"));
+        assert_eq!(canon("//rl/x").as_deref(), Ok("/rl/x"));
+        assert_eq!(canon("/rl//x/").as_deref(), Ok("/rl/x/"));
+        assert!(canon("/rl%2fx").is_err());
+        assert!(canon("/rl%2Fx").is_err());
+        assert!(canon("/a/..%2frl/x").is_err());
+        assert!(canon("/a/../rl/x").is_err());
+        assert!(canon("/a/%2e%2E/x").is_err());
+        assert!(canon("/./x").is_err());
+        assert!(canon("/a%5cb").is_err());
+    }
+
+    #[test]
+    fn escapes_are_normalised_not_decoded_when_reserved() {
+        assert_eq!(canon("/a%7eb%2dc").as_deref(), Ok("/a~b-c"));
+        assert_eq!(canon("/caf%c3%a9").as_deref(), Ok("/caf%C3%A9"));
+        assert_eq!(canon("/a%20b").as_deref(), Ok("/a%20b"));
+        assert_eq!(canon("/a%3fb").as_deref(), Ok("/a%3Fb"));
+        assert!(canon("/a%zz").is_err());
+        assert!(canon("/a%4").is_err());
+        assert!(canon("/a%00").is_err());
+        assert!(canon("/a%0d%0a").is_err());
+    }
+
+    #[test]
+    fn canonical_paths_are_borrowed_as_they_are() {
+        for p in ["/", "/api/v1/x", "/api/v1.2/x..y", "/a/", "/caf%C3%A9"] {
+            assert!(matches!(canonical_path(p), Ok(Cow::Borrowed(_))), "{p}");
+        }
+        assert_eq!(canon("//").as_deref(), Ok("/"));
+        assert!(canon("x").is_err());
+    }
+
+    #[test]
+    fn the_query_is_kept_byte_for_byte() {
+        let mut req =
+            RequestHeader::build("GET", b"//api/%76%31?b=%2F&a=1", None).expect("request");
+        canonicalize(&mut req).expect("canonical");
+        assert_eq!(
+            req.uri.path_and_query().map(|p| p.as_str()),
+            Some("/api/v1?b=%2F&a=1")
+        );
+    }
+}
