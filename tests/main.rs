@@ -12,4 +12,6 @@ mod headers;
 mod metrics;
 mod ratelimit;
 mod redis;
+mod reload;
 mod routing;
+mod tls;
