@@ -23,5 +23,6 @@ pub mod reload;
 pub mod respond;
 pub mod routing;
 pub mod runtime;
+pub mod signal;
 pub mod tls;
 pub mod types;
