@@ -1,7 +1,8 @@
 //! Rampart: a hardening reverse proxy on Pingora.
 //!
 //! Start reading at [`proxy`] (the request path, phase by phase) and [`config`] (the file an
-//! operator edits). Each other module is one capability.
+//! operator edits). [`runtime`] is what one config file builds (a generation), [`reload`]
+//! swaps generations without downtime. Each other module is one capability.
 
 pub mod accesslog;
 pub mod admin;

@@ -64,15 +64,21 @@ fn body(up: &Upstream) -> String {
     )
 }
 
-/// Rampart with a TLS listener serving `first`, and the TLS address.
-fn start(up: &Upstream, dir: &TempDir, redirect: bool) -> (Rampart, SocketAddr) {
+/// Rampart with a TLS listener serving the files in `dir` (`server` lines before its table),
+/// and the TLS address.
+fn start_with(up: &Upstream, dir: &TempDir, redirect: bool, server: &str) -> (Rampart, SocketAddr) {
     let port = free_port();
-    let r = Rampart::start_reloadable(&body(up), &tls_table(&dir.0, port, redirect));
+    let extra = format!("{server}{}", tls_table(&dir.0, port, redirect));
+    let r = Rampart::start_reloadable(&body(up), &extra);
     let tls = SocketAddr::from(([127, 0, 0, 1], port));
     eventually("the TLS listener accepts", || {
         std::net::TcpStream::connect(tls).is_ok()
     });
     (r, tls)
+}
+
+fn start(up: &Upstream, dir: &TempDir, redirect: bool) -> (Rampart, SocketAddr) {
+    start_with(up, dir, redirect, "")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -233,7 +239,8 @@ fn the_plain_listener_redirects_to_https_when_asked() {
     let dir = TempDir::new("tls");
     let ca = ca();
     install(&dir, &leaf(&ca, "first"));
-    let (r, tls) = start(&up, &dir, true);
+    // Loopback is a trusted proxy here, to show a TLS terminator in front is believed.
+    let (r, tls) = start_with(&up, &dir, true, "trusted_proxies = [\"127.0.0.1\"]\n");
 
     let resp = r.request(
         "POST",
@@ -259,8 +266,19 @@ fn the_plain_listener_redirects_to_https_when_asked() {
         0,
         "nothing reached the upstream over plain HTTP"
     );
+    let no_host = send_raw(r.addr, b"GET /api/x HTTP/1.0\r\n\r\n").expect("HTTP/1.0");
+    assert_eq!(no_host.status, 400, "no Host: nowhere to redirect to");
+    assert!(no_host.text().contains("Host header"), "{}", no_host.text());
     // Scrapers of the public metrics path are not redirected.
     assert_eq!(r.get("/metrics").status, 200);
+    // A trusted proxy that terminated TLS itself says so: no redirect loop.
+    let behind_tls = r.request("GET", "/api/x", &[("X-Forwarded-Proto", "https")], None);
+    assert_eq!(
+        (behind_tls.status, behind_tls.text().as_str()),
+        (200, "secure")
+    );
+    let behind_plain = r.request("GET", "/api/x", &[("X-Forwarded-Proto", "http")], None);
+    assert_eq!(behind_plain.status, 308);
 
     runtime().block_on(async {
         let stream = connect(&client(&ca, &[b"h2"]), tls).await;
