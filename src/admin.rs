@@ -2,7 +2,13 @@
 //! `POST /cache/purge`.
 //!
 //! Not a proxy phase: a separate Pingora service, so admin endpoints never share the public
-//! listener. Invariant: answers only from state it was built with; never touches upstreams.
+//! listener. Invariant: answers from the current configuration generation (a purge after a
+//! reload uses the new routes); never touches upstreams.
+//!
+//! `/healthz` also reports the configuration: `{"config": {"generation": N, "sighup": true,
+//! "reloads_applied": A, "reloads_refused": R, "last_error": null | "why the last reload was
+//! refused"}}`; `rampart reload` reads it to know SIGHUP is handled before sending one, and to
+//! report the outcome.
 //!
 //! `POST /cache/purge` takes a JSON body with exactly one of `{"url": "http://host/path?q"}`,
 //! `{"route": "NAME"}` or `{"all": true}` and answers `{"purged": N}` (entries removed);
@@ -15,35 +21,36 @@ use pingora::protocols::http::ServerSession;
 
 use std::sync::Arc;
 
-use crate::cache::{Cache, Purge, PurgeError};
-use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::cache::{Purge, PurgeError};
+use crate::runtime::Live;
 
 pub struct Admin {
-    health: Vec<u8>,
-    metrics: Arc<Metrics>,
-    cache: Option<Arc<Cache>>,
+    live: Arc<Live>,
 }
 
 impl Admin {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(live: Arc<Live>) -> Self {
+        Self { live }
+    }
+
+    /// `/healthz`: up, and which configuration runs.
+    fn health(&self) -> Vec<u8> {
+        let rt = self.live.current();
+        let reloads = self.live.status();
         let health = serde_json::json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
-            "routes": config.routes.len(),
-            "upstreams": config.upstreams.len(),
+            "routes": rt.config.routes.len(),
+            "upstreams": rt.config.upstreams.len(),
+            "config": {
+                "generation": rt.generation,
+                "sighup": self.live.sighup_handled(),
+                "reloads_applied": reloads.applied,
+                "reloads_refused": reloads.refused,
+                "last_error": reloads.last_error,
+            },
         });
-        Self {
-            health: health.to_string().into_bytes(),
-            metrics,
-            cache: None,
-        }
-    }
-
-    /// Serve `POST /cache/purge` for this cache.
-    pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
-        self.cache = Some(cache);
-        self
+        health.to_string().into_bytes()
     }
 
     /// `POST /cache/purge`.
@@ -52,9 +59,6 @@ impl Admin {
         if session.req_header().method != http::Method::POST {
             return json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "use POST"}));
         }
-        let Some(cache) = &self.cache else {
-            return json_response(StatusCode::NOT_FOUND, json!({"error": "no cache"}));
-        };
         let mut body = Vec::new();
         while let Ok(Some(chunk)) = session.read_request_body().await {
             body.extend_from_slice(&chunk);
@@ -79,7 +83,7 @@ impl Admin {
                 )
             }
         };
-        match cache.purge(what).await {
+        match self.live.current().cache.purge(what).await {
             Ok(n) => json_response(StatusCode::OK, json!({ "purged": n })),
             Err(PurgeError::Bad(m)) => bad(&m),
             Err(e @ PurgeError::Store(_)) => json_response(
@@ -95,11 +99,11 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
             "/cache/purge" => self.purge(session).await,
-            "/healthz" => response(StatusCode::OK, "application/json", self.health.clone()),
+            "/healthz" => response(StatusCode::OK, "application/json", self.health()),
             "/metrics" => response(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
-                self.metrics.render(),
+                self.live.metrics.render(),
             ),
             _ => response(
                 StatusCode::NOT_FOUND,

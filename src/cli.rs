@@ -19,17 +19,38 @@ pub struct Cli {
     )]
     pub config: PathBuf,
 
+    /// Pid file: `run` writes it, `reload` reads it (default: `server.pid_file` of the
+    /// configuration file).
+    #[arg(long, global = true, env = "RAMPART_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start the proxy (the default). SIGTERM drains gracefully; SIGINT stops at once.
-    Run,
+    /// Start the proxy (the default). SIGHUP reloads the configuration file; SIGTERM drains
+    /// gracefully; SIGINT stops at once; SIGQUIT hands the listening sockets to a process
+    /// started with `run --upgrade`, then drains.
+    Run {
+        /// Binary upgrade: take over the listening sockets of the Rampart running now
+        /// (through `server.upgrade_sock`), instead of binding them. Send SIGQUIT to the old
+        /// process within 5 seconds of starting this one.
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Validate the configuration and print a one-line summary; exit 0 if valid, 1 if not
     /// (like `nginx -t`).
     Check,
+    /// Validate the configuration file, send SIGHUP to the running Rampart (its pid file, or
+    /// `--pid`) and report whether it applied the file; exit 0 if it did, 1 if not (like
+    /// `nginx -s reload`, but it waits for the outcome).
+    Reload {
+        /// The process to reload, instead of the pid file's (systemd: `--pid $MAINPID`).
+        #[arg(long)]
+        pid: Option<i32>,
+    },
     /// Start Rampart with a built-in demo config and two sample upstreams on loopback, and
     /// print curl commands to try. Needs nothing else installed.
     Demo,

@@ -2,7 +2,8 @@
 //!
 //! It only composes: one field per feature, each feature's own state type, and no logic.
 //! `proxy.rs` hands each feature its own field (`&mut ctx.cache` to the cache, ...), so no
-//! feature module imports this one.
+//! feature module imports this one. `runtime` is the configuration generation the request
+//! started on: every phase of the request reads that one, whatever a reload does meanwhile.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,9 +11,12 @@ use std::time::Instant;
 use crate::client::Client;
 use crate::headers::Downstream;
 use crate::routing::{self, Route};
+use crate::runtime::Runtime;
 use crate::{cache, compress, ratelimit};
 
 pub struct Ctx {
+    /// The configuration generation current when the request arrived (`new_ctx`).
+    pub runtime: Arc<Runtime>,
     /// When Rampart first saw the request.
     pub started: Instant,
     /// `X-Request-Id`: the client's when sane, else generated; echoed on the response.
@@ -34,8 +38,9 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new() -> Self {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
         Self {
+            runtime,
             started: Instant::now(),
             request_id: String::new(),
             client: None,
@@ -56,11 +61,5 @@ impl Ctx {
             started: self.started,
             upstream_time: self.upstream.response_time,
         }
-    }
-}
-
-impl Default for Ctx {
-    fn default() -> Self {
-        Self::new()
     }
 }

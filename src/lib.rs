@@ -1,7 +1,8 @@
 //! Rampart: a hardening reverse proxy on Pingora.
 //!
 //! Start reading at [`proxy`] (the request path, phase by phase) and [`config`] (the file an
-//! operator edits). Each other module is one capability.
+//! operator edits). [`runtime`] is what one config file builds (a generation), [`reload`]
+//! swaps generations without downtime. Each other module is one capability.
 
 pub mod accesslog;
 pub mod admin;
@@ -20,6 +21,10 @@ pub mod path;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redis;
+pub mod reload;
 pub mod respond;
 pub mod routing;
+pub mod runtime;
+pub mod signal;
+pub mod tls;
 pub mod types;

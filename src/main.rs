@@ -3,14 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use rampart::app::Options;
 use rampart::cli::{Cli, Command};
-use rampart::{app, config, demo};
+use rampart::signal::Reloaded;
+use rampart::{app, config, demo, signal};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
 
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run { upgrade: false }) {
         Command::Check => match config::load(&cli.config) {
             Ok(c) => {
                 println!("{}: ok: {}", cli.config.display(), c.summary());
@@ -21,17 +23,49 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run => match config::load(&cli.config) {
-            Ok(c) => start(&c, Vec::new()),
+        Command::Run { upgrade } => match config::load(&cli.config) {
+            Ok(c) => {
+                let options = Options {
+                    config_path: Some(cli.config.clone()),
+                    sighup: true,
+                    upgrade,
+                    pid_file: cli.pid_file.clone(),
+                };
+                start(&c, &options, Vec::new())
+            }
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE
             }
         },
+        Command::Reload { pid } => {
+            match signal::reload(&cli.config, cli.pid_file.as_deref(), pid) {
+                Ok(Reloaded::Applied { pid, generation }) => {
+                    println!(
+                        "{}: reloaded by process {pid} (generation {generation})",
+                        cli.config.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Reloaded::Signalled { pid, why }) => {
+                    println!("sent SIGHUP to process {pid}; outcome unknown: {why}; see its log");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rampart reload: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo => match demo::setup() {
             Ok((c, samples)) => {
                 print!("{}", demo::instructions(&c));
-                start(&c, samples)
+                let options = Options {
+                    sighup: true,
+                    pid_file: cli.pid_file.clone(),
+                    ..Options::default()
+                };
+                start(&c, &options, samples)
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -43,13 +77,19 @@ fn main() -> ExitCode {
 
 fn start(
     config: &config::Config,
+    options: &Options,
     extra: Vec<Box<dyn pingora::services::ServiceWithDependents>>,
 ) -> ExitCode {
-    match app::build(config, extra) {
+    match app::build_with(config, options, extra) {
         Ok(app) => {
             log::info!(
-                "rampart {} starting: {}",
+                "rampart {} starting{}: {}",
                 env!("CARGO_PKG_VERSION"),
+                if options.upgrade {
+                    " (binary upgrade: listening sockets taken over)"
+                } else {
+                    ""
+                },
                 config.summary()
             );
             app.run_forever()

@@ -141,9 +141,15 @@ pub struct Metrics {
     pub compress_out: IntCounterVec,
     /// `rampart_build_info{version}` = 1.
     pub build_info: IntGaugeVec,
-    /// `rampart_config_load_success` (1/0) and `rampart_config_load_timestamp_seconds`.
+    /// `rampart_config_load_success`: 1 when the configuration running is the file's (start,
+    /// or the last reload applied), 0 after a refused reload (invalid file, or a change that
+    /// needs a restart) until a reload is applied.
     pub config_success: IntGauge,
+    /// `rampart_config_load_timestamp_seconds`: Unix time the running configuration was
+    /// loaded (start, or the last applied reload); a refused reload leaves it.
     pub config_timestamp: IntGauge,
+    /// `rampart_config_reloads_total{result}`: applied | refused.
+    pub config_reloads: IntCounterVec,
 }
 
 const METHODS: [&str; 9] = [
@@ -270,11 +276,16 @@ impl Metrics {
             )?,
             config_success: gauge(
                 "rampart_config_load_success",
-                "1 if the last configuration load succeeded.",
+                "1 if the last configuration load (start or reload) was applied, 0 if the last reload was refused.",
             )?,
             config_timestamp: gauge(
                 "rampart_config_load_timestamp_seconds",
                 "Unix time of the last successful configuration load.",
+            )?,
+            config_reloads: counter(
+                "rampart_config_reloads_total",
+                "Configuration reloads by result (applied, refused).",
+                &["result"],
             )?,
             registry,
             per_request: config.enabled,
@@ -282,6 +293,10 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for result in ["applied", "refused"] {
+            // Exported at 0 from the start, so `increase()` sees the first reload.
+            m.config_reloads.with_label_values(&[result]);
+        }
         m.config_success.set(1);
         m.config_timestamp.set(
             std::time::SystemTime::now()

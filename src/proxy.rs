@@ -2,7 +2,9 @@
 //!
 //! Each phase is a short, ordered list of calls into the feature modules; the table in the
 //! README's architecture section mirrors this file. Decisions live in the modules, the order
-//! lives here.
+//! lives here. Everything built from the config file is read from `ctx.runtime`, the
+//! generation the request started on (`new_ctx`), never from the current one: a reload in the
+//! middle of a request does not change its route, policies or headers.
 
 use std::sync::Arc;
 
@@ -15,31 +17,22 @@ use pingora::proxy::FailToProxy;
 use pingora::ErrorSource;
 
 use crate::accesslog;
-use crate::cache::{self, Cache};
-use crate::client::{Cidrs, Client};
-use crate::compress::Policies;
+use crate::cache;
+use crate::client::Client;
 use crate::cors;
 use crate::ctx::Ctx;
-use crate::headers::{self, Headers};
+use crate::headers;
 use crate::metrics::{self, Metrics};
 use crate::path;
-use crate::ratelimit::Limiter;
 use crate::respond::{self, LocalResponse};
-use crate::routing::Router;
+use crate::runtime::{Live, Runtime};
+use crate::tls;
 
-/// Everything the request path reads; built once by `app`, shared by all workers.
+/// The request path: the current configuration generation and the process's metrics; built
+/// once by `app`, shared by all workers.
 pub struct Proxy {
     pub metrics: Arc<Metrics>,
-    pub router: Router,
-    pub headers: Headers,
-    pub trusted: Cidrs,
-    pub access_log: accesslog::Config,
-    pub public_metrics: Option<metrics::PublicEndpoint>,
-    pub ratelimit: Limiter,
-    /// The response cache (per-route policies, its store, the cache lock).
-    pub cache: Arc<Cache>,
-    /// `[compression]` and its named policies.
-    pub compression: Policies,
+    pub live: Arc<Live>,
 }
 
 #[async_trait]
@@ -48,7 +41,7 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Ctx {
         self.metrics.request_started();
-        Ctx::new()
+        Ctx::new(self.live.current())
     }
 
     /// identify -> canonical path (400) -> public metrics? -> route (none: 404) -> the route's
@@ -63,25 +56,26 @@ impl ProxyHttp for Proxy {
         let Some(local) = local else {
             return Ok(false);
         };
-        respond::send(session, &self.headers, ctx, local).await?;
+        respond::send(session, &ctx.runtime.headers, ctx, local).await?;
         Ok(true)
     }
 
     /// Cacheable method, no credentials, store reachable: enable the cache.
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         if let Some(route) = ctx.route.as_ref() {
-            self.cache
+            ctx.runtime
+                .cache
                 .request_filter(session, &route.name, &mut ctx.cache);
         }
         Ok(())
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        self.cache.key(session, &ctx.cache)
+        ctx.runtime.cache.key(session, &ctx.cache)
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
-        self.cache.cache_miss(session, &mut ctx.cache);
+        ctx.runtime.cache.cache_miss(session, &mut ctx.cache);
     }
 
     fn response_cache_filter(
@@ -90,7 +84,7 @@ impl ProxyHttp for Proxy {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        Ok(self.cache.response_cacheable(resp, &ctx.cache))
+        Ok(ctx.runtime.cache.response_cacheable(resp, &ctx.cache))
     }
 
     fn cache_vary_filter(
@@ -174,7 +168,8 @@ impl ProxyHttp for Proxy {
             .upstream
             .host_for(upstream_request.headers.contains_key(http::header::HOST));
         if let Some(client) = &ctx.client {
-            self.headers
+            ctx.runtime
+                .headers
                 .forward(upstream_request, client, &ctx.request_id, host);
         }
         ctx.upstream.sent_at = Some(std::time::Instant::now());
@@ -198,7 +193,8 @@ impl ProxyHttp for Proxy {
                 took,
             );
         }
-        self.cache
+        ctx.runtime
+            .cache
             .invalidate_unsafe(session, upstream_response, &ctx.cache)
             .await;
         Ok(())
@@ -212,9 +208,15 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.cache
+        ctx.runtime
+            .cache
             .status_headers(session, upstream_response, &mut ctx.cache);
-        respond::finish_headers(&self.headers, session.req_header(), ctx, upstream_response);
+        respond::finish_headers(
+            &ctx.runtime.headers,
+            session.req_header(),
+            ctx,
+            upstream_response,
+        );
         ctx.compress.response(upstream_response);
         Ok(())
     }
@@ -233,7 +235,10 @@ impl ProxyHttp for Proxy {
 
     /// Every request ends here, answered or not: metrics, then the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        self.cache.release_unfilled(session, e, &ctx.cache).await;
+        ctx.runtime
+            .cache
+            .release_unfilled(session, e, &ctx.cache)
+            .await;
         let elapsed = ctx.started.elapsed();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
@@ -249,10 +254,11 @@ impl ProxyHttp for Proxy {
                 self.metrics.upstream_error(&r.upstream.name, "timeout");
             }
         }
-        if !self.access_log.wants(req.uri.path()) {
+        let access_log = &ctx.runtime.access_log;
+        if !access_log.wants(req.uri.path()) {
             return;
         }
-        self.access_log.write(&accesslog::Entry {
+        access_log.write(&accesslog::Entry {
             time: accesslog::now(),
             request_id: &ctx.request_id,
             client: ctx
@@ -277,7 +283,8 @@ impl ProxyHttp for Proxy {
         let (code, detail) = error_status(e);
         if code > 0 {
             let problem = LocalResponse::problem(code, detail, &ctx.request_id);
-            if let Err(write_err) = respond::send(session, &self.headers, ctx, problem).await {
+            let headers = &ctx.runtime.headers;
+            if let Err(write_err) = respond::send(session, headers, ctx, problem).await {
                 log::debug!("could not send {code} to the client: {write_err}");
             }
         }
@@ -295,7 +302,7 @@ impl Proxy {
         let req = session.req_header();
         ctx.request_id = headers::request_id(req);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.compress.request(&self.compression, req);
+        ctx.compress.request(&ctx.runtime.compression, req);
         ctx.client = Some(Client::identify(
             session
                 .client_addr()
@@ -304,18 +311,32 @@ impl Proxy {
             req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
             req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
             ctx.tls,
-            &self.trusted,
+            &ctx.runtime.trusted,
         ));
     }
 
-    /// public metrics -> no route (404) -> preflight -> rate limits, on the canonical path.
+    /// public metrics -> HTTPS redirect (308) -> no route (404) -> preflight -> rate limits,
+    /// on the canonical path.
     async fn local_response(&self, req: &RequestHeader, ctx: &mut Ctx) -> Option<LocalResponse> {
-        if let Some(public) = self.public_metrics.as_ref() {
+        let rt: &Runtime = &ctx.runtime;
+        if let Some(public) = rt.public_metrics.as_ref() {
             if public.path == req.uri.path() {
                 return Some(self.public_metrics(public, ctx));
             }
         }
-        let Some(route) = self.router.route(req.uri.path()).cloned() else {
+        if let Some(port) = rt.https_redirect {
+            if ctx.client.as_ref().is_some_and(|c| c.scheme == "http") {
+                return Some(match tls::https_location(req, port) {
+                    Some(location) => LocalResponse::redirect(location),
+                    None => LocalResponse::problem(
+                        400,
+                        "a Host header is needed to redirect to HTTPS",
+                        &ctx.request_id,
+                    ),
+                });
+            }
+        }
+        let Some(route) = rt.router.route(req.uri.path()).cloned() else {
             let detail = "no route matches this path";
             return Some(LocalResponse::problem(404, detail, &ctx.request_id));
         };
@@ -326,7 +347,7 @@ impl Proxy {
                 return Some(answer);
             }
         }
-        let decision = self
+        let decision = rt
             .ratelimit
             .check(req, &route.name, ctx.client.as_ref())
             .await?;

@@ -63,8 +63,9 @@ impl RedisUrl {
     }
 }
 
-/// `[store]`.
-#[derive(Debug, Clone, Deserialize)]
+/// `[store]`. A reload that leaves it unchanged keeps the running [`Redis`] (and its
+/// connection); any change builds a new one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `redis://host:6379/0`, `rediss://...` (TLS). Absent: in-process stores.
@@ -159,6 +160,8 @@ enum Client {
 
 /// The shared Redis store.
 pub struct Redis {
+    /// What it was built from (a reload with the same `[store]` keeps this store).
+    config: Config,
     client: Client,
     conn: OnceCell<Conn>,
     timeout: Duration,
@@ -192,6 +195,7 @@ impl Redis {
         };
         metrics.store_up.with_label_values(&[BACKEND]).set(1);
         Ok(Some(Arc::new(Self {
+            config: config.clone(),
             client,
             conn: OnceCell::new(),
             timeout: config.timeout.0,
@@ -306,6 +310,13 @@ impl Redis {
             log::warn!("redis answers again; shared state resumed");
             self.metrics.store_up.with_label_values(&[BACKEND]).set(1);
         }
+    }
+}
+
+impl Redis {
+    /// Whether this store was built from `config` (a reload keeps it then).
+    pub fn built_from(&self, config: &Config) -> bool {
+        self.config == *config
     }
 }
 

@@ -1,4 +1,4 @@
-//! Responses Rampart writes itself (400, 403, 404, 429, 503, 5xx, preflight, public metrics) as
+//! Responses Rampart writes itself (308, 400, 403, 404, 429, 503, 5xx, preflight, public metrics) as
 //! values, and the one place that sends them.
 //!
 //! Phases: the steps of `request_filter` return a [`LocalResponse`] instead of writing one, so
@@ -72,6 +72,15 @@ impl LocalResponse {
                 ),
             ],
             body: Bytes::from(body),
+        }
+    }
+
+    /// `308 Permanent Redirect` to `location` (the method and body are kept by the client).
+    pub fn redirect(location: HeaderValue) -> Self {
+        Self {
+            status: StatusCode::PERMANENT_REDIRECT,
+            headers: vec![(http::header::LOCATION, location)],
+            body: Bytes::new(),
         }
     }
 

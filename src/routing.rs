@@ -23,7 +23,7 @@ use crate::types::{Duration, HeaderValueText, HostPort, Invalid, Name, UrlPath};
 use crate::{compress, cors};
 
 /// `[upstreams.NAME]`: a group of interchangeable addresses.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// One or more `host:port`; names are resolved at start and every `resolve_interval`.
@@ -140,6 +140,9 @@ impl RouteConfig {
 }
 
 /// A group of addresses: round-robin over healthy ones, DNS re-resolved in the background.
+///
+/// A reload that leaves a group's name and settings as they were keeps the group itself
+/// (its resolved addresses and their health); any other group is built anew.
 pub struct Upstream {
     pub name: Name,
     pub config: UpstreamConfig,
@@ -150,8 +153,9 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// The load balancer is returned unstarted: `app` runs it as a background service
-    /// (discovery and health checks) and awaits one discovery before listening.
+    /// The load balancer is returned unstarted: the runtime's background tasks run its
+    /// discovery and health checks, after one discovery before it serves (at start and on
+    /// reload).
     pub fn new(name: &Name, config: &UpstreamConfig) -> Self {
         let discovery = Box::new(Dns {
             addrs: config.addrs.clone(),
@@ -304,15 +308,28 @@ impl Router {
     /// The routes of a validated config, with their upstream groups, CORS and compression
     /// policies resolved to shared handles. `config::validate` has checked every name a route
     /// refers to, so [`Unresolved`] only reports a config that skipped it.
+    ///
+    /// `running`: the groups of the configuration being replaced (empty at start); a group
+    /// with the same name and settings is reused rather than rebuilt.
     pub fn new(
         routes: &[RouteConfig],
         upstreams: &BTreeMap<Name, UpstreamConfig>,
         cors: &BTreeMap<Name, cors::Config>,
         compression: &compress::Policies,
+        running: &[Arc<Upstream>],
     ) -> Result<Self, Unresolved> {
         let groups: BTreeMap<&Name, Arc<Upstream>> = upstreams
             .iter()
-            .map(|(name, c)| (name, Arc::new(Upstream::new(name, c))))
+            .map(|(name, c)| {
+                let kept = running
+                    .iter()
+                    .find(|u| u.name == *name && u.config == *c)
+                    .cloned();
+                (
+                    name,
+                    kept.unwrap_or_else(|| Arc::new(Upstream::new(name, c))),
+                )
+            })
             .collect();
         let cors: BTreeMap<&Name, Arc<cors::Policy>> = cors
             .iter()

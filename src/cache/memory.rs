@@ -52,6 +52,11 @@ impl MemoryStorage {
         }
     }
 
+    /// The byte budget it was built with.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters more than losing the cache; keep serving.

@@ -81,6 +81,8 @@ pub enum Purge {
 pub struct Cache {
     store: &'static CacheStorage,
     lock: &'static CacheKeyLockImpl,
+    /// The lock's age timeout (the longest `lock_timeout`): a reload keeps the lock if equal.
+    lock_age: StdDuration,
     /// route name -> policy, for routes with an enabled policy.
     policies: HashMap<Name, Arc<Policy>>,
     /// (prefix, route name), longest first: the admin purge finds a URL's route like the router.
@@ -90,18 +92,20 @@ pub struct Cache {
 
 impl Cache {
     /// The cache's route table (which route uses which enabled policy) from `[cache]` and the
-    /// routes.
+    /// routes. `running`: the cache being replaced by a reload, whose store and lock are kept
+    /// when they still fit (so a reload keeps every cached entry).
     ///
-    /// Leaks one store and one cache lock (`Box::leak`): pingora's `Storage` and cache-lock
-    /// APIs take `&'static` references. That is one pair per server built (once in
-    /// production, once per test server in the tests); a global `LazyLock` would be simpler
-    /// but would share one store between the servers a test process runs, each with its own
-    /// Redis.
+    /// A store and a lock are leaked (`Box::leak`): pingora's `Storage` and cache-lock APIs take
+    /// `&'static` references. One pair per server built, plus one per reload that changes
+    /// `[store]`, `memory_bytes` or the longest `lock_timeout` (once in production; once per
+    /// test server in the tests). A global `LazyLock` would be simpler but would share one
+    /// store between the servers a test process runs, each with its own Redis.
     pub fn new(
         config: &Config,
         routes: &[RouteConfig],
         redis: Option<Arc<Redis>>,
         metrics: Arc<Metrics>,
+        running: Option<&Cache>,
     ) -> Arc<Self> {
         let enabled: HashMap<&Name, Arc<Policy>> = config
             .policies
@@ -119,19 +123,33 @@ impl Cache {
             prefixes.push((r.prefix.to_string(), r.name.clone()));
         }
         prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        let store = match redis {
-            Some(r) => CacheStorage::Redis(RedisStorage::new(r, metrics.clone())),
-            None => CacheStorage::Memory(MemoryStorage::new(config.memory_bytes, metrics.clone())),
+        let kept_store = running
+            .map(|c| c.store)
+            .filter(|s| s.built_from(redis.as_ref(), config.memory_bytes));
+        let store: &'static CacheStorage = match (kept_store, redis) {
+            (Some(kept), _) => kept,
+            (None, Some(r)) => Box::leak(Box::new(CacheStorage::Redis(RedisStorage::new(
+                r,
+                metrics.clone(),
+            )))),
+            (None, None) => Box::leak(Box::new(CacheStorage::Memory(MemoryStorage::new(
+                config.memory_bytes,
+                metrics.clone(),
+            )))),
         };
         let age = policies
             .values()
             .map(|p| p.lock_timeout)
             .max()
             .unwrap_or(StdDuration::from_secs(5));
-        let lock: &'static CacheLock = Box::leak(Box::new(CacheLock::new(age)));
+        let lock: &'static CacheKeyLockImpl = match running.filter(|c| c.lock_age == age) {
+            Some(kept) => kept.lock,
+            None => Box::leak(Box::new(CacheLock::new(age))),
+        };
         Arc::new(Self {
-            store: Box::leak(Box::new(store)),
+            store,
             lock,
+            lock_age: age,
             policies,
             prefixes,
             metrics,

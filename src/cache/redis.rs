@@ -79,6 +79,11 @@ impl RedisStorage {
         }
     }
 
+    /// The Redis store it uses.
+    pub fn redis(&self) -> &Arc<Redis> {
+        &self.redis
+    }
+
     fn key(&self, tag: &str) -> String {
         self.redis.key(&format!("cache:{{{tag}}}"))
     }

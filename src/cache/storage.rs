@@ -8,6 +8,7 @@
 //! Invariant: a body is written once, at the end of the fill, so a reader never sees half an
 //! entry; a body over the policy's `max_body_bytes` is passed through, never stored.
 
+use std::sync::Arc;
 use std::time::{Duration as StdDuration, SystemTime};
 
 use async_trait::async_trait;
@@ -64,6 +65,20 @@ pub struct Stored {
 }
 
 impl CacheStorage {
+    /// Whether a reload can keep this store: the same Redis store, or an in-process one of
+    /// the same budget.
+    pub(super) fn built_from(
+        &self,
+        redis: Option<&Arc<crate::redis::Redis>>,
+        memory_bytes: usize,
+    ) -> bool {
+        match (self, redis) {
+            (CacheStorage::Redis(r), Some(redis)) => Arc::ptr_eq(r.redis(), redis),
+            (CacheStorage::Memory(m), None) => m.budget() == memory_bytes,
+            _ => false,
+        }
+    }
+
     pub(super) fn unavailable(&self) -> bool {
         match self {
             CacheStorage::Redis(r) => r.unavailable(),

@@ -1,6 +1,8 @@
 //! The configuration file: typed, defaulted, validated, located.
 //!
-//! Loading happens once, before any listener opens (`rampart check` runs exactly this code).
+//! Loading happens before any listener opens, and again on each reload (`SIGHUP`, `rampart
+//! reload`); `rampart check` runs exactly this code. [`Config::restart_needed`] names what a
+//! reload cannot change in a running process.
 //! Each feature owns the type of its own section (`routing::UpstreamConfig`, `cors::Config`,
 //! ...); this module assembles them into [`Config`], applies the documented environment
 //! overrides and reports any problem as `file:line:column: key: what was expected`.
@@ -53,6 +55,12 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// How long in-flight requests may take to finish on shutdown.
     pub grace_period: Duration,
+    /// Write the process id here at start (for `rampart reload` and `kill -HUP`); removed on
+    /// exit. CLI: `--pid-file`.
+    pub pid_file: Option<String>,
+    /// Unix socket through which a binary upgrade (`rampart run --upgrade`) takes over the
+    /// listening sockets of the running process; both must name the same path.
+    pub upgrade_sock: String,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +72,8 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             tls: None,
             grace_period: Duration::secs(5),
+            pid_file: None,
+            upgrade_sock: "/tmp/rampart-upgrade.sock".into(),
         }
     }
 }
@@ -73,8 +83,15 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub listen: ListenAddr,
+    /// PEM certificate chain, re-read on every reload (a renewed certificate at the same path
+    /// is served to new connections after `SIGHUP`).
     pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), re-read with the certificate.
     pub key: String,
+    /// Answer every request on the plain listener with `308` to `https://host:<tls port>/...`
+    /// (except `[metrics] public_path`, so scrapers keep working).
+    #[serde(default)]
+    pub redirect_http: bool,
 }
 
 /// What went wrong, and where.
@@ -240,6 +257,18 @@ impl Config {
                 ));
             }
         }
+        if self.server.upgrade_sock.is_empty() {
+            return Err(Invalid::new(
+                "server.upgrade_sock",
+                "a path for the upgrade socket, e.g. \"/run/rampart/upgrade.sock\"",
+            ));
+        }
+        if self.server.pid_file.as_deref() == Some("") {
+            return Err(Invalid::new(
+                "server.pid_file",
+                "a file path, or leave the key out for no pid file",
+            ));
+        }
         if self.server.listen == self.server.admin_listen {
             return Err(Invalid::new(
                 "server.admin_listen",
@@ -335,6 +364,68 @@ impl Config {
         Ok(())
     }
 
+    /// Why `self` cannot replace `running` in a live process, or `None` when a reload can apply
+    /// it. Listening sockets and worker threads are set up once per process: changing them
+    /// takes a restart or a binary upgrade (`rampart run --upgrade`).
+    pub fn restart_needed(&self, running: &Config) -> Option<String> {
+        let (new, old) = (&self.server, &running.server);
+        let mut changed = Vec::new();
+        if new.listen != old.listen {
+            changed.push(format!("server.listen ({} -> {})", old.listen, new.listen));
+        }
+        if new.admin_listen != old.admin_listen {
+            changed.push(format!(
+                "server.admin_listen ({} -> {})",
+                old.admin_listen, new.admin_listen
+            ));
+        }
+        let tls_listen = |c: &ServerConfig| c.tls.as_ref().map(|t| t.listen.to_string());
+        if tls_listen(new) != tls_listen(old) {
+            let show = |a: Option<String>| a.unwrap_or_else(|| "none".into());
+            changed.push(format!(
+                "server.tls.listen ({} -> {})",
+                show(tls_listen(old)),
+                show(tls_listen(new))
+            ));
+        }
+        if new.threads != old.threads {
+            changed.push(format!(
+                "server.threads ({} -> {})",
+                old.threads, new.threads
+            ));
+        }
+        (!changed.is_empty()).then(|| {
+            format!(
+                "{} changed: listeners and threads change only on restart or binary upgrade",
+                changed.join(", ")
+            )
+        })
+    }
+
+    /// Keys a reload accepts but whose new value waits for the next start: process settings
+    /// read once (the grace period and upgrade socket of the Pingora server, the pid file) and
+    /// the metric families' shape (registered once, so counters survive reloads).
+    pub fn kept_until_restart(&self, running: &Config) -> Vec<&'static str> {
+        let (new, old) = (&self.server, &running.server);
+        let mut kept = Vec::new();
+        if new.grace_period != old.grace_period {
+            kept.push("server.grace_period");
+        }
+        if new.pid_file != old.pid_file {
+            kept.push("server.pid_file");
+        }
+        if new.upgrade_sock != old.upgrade_sock {
+            kept.push("server.upgrade_sock");
+        }
+        if self.metrics.buckets != running.metrics.buckets {
+            kept.push("metrics.buckets");
+        }
+        if self.metrics.enabled != running.metrics.enabled {
+            kept.push("metrics.enabled");
+        }
+        kept
+    }
+
     /// One line for `rampart check`, like `nginx -t`.
     pub fn summary(&self) -> String {
         let routes: Vec<String> = self
@@ -416,6 +507,46 @@ mod tests {
             .collect();
         assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.2:80"]);
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:9999");
+    }
+
+    #[test]
+    fn listener_changes_need_a_restart() {
+        let base = "[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\n";
+        let running = parse("t.toml", base, &env()).expect("valid");
+        let same = parse(
+            "t.toml",
+            &format!("{base}trusted_proxies = [\"10.0.0.0/8\"]\n"),
+            &env(),
+        )
+        .expect("valid");
+        assert_eq!(same.restart_needed(&running), None);
+        let moved = parse(
+            "t.toml",
+            "[server]\nlisten = \"127.0.0.1:3\"\nadmin_listen = \"127.0.0.1:2\"\nthreads = 4\n",
+            &env(),
+        )
+        .expect("valid");
+        let why = moved.restart_needed(&running).expect("refused");
+        assert!(
+            why.contains("server.listen (127.0.0.1:1 -> 127.0.0.1:3)"),
+            "{why}"
+        );
+        assert!(why.contains("server.threads (2 -> 4)"), "{why}");
+        let tls = parse(
+            "t.toml",
+            &format!("{base}[server.tls]\nlisten = \"127.0.0.1:4\"\ncert = \"c\"\nkey = \"k\"\n"),
+            &env(),
+        )
+        .expect("valid");
+        let why = tls.restart_needed(&running).expect("refused");
+        assert!(
+            why.contains("server.tls.listen (none -> 127.0.0.1:4)"),
+            "{why}"
+        );
+        let slower =
+            parse("t.toml", &format!("{base}grace_period = \"9s\"\n"), &env()).expect("valid");
+        assert_eq!(slower.restart_needed(&running), None);
+        assert_eq!(slower.kept_until_restart(&running), ["server.grace_period"]);
     }
 
     #[test]

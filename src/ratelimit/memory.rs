@@ -14,11 +14,13 @@
 //! must keep the same semantics as the shared store. The table below is the same idea
 //! (bounded, hashed, collisions err on the strict side) with exact token buckets.
 //!
+//! A reload keeps the table of every unchanged policy ([`MemoryBuckets::carried_over`]).
+//!
 //! Invariant: one request's buckets are locked together (in policy order, so two requests
 //! cannot deadlock) and charged all-or-nothing, exactly like the Redis script.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::{decide, Charge, Charged, Policy};
@@ -32,21 +34,61 @@ struct Bucket {
 }
 
 pub struct MemoryBuckets {
-    /// One fixed table per policy, indexed like `Limiter::policies`.
-    tables: Vec<Box<[Mutex<Bucket>]>>,
+    /// One fixed table per policy, indexed like `Limiter::policies` (shared with the next
+    /// generation's store when a reload keeps the policy).
+    tables: Vec<Arc<[Mutex<Bucket>]>>,
     hasher: RandomState,
     epoch: Instant,
 }
 
+fn table(slots: usize) -> Arc<[Mutex<Bucket>]> {
+    (0..slots.max(1))
+        .map(|_| Mutex::new(Bucket::default()))
+        .collect()
+}
+
 impl MemoryBuckets {
     pub fn new(policies: usize, slots: usize) -> Self {
-        let slots = slots.max(1);
         Self {
-            tables: (0..policies)
-                .map(|_| (0..slots).map(|_| Mutex::new(Bucket::default())).collect())
-                .collect(),
+            tables: (0..policies).map(|_| table(slots)).collect(),
             hasher: RandomState::new(),
             epoch: Instant::now(),
+        }
+    }
+
+    /// The store for `policies` after a reload: the table of each policy whose bucket is the
+    /// same as in `running` (name, key, cost, refill, capacity, and the slot count) is shared,
+    /// the others start full. The hasher and epoch are shared too, so a kept bucket's slot
+    /// and time stamps mean what they meant.
+    pub fn carried_over(
+        &self,
+        running: &[Arc<Policy>],
+        policies: &[Arc<Policy>],
+        slots: usize,
+    ) -> Self {
+        let same = |a: &Policy, b: &Policy| {
+            a.name == b.name
+                && a.key == b.key
+                && a.cost == b.cost
+                && a.refill == b.refill
+                && a.capacity == b.capacity
+        };
+        let tables = policies
+            .iter()
+            .map(|p| {
+                running
+                    .iter()
+                    .position(|old| same(old, p))
+                    .and_then(|i| self.tables.get(i))
+                    .filter(|t| t.len() == slots.max(1))
+                    .cloned()
+                    .unwrap_or_else(|| table(slots))
+            })
+            .collect();
+        Self {
+            tables,
+            hasher: self.hasher.clone(),
+            epoch: self.epoch,
         }
     }
 
@@ -146,6 +188,25 @@ mod tests {
         }
         assert_eq!(store.buckets(), before);
         assert!(!one(&store, &p, "ip:victim"));
+    }
+
+    /// A reload keeps a drained bucket drained when its policy is unchanged, and starts a
+    /// changed policy full.
+    #[test]
+    fn reload_carries_unchanged_buckets_over() {
+        use std::slice::from_ref;
+        let store = MemoryBuckets::new(1, 64);
+        let p = Arc::new(policy("1/h", 1));
+        assert!(one(&store, &p, "ip:a"));
+        assert!(!one(&store, &p, "ip:a"));
+        let same = Arc::new(policy("1/h", 1));
+        let kept = store.carried_over(from_ref(&p), from_ref(&same), 64);
+        assert!(!one(&kept, &same, "ip:a"), "still drained after the reload");
+        let bigger = Arc::new(policy("1/h", 2));
+        let fresh = store.carried_over(from_ref(&p), from_ref(&bigger), 64);
+        assert!(one(&fresh, &bigger, "ip:a"), "a changed policy starts full");
+        let resized = store.carried_over(from_ref(&p), from_ref(&same), 128);
+        assert!(one(&resized, &same, "ip:a"), "a resized table starts full");
     }
 
     #[test]

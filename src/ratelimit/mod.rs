@@ -45,31 +45,43 @@ pub struct Limiter {
 }
 
 impl Limiter {
+    /// `running`: the limiter a reload replaces. Its in-process buckets are carried over for
+    /// every policy whose bucket is unchanged (same name, rate, burst and key, same
+    /// `memory_slots`), so a reload neither refills a drained client nor forgets a debt; the
+    /// Redis buckets live in Redis and are kept anyway.
     pub fn new(
         config: &Config,
         cluster: bool,
         redis: Option<Arc<Redis>>,
         metrics: Arc<Metrics>,
+        running: Option<&Limiter>,
     ) -> Self {
         let policies: Vec<Arc<Policy>> = config
             .policies
             .iter()
             .map(|(name, c)| Arc::new(Policy::new(name, c)))
             .collect();
-        if redis.is_some() && !policies.is_empty() {
+        let in_fallback = running.is_some_and(|r| r.fallback.load(Ordering::Relaxed));
+        if redis.is_some() && !policies.is_empty() && !in_fallback {
             metrics
                 .store_fallback
                 .with_label_values(&["ratelimit"])
                 .set(0);
         }
+        let memory = match running {
+            None => memory::MemoryBuckets::new(policies.len(), config.memory_slots),
+            Some(r) => r
+                .memory
+                .carried_over(&r.policies, &policies, config.memory_slots),
+        };
         Self {
-            memory: memory::MemoryBuckets::new(policies.len(), config.memory_slots),
+            memory,
             redis: redis.map(|r| redis::RedisBuckets::new(r, cluster)),
             policies,
             on_store_error: config.on_store_error,
             legacy_headers: config.legacy_headers,
             metrics,
-            fallback: AtomicBool::new(false),
+            fallback: AtomicBool::new(in_fallback),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -12,6 +13,41 @@ pub struct Rampart {
     pub admin: SocketAddr,
     pub config: rampart::config::Config,
     running: Option<rampart::app::Running>,
+    /// The config file, for servers started with [`Rampart::start_reloadable`].
+    file: Option<ConfigFile>,
+}
+
+/// A config file in a private temporary directory (removed on drop): the generated
+/// `[server]` table, then the test's body.
+pub struct ConfigFile {
+    pub dir: TempDir,
+    pub path: PathBuf,
+    /// The generated `[server]` table (listeners on the chosen ports).
+    pub header: String,
+}
+
+/// A directory under the system's temporary directory, removed with its files on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rampart-{what}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Rampart {
@@ -40,6 +76,36 @@ impl Rampart {
         panic!("no free ports for rampart after 5 tries")
     }
 
+    /// Like [`Rampart::start_with`], but the config is written to a file the server was
+    /// started from, so [`Rampart::rewrite`] and [`Rampart::reload`] can change it.
+    pub fn start_reloadable(body: &str, server_extra: &str) -> Self {
+        let dir = TempDir::new("reload");
+        let path = dir.join("rampart.toml");
+        for _ in 0..5 {
+            let (port, admin_port) = (free_port(), free_port());
+            let header = format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nthreads = 1\ngrace_period = \"0s\"\n{server_extra}\n"
+            );
+            std::fs::write(&path, format!("{header}{body}")).expect("write config");
+            let config = rampart::config::load(&path)
+                .unwrap_or_else(|e| panic!("test config: {e}\n{header}{body}"));
+            let options = rampart::app::Options {
+                config_path: Some(path.clone()),
+                ..Default::default()
+            };
+            match rampart::app::build_with(&config, &options, Vec::new()) {
+                Ok(app) => {
+                    let mut r = Self::started(app, config, port, admin_port);
+                    r.file = Some(ConfigFile { dir, path, header });
+                    return r;
+                }
+                Err(rampart::app::Error::Listen { .. }) => continue,
+                Err(e) => panic!("build rampart: {e}"),
+            }
+        }
+        panic!("no free ports for rampart after 5 tries")
+    }
+
     fn started(
         app: rampart::app::App,
         config: rampart::config::Config,
@@ -52,9 +118,39 @@ impl Rampart {
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             config,
             running: Some(running),
+            file: None,
         };
         rampart.wait_ready();
         rampart
+    }
+
+    /// The config file of a server from [`Rampart::start_reloadable`].
+    pub fn file(&self) -> &ConfigFile {
+        self.file.as_ref().expect("started with start_reloadable")
+    }
+
+    /// Replace the body of the config file (the `[server]` table stays).
+    pub fn rewrite(&self, body: &str) {
+        let f = self.file();
+        std::fs::write(&f.path, format!("{}{body}", f.header)).expect("rewrite config");
+    }
+
+    /// Replace the whole config file.
+    pub fn rewrite_raw(&self, text: &str) {
+        std::fs::write(&self.file().path, text).expect("rewrite config");
+    }
+
+    /// Reload as SIGHUP does: the generation now current, or why it was refused.
+    pub fn reload(&self) -> Result<u64, String> {
+        self.running.as_ref().expect("running").reload()
+    }
+
+    /// One sample of the admin listener's `/metrics`, `name{labels}` as written there.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.admin_get("/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     fn wait_ready(&self) {
