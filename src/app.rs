@@ -65,12 +65,15 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let metrics =
+        Arc::new(Metrics::new(&config.metrics).map_err(|e| Error::Runtime(e.to_string()))?);
     let compression = compress::Policies::new(&config.compression);
     let router = Router::new(
         &config.routes,
         &config.upstreams,
         &config.cors,
         &compression,
+        &metrics.upstream_healthy,
     )?;
     discover_now(router.upstreams())?;
     for upstream in router.upstreams() {
@@ -80,8 +83,6 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
         ));
     }
 
-    let metrics =
-        Arc::new(Metrics::new(&config.metrics).map_err(|e| Error::Runtime(e.to_string()))?);
     let redis = Redis::from_config(&config.store, metrics.clone())
         .map_err(|e| Error::Store(e.to_string()))?;
     if let Some(r) = &redis {

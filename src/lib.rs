@@ -15,6 +15,7 @@ pub mod cors;
 pub mod ctx;
 pub mod demo;
 pub mod headers;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

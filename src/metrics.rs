@@ -5,8 +5,8 @@
 //! calls, compression bytes). The admin listener serves [`Metrics::render`] at `/metrics`.
 //!
 //! Invariant: bounded cardinality. Label values come from configuration (route, upstream and
-//! policy names) or small fixed sets (method, status, outcome): never a raw path, query,
-//! header or client address.
+//! policy names, the addresses an upstream's configured names resolve to) or small fixed sets
+//! (method, status, outcome): never a raw path, query, header or client address.
 
 use serde::Deserialize;
 
@@ -121,6 +121,9 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     /// `rampart_upstream_errors_total{upstream,kind}`: kind = connect | timeout | 5xx.
     pub upstream_errors: IntCounterVec,
+    /// `rampart_upstream_healthy{upstream,addr}`: 1 while an address gets requests, 0 while
+    /// health checks or failed requests keep it out.
+    pub upstream_healthy: IntGaugeVec,
     /// `rampart_cache_lookups_total{route,result}`: hit | miss | stale | bypass | expired.
     pub cache_lookups: IntCounterVec,
     /// `rampart_cache_stored_bytes_total{route}`.
@@ -216,6 +219,11 @@ impl Metrics {
                 "rampart_upstream_errors_total",
                 "Upstream failures by group and kind (connect, timeout, 5xx).",
                 &["upstream", "kind"],
+            )?,
+            upstream_healthy: gauges(
+                "rampart_upstream_healthy",
+                "1 while an upstream address is up, 0 while health checks or failed requests keep it out.",
+                &["upstream", "addr"],
             )?,
             cache_lookups: counter(
                 "rampart_cache_lookups_total",

@@ -123,7 +123,8 @@ impl ProxyHttp for Proxy {
         Ok(Box::new(peer))
     }
 
-    /// A refused or timed-out connect is retried on another address, idempotent methods only.
+    /// A refused or timed-out connect counts against the address and is retried on another
+    /// one, idempotent methods only.
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -133,6 +134,10 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         if let Some(route) = ctx.route.as_ref() {
             self.metrics.upstream_error(&route.upstream.name, "connect");
+            if let Some(backend) = ctx.upstream.tried.last() {
+                let why = format!("connect failed ({})", e.etype().as_str());
+                route.upstream.health.request_failed(backend, &why);
+            }
         }
         let retry = ctx.route.as_ref().is_some_and(|r| {
             ctx.upstream.tried.len() <= r.upstream.config.connect_retries
@@ -176,8 +181,8 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Upstream answered: its latency and 5xx count for the group; a successful unsafe request
-    /// invalidates the URL's cache entries.
+    /// Upstream answered: its latency and 5xx count for the group, the answer counts for the
+    /// address's health; a successful unsafe request invalidates the URL's cache entries.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -192,6 +197,10 @@ impl ProxyHttp for Proxy {
                 upstream_response.status.as_u16(),
                 took,
             );
+        }
+        if let (Some(route), Some(backend)) = (ctx.route.as_ref(), ctx.upstream.tried.last()) {
+            let status = upstream_response.status.as_u16();
+            route.upstream.health.request_answered(backend, status);
         }
         self.cache
             .invalidate_unsafe(session, upstream_response, &ctx.cache)
@@ -242,6 +251,12 @@ impl ProxyHttp for Proxy {
             ) && e.esource() == &ErrorSource::Upstream
             {
                 self.metrics.upstream_error(&r.upstream.name, "timeout");
+            }
+            // An upstream that timed out, closed early or sent garbage after the connect
+            // (connect failures were counted in `fail_to_connect`).
+            if let (true, Some(backend)) = (failed_after_connect(e), ctx.upstream.tried.last()) {
+                let why = format!("{} from the upstream", e.etype().as_str());
+                r.upstream.health.request_failed(backend, &why);
             }
         }
         if !self.access_log.wants(req.uri.path()) {
@@ -365,6 +380,23 @@ fn preflight(
         )),
         cors::Request::Actual | cors::Request::None => None,
     }
+}
+
+/// An upstream's own failure after the connection was made (timeout, early close, invalid
+/// response); connect failures are not, they are counted in `fail_to_connect`.
+fn failed_after_connect(e: &Error) -> bool {
+    use ErrorType::*;
+    e.esource() == &ErrorSource::Upstream
+        && !matches!(
+            e.etype(),
+            ConnectTimedout
+                | ConnectRefused
+                | ConnectNoRoute
+                | ConnectError
+                | TLSHandshakeFailure
+                | TLSHandshakeTimedout
+                | HTTPStatus(_)
+        )
 }
 
 /// The status a client sees for a failed request, and the sentence explaining it.
