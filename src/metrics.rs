@@ -354,7 +354,8 @@ impl Metrics {
     }
 }
 
-/// `0` stands for "no response was sent" (the client went away first). Statuses are three
+/// `0` stands for "no response was sent" (a client that went away first counts as 499, see
+/// `proxy::CLIENT_CLOSED_REQUEST`). Statuses are three
 /// digits, written into a stack buffer: no allocation per request.
 fn status_label(status: u16, buf: &mut [u8; 3]) -> &str {
     let status = if (100..1000).contains(&status) {

@@ -239,7 +239,11 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         self.cache.release_unfilled(session, e, &ctx.cache).await;
         let elapsed = ctx.started.elapsed();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = match session.response_written() {
+            Some(r) => r.status.as_u16(),
+            None if e.is_some_and(client_gone) => CLIENT_CLOSED_REQUEST,
+            None => 0,
+        };
         let req = session.req_header();
         let route = ctx.route.as_ref().map(|r| r.name.as_str());
         self.metrics
@@ -280,6 +284,24 @@ impl ProxyHttp for Proxy {
             cache: ctx.cache.x_cache,
             limit: ctx.ratelimit.as_ref().map(|d| d.outcome()),
         });
+    }
+
+    /// Pingora logs every failed request at ERROR. A client that went away, or sent something
+    /// malformed or too slowly, is nothing an operator must act on: such errors are logged
+    /// here instead, at debug (went away) or info (other client errors), as nginx logs them at
+    /// info. Upstream and internal failures keep Pingora's ERROR line.
+    fn suppress_error_log(&self, session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        if e.esource() != &ErrorSource::Downstream {
+            return false;
+        }
+        let summary = session.as_ref().request_summary();
+        let id = &ctx.request_id;
+        if client_gone(e) {
+            log::debug!("client closed the connection before the response was complete: {e}, {summary}, request id {id}");
+        } else {
+            log::info!("client error: {e}, {summary}, request id {id}");
+        }
+        true
     }
 
     /// An error before a response went out: problem+json with the status decided here.
@@ -399,6 +421,18 @@ fn failed_after_connect(e: &Error) -> bool {
         )
 }
 
+/// The status counted and logged for a request whose client went away before a response
+/// header was sent (nginx's 499 "client closed request"). After the header, the status sent
+/// is counted, as nginx does.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The client closed its connection (or it broke) before the response was complete.
+fn client_gone(e: &Error) -> bool {
+    use ErrorType::*;
+    e.esource() == &ErrorSource::Downstream
+        && matches!(e.etype(), WriteError | ReadError | ConnectionClosed)
+}
+
 /// The status a client sees for a failed request, and the sentence explaining it.
 /// `0`: the client is gone, nothing to send.
 fn error_status(e: &Error) -> (u16, &'static str) {
@@ -413,7 +447,7 @@ fn error_status(e: &Error) -> (u16, &'static str) {
             (502, "upstream unreachable")
         }
         (_, ErrorSource::Upstream) => (502, "upstream failed"),
-        (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => (0, ""),
+        _ if client_gone(e) => (0, ""),
         (ReadTimedout | WriteTimedout, ErrorSource::Downstream) => (408, "request timed out"),
         (_, ErrorSource::Downstream) => (400, "malformed request"),
         _ => (500, "internal error"),
