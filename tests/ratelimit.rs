@@ -614,3 +614,40 @@ fn fallback_is_logged_once_per_outage() {
     assert_eq!(lines("ratelimit: shared store unavailable"), 2, "{text}");
     assert_eq!(lines("ratelimit: Redis answers again"), 2, "{text}");
 }
+
+/// config/proxy.toml as shipped: `per_client` (the old FastAPI middleware's 100 / 60 s) counts
+/// requests to the backend only, as the middleware did; the frontend is never charged.
+#[test]
+fn shipped_per_client_limit_counts_backend_routes_only() {
+    let backend = Upstream::named("backend");
+    let frontend = Upstream::named("frontend");
+    let r = Rampart::start_file(
+        "config/proxy.toml",
+        &[
+            ("RAMPART_UPSTREAM_BACKEND", backend.addr.to_string()),
+            ("RAMPART_UPSTREAM_FRONTEND", frontend.addr.to_string()),
+        ],
+    );
+    // Its routes are exactly the routes to the backend (a new one must be added to it).
+    let policy = &r.config.ratelimit.policies["per_client"];
+    let limited: Vec<&str> = policy.routes.iter().map(|n| n.as_str()).collect();
+    let to_backend: Vec<&str> = r
+        .config
+        .routes
+        .iter()
+        .filter(|route| route.upstream.as_str() == "backend")
+        .map(|route| route.name.as_str())
+        .collect();
+    assert_eq!(limited, to_backend);
+
+    for i in 0..150 {
+        let resp = r.get(&format!("/static/app-{i}.js"));
+        assert_eq!(resp.status, 200, "frontend request {i}");
+        assert_eq!(resp.header("ratelimit-policy"), None);
+    }
+    // The backend's budget is whole: 100 pass, the 101st is refused.
+    let statuses: Vec<u16> = (0..101).map(|_| r.get("/health").status).collect();
+    assert_eq!(count(&statuses[..100], 200), 100, "{statuses:?}");
+    assert_eq!(statuses[100], 429);
+    assert_eq!(r.get("/").text(), "frontend");
+}

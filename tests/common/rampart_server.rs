@@ -40,6 +40,34 @@ impl Rampart {
         panic!("no free ports for rampart after 5 tries")
     }
 
+    /// Start with a file of the repository (`config/proxy.toml`) as it is shipped, its
+    /// listeners on free ports through the documented environment overrides, plus `env`
+    /// (`RAMPART_UPSTREAM_<NAME>` pointing its upstreams at test servers).
+    pub fn start_file(path: &str, env: &[(&str, String)]) -> Self {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        let text = std::fs::read_to_string(&file).expect("read config file");
+        for _ in 0..5 {
+            let (port, admin_port) = (free_port(), free_port());
+            let mut vars: BTreeMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            vars.insert("RAMPART_LISTEN".into(), format!("127.0.0.1:{port}"));
+            vars.insert(
+                "RAMPART_ADMIN_LISTEN".into(),
+                format!("127.0.0.1:{admin_port}"),
+            );
+            let config = rampart::config::parse(path, &text, &vars)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            match rampart::app::build(&config, Vec::new()) {
+                Ok(app) => return Self::started(app, config, port, admin_port),
+                Err(rampart::app::Error::Listen { .. }) => continue,
+                Err(e) => panic!("build rampart: {e}"),
+            }
+        }
+        panic!("no free ports for rampart after 5 tries")
+    }
+
     fn started(
         app: rampart::app::App,
         config: rampart::config::Config,
