@@ -29,7 +29,12 @@ pub enum Command {
     Run,
     /// Validate the configuration and print a one-line summary; exit 0 if valid, 1 if not
     /// (like `nginx -t`).
-    Check,
+    Check {
+        /// Print the configuration that would run instead, as TOML: every key, defaults
+        /// filled in, environment overrides applied, secrets masked (like `nginx -T`).
+        #[arg(long)]
+        print: bool,
+    },
     /// Start Rampart with a built-in demo config and two sample upstreams on loopback, and
     /// print curl commands to try. Needs nothing else installed.
     Demo,

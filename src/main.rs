@@ -11,11 +11,31 @@ fn main() -> ExitCode {
     init_logging();
 
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => match config::load(&cli.config) {
+        Command::Check { print: false } => match config::load(&cli.config) {
             Ok(c) => {
                 println!("{}: ok: {}", cli.config.display(), c.summary());
                 ExitCode::SUCCESS
             }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { print: true } => match config::load(&cli.config) {
+            Ok(c) => match c.effective_toml() {
+                Ok(text) => {
+                    eprintln!("{}: ok", cli.config.display());
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "{}: valid, but cannot be printed: {e}",
+                        cli.config.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE

@@ -8,7 +8,7 @@
 //! policy names, the addresses an upstream's configured names resolve to) or small fixed sets
 //! (method, status, outcome): never a raw path, query, header or client address.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::{Cidrs, Client};
 use crate::types::{Cidr, Invalid, UrlPath};
@@ -31,7 +31,7 @@ pub const DEFAULT_BUCKETS: [f64; 14] = [
 ];
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Record per-request metrics (`http_requests_total`, durations, in-flight, upstream

@@ -19,14 +19,14 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use prometheus::IntGaugeVec;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::health::{GroupHealth, Probe, Thresholds};
 use crate::types::{Duration, HeaderValueText, HostPort, Invalid, Name, UrlPath};
 use crate::{compress, cors};
 
 /// `[upstreams.NAME]`: a group of interchangeable addresses.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// One or more `host:port`; names are resolved at start and every `resolve_interval`.
@@ -79,7 +79,7 @@ pub struct UpstreamConfig {
 }
 
 /// `[[routes]]`: a path prefix sent to an upstream group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Used in metrics labels, logs and cache keys; unique.
