@@ -7,6 +7,7 @@ mod cache;
 mod compress;
 mod config;
 mod cors;
+mod deploy;
 mod errors;
 mod headers;
 mod health;
