@@ -16,6 +16,7 @@ pub mod ctx;
 pub mod demo;
 pub mod headers;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

@@ -8,7 +8,7 @@ use rampart::{app, config, demo};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    rampart::logging::init();
 
     match cli.command.unwrap_or(Command::Run) {
         Command::Check { print: false } => match config::load(&cli.config) {
@@ -79,26 +79,4 @@ fn start(
             ExitCode::FAILURE
         }
     }
-}
-
-/// `RUST_LOG` as Rust users expect (default `info`). Access lines are printed bare, so a JSON
-/// access log is one JSON object per line on stderr.
-fn init_logging() {
-    use std::io::Write;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format(|buf, record| {
-            if record.target() == rampart::accesslog::TARGET {
-                writeln!(buf, "{}", record.args())
-            } else {
-                writeln!(
-                    buf,
-                    "{} {:<5} {}: {}",
-                    buf.timestamp_millis(),
-                    record.level(),
-                    record.target(),
-                    record.args()
-                )
-            }
-        })
-        .init();
 }

@@ -142,8 +142,9 @@ fn a_client_that_goes_away_counts_as_499() {
     );
 }
 
-/// The real binary at RUST_LOG=warn: a client that leaves writes nothing; an upstream that
-/// refuses connections still gets its ERROR line (the marker that the log is flushed).
+/// The real binary at RUST_LOG=warn: a client that leaves, waiting for its response or while
+/// sending its request, writes nothing; an upstream that refuses connections still gets its
+/// ERROR line (the marker that the log is flushed).
 #[test]
 fn a_client_that_goes_away_is_not_logged_at_warn() {
     let up = Upstream::start(|_| Reply::ok("late").delay(Duration::from_secs(3)));
@@ -157,6 +158,13 @@ fn a_client_that_goes_away_is_not_logged_at_warn() {
         ),
         "warn",
     );
+    // A client that leaves halfway through its request head (no hook of Pingora's sees it).
+    let mut half = HttpConn::connect(p.addr).expect("connect");
+    half.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(100));
+    drop(half);
+    // One that leaves while its response is awaited.
     abandon_slow_request(p.addr, &up);
     eventually("499 counted", || series(p.admin, GONE_499) == Some(1.0));
     assert_eq!(p.get("/dead").status, 502);
