@@ -115,7 +115,7 @@ fn connect_failures_eject_an_address_for_fail_timeout_then_it_is_tried_again() {
 addrs = ["127.0.0.1:{dead}", "{}"]
 health_check_interval = "1h"
 max_fails = 1
-fail_timeout = "1s"
+fail_timeout = "2s"
 [[routes]]
 name = "all"
 prefix = "/"
