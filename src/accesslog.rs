@@ -14,7 +14,7 @@ use crate::types::UrlPath;
 pub const TARGET: &str = "rampart::access";
 
 /// `[access_log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub enabled: bool,
@@ -23,7 +23,7 @@ pub struct Config {
     pub skip_paths: Vec<UrlPath>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Plain,

@@ -42,7 +42,12 @@ pub enum Command {
     },
     /// Validate the configuration and print a one-line summary; exit 0 if valid, 1 if not
     /// (like `nginx -t`).
-    Check,
+    Check {
+        /// Print the configuration that would run instead, as TOML: every key, defaults
+        /// filled in, environment overrides applied, secrets masked (like `nginx -T`).
+        #[arg(long)]
+        print: bool,
+    },
     /// Validate the configuration file, send SIGHUP to the running Rampart (its pid file, or
     /// `--pid`) and report whether it applied the file; exit 0 if it did, 1 if not (like
     /// `nginx -s reload`, but it waits for the outcome).

@@ -10,12 +10,12 @@
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::types::{Duration, HeaderNameText, Invalid};
+use crate::types::{serialize_display, Duration, HeaderNameText, Invalid};
 
 /// `[cors.NAME]`: a policy routes refer to by name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Exact origins (`https://app.example.com`) or `"*"` for any.
@@ -104,6 +104,23 @@ impl TryFrom<String> for Origin {
         Ok(Origin::Exact(o))
     }
 }
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Any => f.write_str("*"),
+            Origin::Exact(o) => f.write_str(o),
+        }
+    }
+}
+
+impl std::fmt::Display for MethodName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+serialize_display!(Origin, MethodName);
 
 /// An HTTP method name in `allow_methods`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use http::header::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
 use crate::types::{HeaderNameText, HeaderValueText};
@@ -18,7 +18,7 @@ use crate::types::{HeaderNameText, HeaderValueText};
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// `[headers]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Added to every response unless the upstream set the header itself. Writing this table

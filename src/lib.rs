@@ -16,6 +16,8 @@ pub mod cors;
 pub mod ctx;
 pub mod demo;
 pub mod headers;
+pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod path;
 pub mod proxy;

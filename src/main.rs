@@ -10,14 +10,34 @@ use rampart::{app, config, demo, signal};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    rampart::logging::init();
 
     match cli.command.unwrap_or(Command::Run { upgrade: false }) {
-        Command::Check => match config::load(&cli.config) {
+        Command::Check { print: false } => match config::load(&cli.config) {
             Ok(c) => {
                 println!("{}: ok: {}", cli.config.display(), c.summary());
                 ExitCode::SUCCESS
             }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { print: true } => match config::load(&cli.config) {
+            Ok(c) => match c.effective_toml() {
+                Ok(text) => {
+                    eprintln!("{}: ok", cli.config.display());
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "{}: valid, but cannot be printed: {e}",
+                        cli.config.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE
@@ -99,26 +119,4 @@ fn start(
             ExitCode::FAILURE
         }
     }
-}
-
-/// `RUST_LOG` as Rust users expect (default `info`). Access lines are printed bare, so a JSON
-/// access log is one JSON object per line on stderr.
-fn init_logging() {
-    use std::io::Write;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format(|buf, record| {
-            if record.target() == rampart::accesslog::TARGET {
-                writeln!(buf, "{}", record.args())
-            } else {
-                writeln!(
-                    buf,
-                    "{} {:<5} {}: {}",
-                    buf.timestamp_millis(),
-                    record.level(),
-                    record.target(),
-                    record.args()
-                )
-            }
-        })
-        .init();
 }

@@ -5,10 +5,10 @@
 //! calls, compression bytes). The admin listener serves [`Metrics::render`] at `/metrics`.
 //!
 //! Invariant: bounded cardinality. Label values come from configuration (route, upstream and
-//! policy names) or small fixed sets (method, status, outcome): never a raw path, query,
-//! header or client address.
+//! policy names, the addresses an upstream's configured names resolve to) or small fixed sets
+//! (method, status, outcome): never a raw path, query, header or client address.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::{Cidrs, Client};
 use crate::types::{Cidr, Invalid, UrlPath};
@@ -31,7 +31,7 @@ pub const DEFAULT_BUCKETS: [f64; 14] = [
 ];
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Record per-request metrics (`http_requests_total`, durations, in-flight, upstream
@@ -121,6 +121,9 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     /// `rampart_upstream_errors_total{upstream,kind}`: kind = connect | timeout | 5xx.
     pub upstream_errors: IntCounterVec,
+    /// `rampart_upstream_healthy{upstream,addr}`: 1 while an address gets requests, 0 while
+    /// health checks or failed requests keep it out.
+    pub upstream_healthy: IntGaugeVec,
     /// `rampart_cache_lookups_total{route,result}`: hit | miss | stale | bypass | expired.
     pub cache_lookups: IntCounterVec,
     /// `rampart_cache_stored_bytes_total{route}`.
@@ -222,6 +225,11 @@ impl Metrics {
                 "rampart_upstream_errors_total",
                 "Upstream failures by group and kind (connect, timeout, 5xx).",
                 &["upstream", "kind"],
+            )?,
+            upstream_healthy: gauges(
+                "rampart_upstream_healthy",
+                "1 while an upstream address is up, 0 while health checks or failed requests keep it out.",
+                &["upstream", "addr"],
             )?,
             cache_lookups: counter(
                 "rampart_cache_lookups_total",
@@ -361,7 +369,8 @@ impl Metrics {
     }
 }
 
-/// `0` stands for "no response was sent" (the client went away first). Statuses are three
+/// `0` stands for "no response was sent" (a client that went away first counts as 499, see
+/// `proxy::CLIENT_CLOSED_REQUEST`). Statuses are three
 /// digits, written into a stack buffer: no allocation per request.
 fn status_label(status: u16, buf: &mut [u8; 3]) -> &str {
     let status = if (100..1000).contains(&status) {

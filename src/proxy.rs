@@ -122,7 +122,8 @@ impl ProxyHttp for Proxy {
         Ok(Box::new(peer))
     }
 
-    /// A refused or timed-out connect is retried on another address, idempotent methods only.
+    /// A refused or timed-out connect counts against the address and is retried on another
+    /// one, idempotent methods only.
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -132,6 +133,10 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         if let Some(route) = ctx.route.as_ref() {
             self.metrics.upstream_error(&route.upstream.name, "connect");
+            if let Some(backend) = ctx.upstream.tried.last() {
+                let why = format!("connect failed ({})", e.etype().as_str());
+                route.upstream.health.request_failed(backend, &why);
+            }
         }
         let retry = ctx.route.as_ref().is_some_and(|r| {
             ctx.upstream.tried.len() <= r.upstream.config.connect_retries
@@ -176,8 +181,8 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Upstream answered: its latency and 5xx count for the group; a successful unsafe request
-    /// invalidates the URL's cache entries.
+    /// Upstream answered: its latency and 5xx count for the group, the answer counts for the
+    /// address's health; a successful unsafe request invalidates the URL's cache entries.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -192,6 +197,10 @@ impl ProxyHttp for Proxy {
                 upstream_response.status.as_u16(),
                 took,
             );
+        }
+        if let (Some(route), Some(backend)) = (ctx.route.as_ref(), ctx.upstream.tried.last()) {
+            let status = upstream_response.status.as_u16();
+            route.upstream.health.request_answered(backend, status);
         }
         ctx.runtime
             .cache
@@ -240,7 +249,11 @@ impl ProxyHttp for Proxy {
             .release_unfilled(session, e, &ctx.cache)
             .await;
         let elapsed = ctx.started.elapsed();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = match session.response_written() {
+            Some(r) => r.status.as_u16(),
+            None if e.is_some_and(client_gone) => CLIENT_CLOSED_REQUEST,
+            None => 0,
+        };
         let req = session.req_header();
         let route = ctx.route.as_ref().map(|r| r.name.as_str());
         self.metrics
@@ -252,6 +265,12 @@ impl ProxyHttp for Proxy {
             ) && e.esource() == &ErrorSource::Upstream
             {
                 self.metrics.upstream_error(&r.upstream.name, "timeout");
+            }
+            // An upstream that timed out, closed early or sent garbage after the connect
+            // (connect failures were counted in `fail_to_connect`).
+            if let (true, Some(backend)) = (failed_after_connect(e), ctx.upstream.tried.last()) {
+                let why = format!("{} from the upstream", e.etype().as_str());
+                r.upstream.health.request_failed(backend, &why);
             }
         }
         let access_log = &ctx.runtime.access_log;
@@ -276,6 +295,24 @@ impl ProxyHttp for Proxy {
             cache: ctx.cache.x_cache,
             limit: ctx.ratelimit.as_ref().map(|d| d.outcome()),
         });
+    }
+
+    /// Pingora logs every failed request at ERROR. A client that went away, or sent something
+    /// malformed or too slowly, is nothing an operator must act on: such errors are logged
+    /// here instead, at debug (went away) or info (other client errors), as nginx logs them at
+    /// info. Upstream and internal failures keep Pingora's ERROR line.
+    fn suppress_error_log(&self, session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        if e.esource() != &ErrorSource::Downstream {
+            return false;
+        }
+        let summary = session.as_ref().request_summary();
+        let id = &ctx.request_id;
+        if client_gone(e) {
+            log::debug!("client closed the connection before the response was complete: {e}, {summary}, request id {id}");
+        } else {
+            log::info!("client error: {e}, {summary}, request id {id}");
+        }
+        true
     }
 
     /// An error before a response went out: problem+json with the status decided here.
@@ -390,6 +427,35 @@ fn preflight(
     }
 }
 
+/// An upstream's own failure after the connection was made (timeout, early close, invalid
+/// response); connect failures are not, they are counted in `fail_to_connect`.
+fn failed_after_connect(e: &Error) -> bool {
+    use ErrorType::*;
+    e.esource() == &ErrorSource::Upstream
+        && !matches!(
+            e.etype(),
+            ConnectTimedout
+                | ConnectRefused
+                | ConnectNoRoute
+                | ConnectError
+                | TLSHandshakeFailure
+                | TLSHandshakeTimedout
+                | HTTPStatus(_)
+        )
+}
+
+/// The status counted and logged for a request whose client went away before a response
+/// header was sent (nginx's 499 "client closed request"). After the header, the status sent
+/// is counted, as nginx does.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The client closed its connection (or it broke) before the response was complete.
+fn client_gone(e: &Error) -> bool {
+    use ErrorType::*;
+    e.esource() == &ErrorSource::Downstream
+        && matches!(e.etype(), WriteError | ReadError | ConnectionClosed)
+}
+
 /// The status a client sees for a failed request, and the sentence explaining it.
 /// `0`: the client is gone, nothing to send.
 fn error_status(e: &Error) -> (u16, &'static str) {
@@ -404,7 +470,7 @@ fn error_status(e: &Error) -> (u16, &'static str) {
             (502, "upstream unreachable")
         }
         (_, ErrorSource::Upstream) => (502, "upstream failed"),
-        (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => (0, ""),
+        _ if client_gone(e) => (0, ""),
         (ReadTimedout | WriteTimedout, ErrorSource::Downstream) => (408, "request timed out"),
         (_, ErrorSource::Downstream) => (400, "malformed request"),
         _ => (500, "internal error"),

@@ -26,7 +26,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use tokio::sync::OnceCell;
 
 use crate::metrics::Metrics;
@@ -61,17 +61,69 @@ impl RedisUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The URL with any password in it replaced by [`MASK`]: the user-info password
+    /// (`redis://user:secret@host`) and a `pass`/`password` query parameter (`unix://` URLs).
+    pub fn masked(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:{MASK}@{host}"),
+                None => format!("{userinfo}@{host}"),
+            },
+            None => authority.to_string(),
+        };
+        let tail = match tail.split_once('?') {
+            Some((path, query)) => {
+                let params: Vec<String> = query
+                    .split('&')
+                    .map(|p| match p.split_once('=') {
+                        Some((k, _)) if k == "pass" || k == "password" => format!("{k}={MASK}"),
+                        _ => p.to_string(),
+                    })
+                    .collect();
+                format!("{path}?{}", params.join("&"))
+            }
+            None => tail.to_string(),
+        };
+        format!("{scheme}://{authority}{tail}")
+    }
+}
+
+/// What a secret prints as (`rampart check --print`).
+pub const MASK: &str = "********";
+
+/// Masked: the only place a URL is serialized is printed config, which must not show a
+/// password.
+impl Serialize for RedisUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
+    }
+}
+
+/// A secret serializes as [`MASK`], never as itself.
+fn mask<S: Serializer>(secret: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_some(MASK),
+        None => s.serialize_none(),
+    }
 }
 
 /// `[store]`. A reload that leaves it unchanged keeps the running [`Redis`] (and its
 /// connection); any change builds a new one.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `redis://host:6379/0`, `rediss://...` (TLS). Absent: in-process stores.
     /// Env: `RAMPART_REDIS_URL`.
     pub redis_url: Option<RedisUrl>,
     /// Password, kept out of the URL and the file. Env: `RAMPART_REDIS_PASSWORD`.
+    /// Serialized masked.
+    #[serde(serialize_with = "mask")]
     pub redis_password: Option<String>,
     /// Redis Cluster: the URL is one seed node.
     pub cluster: bool,
@@ -337,5 +389,36 @@ impl BackgroundService for Redis {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(url: &str) -> String {
+        RedisUrl::try_from(url.to_string()).expect("url").masked()
+    }
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        assert_eq!(masked("redis://redis:6379/0"), "redis://redis:6379/0");
+        assert_eq!(
+            masked("redis://:s3cret@redis:6379/0"),
+            "redis://:********@redis:6379/0"
+        );
+        assert_eq!(
+            masked("rediss://app:s3:cr@t@redis.example.com:6380"),
+            "rediss://app:********@redis.example.com:6380"
+        );
+        assert_eq!(masked("redis://app@redis/1"), "redis://app@redis/1");
+        assert_eq!(
+            masked("unix:///run/redis.sock?db=1&pass=s3cret"),
+            "unix:///run/redis.sock?db=1&pass=********"
+        );
+        assert_eq!(
+            masked("redis+unix:///run/redis.sock?password=s3cret&user=app"),
+            "redis+unix:///run/redis.sock?password=********&user=app"
+        );
     }
 }

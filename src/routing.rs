@@ -12,18 +12,21 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::HeaderValue;
+use pingora::http::ResponseHeader;
 use pingora::lb::discovery::ServiceDiscovery;
-use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
-use serde::Deserialize;
+use prometheus::IntGaugeVec;
+use serde::{Deserialize, Serialize};
 
+use crate::health::{GroupHealth, Probe, Thresholds};
 use crate::types::{Duration, HeaderValueText, HostPort, Invalid, Name, UrlPath};
 use crate::{compress, cors};
 
 /// `[upstreams.NAME]`: a group of interchangeable addresses.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// One or more `host:port`; names are resolved at start and every `resolve_interval`.
@@ -40,9 +43,33 @@ pub struct UpstreamConfig {
     /// How many other addresses to try when connecting fails (idempotent requests only).
     #[serde(default = "defaults::connect_retries")]
     pub connect_retries: usize,
-    /// TCP health check period; failing addresses are skipped while others are healthy.
+    /// Active health check period; failing addresses are skipped while others are healthy.
     #[serde(default = "defaults::health_check_interval")]
     pub health_check_interval: Duration,
+    /// `GET` this path on every address and expect `health_check_status`; absent: the check
+    /// only connects (TCP).
+    #[serde(default)]
+    pub health_check_path: Option<UrlPath>,
+    /// The status a passing HTTP health check answers.
+    #[serde(default = "defaults::health_check_status")]
+    pub health_check_status: u16,
+    /// Deadline of one HTTP health check's response (the connect has `connect_timeout`).
+    #[serde(default = "defaults::health_check_timeout")]
+    pub health_check_timeout: Duration,
+    /// Consecutive failed checks that take an address out.
+    #[serde(default = "defaults::health_check_fails")]
+    pub health_check_fails: usize,
+    /// Consecutive passed checks that put it back.
+    #[serde(default = "defaults::health_check_passes")]
+    pub health_check_passes: usize,
+    /// Consecutive failed requests (connect failure, timeout, 5xx) that take an address out
+    /// for `fail_timeout` (nginx's `max_fails`); 0: never.
+    #[serde(default = "defaults::max_fails")]
+    pub max_fails: u32,
+    /// How long an address taken out by failed requests gets none before it is tried again
+    /// (nginx's `fail_timeout`).
+    #[serde(default = "defaults::fail_timeout")]
+    pub fail_timeout: Duration,
     /// Re-resolve DNS names this often (containers get new addresses when they restart).
     #[serde(default = "defaults::resolve_interval")]
     pub resolve_interval: Duration,
@@ -52,7 +79,7 @@ pub struct UpstreamConfig {
 }
 
 /// `[[routes]]`: a path prefix sent to an upstream group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Used in metrics labels, logs and cache keys; unique.
@@ -95,6 +122,24 @@ mod defaults {
     pub fn health_check_interval() -> Duration {
         Duration::secs(5)
     }
+    pub fn health_check_status() -> u16 {
+        200
+    }
+    pub fn health_check_timeout() -> Duration {
+        Duration::secs(2)
+    }
+    pub fn health_check_fails() -> usize {
+        2
+    }
+    pub fn health_check_passes() -> usize {
+        1
+    }
+    pub fn max_fails() -> u32 {
+        3
+    }
+    pub fn fail_timeout() -> Duration {
+        Duration::secs(10)
+    }
     pub fn resolve_interval() -> Duration {
         Duration::secs(30)
     }
@@ -120,6 +165,32 @@ impl UpstreamConfig {
         if self.health_check_interval.0 < std::time::Duration::from_millis(100) {
             return Err(Invalid::new("health_check_interval", "at least \"100ms\""));
         }
+        if !(100..=599).contains(&self.health_check_status) {
+            return Err(Invalid::new(
+                "health_check_status",
+                "an HTTP status from 100 to 599",
+            ));
+        }
+        if self.health_check_timeout.0.is_zero() {
+            return Err(Invalid::new(
+                "health_check_timeout",
+                "a duration above zero",
+            ));
+        }
+        for (key, n) in [
+            ("health_check_fails", self.health_check_fails),
+            ("health_check_passes", self.health_check_passes),
+        ] {
+            if !(1..=100).contains(&n) {
+                return Err(Invalid::new(key, "a count from 1 to 100"));
+            }
+        }
+        if self.max_fails > 1000 {
+            return Err(Invalid::new("max_fails", "at most 1000 (0 turns it off)"));
+        }
+        if self.max_fails > 0 && self.fail_timeout.0 < std::time::Duration::from_millis(100) {
+            return Err(Invalid::new("fail_timeout", "at least \"100ms\""));
+        }
         if self.resolve_interval.0 < std::time::Duration::from_secs(1) {
             return Err(Invalid::new("resolve_interval", "at least \"1s\""));
         }
@@ -139,7 +210,8 @@ impl RouteConfig {
     }
 }
 
-/// A group of addresses: round-robin over healthy ones, DNS re-resolved in the background.
+/// A group of addresses: round-robin over usable ones (see [`crate::health`]), DNS re-resolved in
+/// the background.
 ///
 /// A reload that leaves a group's name and settings as they were keeps the group itself
 /// (its resolved addresses and their health); any other group is built anew.
@@ -147,6 +219,8 @@ pub struct Upstream {
     pub name: Name,
     pub config: UpstreamConfig,
     pub balancer: Arc<LoadBalancer<RoundRobin>>,
+    /// Active checks and passive ejection, combined.
+    pub health: Arc<GroupHealth>,
     /// `Host` sent when the group names one, or when the client sent none (HTTP/1.0): the
     /// configured `host`, else the first address.
     host_header: HeaderValue,
@@ -155,10 +229,21 @@ pub struct Upstream {
 impl Upstream {
     /// The load balancer is returned unstarted: the runtime's background tasks run its
     /// discovery and health checks, after one discovery before it serves (at start and on
-    /// reload).
-    pub fn new(name: &Name, config: &UpstreamConfig) -> Self {
+    /// reload). `healthy_gauge`: `rampart_upstream_healthy{upstream,addr}`.
+    pub fn new(name: &Name, config: &UpstreamConfig, healthy_gauge: IntGaugeVec) -> Self {
+        let health = Arc::new(GroupHealth::new(
+            name,
+            Thresholds {
+                probe_fails: config.health_check_fails,
+                probe_passes: config.health_check_passes,
+                max_fails: config.max_fails,
+                fail_timeout: config.fail_timeout.0,
+            },
+            healthy_gauge,
+        ));
         let discovery = Box::new(Dns {
             addrs: config.addrs.clone(),
+            health: health.clone(),
         });
         let host_header = match &config.host {
             Some(h) => h.0.clone(),
@@ -170,10 +255,10 @@ impl Upstream {
                 .unwrap_or(HeaderValue::from_static("")),
         };
         let mut balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(discovery));
-        let mut hc = TcpHealthCheck::new();
-        hc.peer_template.options.connection_timeout = Some(config.connect_timeout.0);
-        hc.consecutive_failure = 2;
-        balancer.set_health_check(hc);
+        balancer.set_health_check(Box::new(Probe {
+            check: check(config, &host_header),
+            health: health.clone(),
+        }));
         balancer.health_check_frequency = Some(config.health_check_interval.0);
         balancer.update_frequency = Some(config.resolve_interval.0);
         balancer.parallel_health_check = true;
@@ -181,18 +266,19 @@ impl Upstream {
             name: name.clone(),
             config: config.clone(),
             balancer: Arc::new(balancer),
+            health,
             host_header,
         }
     }
 
     /// The next address round-robin, skipping those this request already failed on.
-    /// Healthy addresses first; when none is healthy, any untried one (so a recovered
-    /// upstream is used at once and the client sees the real connect error otherwise).
+    /// Usable addresses first; when none is, any untried one (so a recovered upstream is
+    /// used at once and the client sees the real connect error otherwise).
     pub fn select(&self, tried: &[Backend]) -> Option<Backend> {
         let untried = |b: &Backend| !tried.contains(b);
         let n = self.config.addrs.len().max(1) * 4;
         self.balancer
-            .select_with(b"", n, |b, healthy| healthy && untried(b))
+            .select_with(b"", n, |b, _| untried(b) && self.health.usable(b))
             .or_else(|| self.balancer.select_with(b"", n, |b, _| untried(b)))
     }
 
@@ -214,12 +300,46 @@ impl Upstream {
     }
 }
 
+/// The active check pingora runs on each address: `GET health_check_path` (with the group's
+/// `Host`) expecting `health_check_status`, or a TCP connect when no path is configured.
+fn check(config: &UpstreamConfig, host: &HeaderValue) -> Box<dyn HealthCheck + Send + Sync> {
+    let Some(path) = &config.health_check_path else {
+        let mut tcp = TcpHealthCheck::new();
+        tcp.peer_template.options.connection_timeout = Some(config.connect_timeout.0);
+        return tcp;
+    };
+    let mut http = HttpHealthCheck::new(host.to_str().unwrap_or(""), false);
+    // A validated path starts with "/"; one that is not a valid URI keeps pingora's "/".
+    if let Ok(uri) = path.parse::<http::Uri>() {
+        http.req.set_uri(uri);
+    }
+    http.peer_template.options.connection_timeout = Some(config.connect_timeout.0);
+    http.peer_template.options.read_timeout = Some(config.health_check_timeout.0);
+    let expected = config.health_check_status;
+    let path = path.to_string();
+    http.validator = Some(Box::new(move |resp: &ResponseHeader| {
+        if resp.status.as_u16() == expected {
+            Ok(())
+        } else {
+            pingora::Error::e_explain(
+                pingora::ErrorType::CustomCode("unexpected status", resp.status.as_u16()),
+                format!(
+                    "GET {path} answered {} (expected {expected})",
+                    resp.status.as_u16()
+                ),
+            )
+        }
+    }));
+    Box::new(http)
+}
+
 /// Service discovery by DNS: written here because pingora's `Static` discovery resolves once,
 /// at start, which breaks when a container restarts with a new address (nginx has the same
 /// flaw without `resolve`). A name that does not resolve is logged and skipped; the other
-/// addresses stay in service.
+/// addresses stay in service. The group's health learns the addresses found.
 struct Dns {
     addrs: Vec<HostPort>,
+    health: Arc<GroupHealth>,
 }
 
 #[async_trait]
@@ -236,6 +356,7 @@ impl ServiceDiscovery for Dns {
                 Err(e) => log::warn!("upstream address {addr} does not resolve: {e}"),
             }
         }
+        self.health.set_addresses(&backends);
         Ok((backends, HashMap::new()))
     }
 }
@@ -307,7 +428,8 @@ pub struct Unresolved {
 impl Router {
     /// The routes of a validated config, with their upstream groups, CORS and compression
     /// policies resolved to shared handles. `config::validate` has checked every name a route
-    /// refers to, so [`Unresolved`] only reports a config that skipped it.
+    /// refers to, so [`Unresolved`] only reports a config that skipped it. `healthy_gauge`:
+    /// `rampart_upstream_healthy{upstream,addr}`, which the groups keep current.
     ///
     /// `running`: the groups of the configuration being replaced (empty at start); a group
     /// with the same name and settings is reused rather than rebuilt.
@@ -317,6 +439,7 @@ impl Router {
         cors: &BTreeMap<Name, cors::Config>,
         compression: &compress::Policies,
         running: &[Arc<Upstream>],
+        healthy_gauge: &IntGaugeVec,
     ) -> Result<Self, Unresolved> {
         let groups: BTreeMap<&Name, Arc<Upstream>> = upstreams
             .iter()
@@ -327,7 +450,7 @@ impl Router {
                     .cloned();
                 (
                     name,
-                    kept.unwrap_or_else(|| Arc::new(Upstream::new(name, c))),
+                    kept.unwrap_or_else(|| Arc::new(Upstream::new(name, c, healthy_gauge.clone()))),
                 )
             })
             .collect();
@@ -398,13 +521,22 @@ mod tests {
             idle_timeout: Duration::secs(1),
             connect_retries: 0,
             health_check_interval: Duration::secs(1),
+            health_check_path: None,
+            health_check_status: 200,
+            health_check_timeout: Duration::secs(1),
+            health_check_fails: 1,
+            health_check_passes: 1,
+            max_fails: 0,
+            fail_timeout: Duration::secs(1),
             resolve_interval: Duration::secs(1),
             host: None,
         };
+        let gauge = IntGaugeVec::new(prometheus::Opts::new("g", "g"), &["upstream", "addr"])
+            .expect("gauge");
         Route {
             name: Name::from_static("r"),
             prefix: prefix.into(),
-            upstream: Arc::new(Upstream::new(&Name::from_static("u"), &cfg)),
+            upstream: Arc::new(Upstream::new(&Name::from_static("u"), &cfg, gauge)),
             strip_prefix: strip,
             rewrite: rewrite.map(String::from),
             cors: None,

@@ -90,6 +90,7 @@ impl Runtime {
             &config.cors,
             &compression,
             running.map_or(&[][..], |r| r.router.upstreams()),
+            &metrics.upstream_healthy,
         )?;
         let redis = match running
             .and_then(|r| r.redis.as_ref())

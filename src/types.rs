@@ -6,6 +6,9 @@
 //! located error while the file is parsed (`file:line:col: key: what was expected`), and a
 //! value that exists has been checked. Nothing downstream parses these strings again.
 //!
+//! Each serializes back to the text it was parsed from (`rampart check --print`), so printed
+//! output reads back as the same value.
+//!
 //! [`Invalid`] is what a section's own cross-field check returns: the key below the section
 //! and why; `config` turns it into a located error.
 
@@ -13,7 +16,20 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{HeaderName, HeaderValue};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// `impl Serialize` as the type's `Display` text: for config values parsed from text, which
+/// must print as text that parses back.
+macro_rules! serialize_display {
+    ($($t:ty),+ $(,)?) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )+};
+}
+pub(crate) use serialize_display;
 
 /// A problem found by a section's own validation: the key path below its section and why.
 #[derive(Debug)]
@@ -55,6 +71,15 @@ impl Duration {
         Self(std::time::Duration::from_millis(ms))
     }
 }
+
+/// As humantime writes it (`"5s"`, `"250ms"`, `"1h 30m"`), which parses back.
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+serialize_display!(Duration, ListenAddr, Cidr, HeaderNameText, HeaderValueText);
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -110,6 +135,12 @@ macro_rules! checked_text {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
     };
@@ -185,6 +216,12 @@ impl fmt::Display for ListenAddr {
 #[serde(try_from = "String")]
 pub struct Cidr(pub ipnet::IpNet);
 
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl TryFrom<String> for Cidr {
     type Error = String;
     fn try_from(text: String) -> Result<Self, String> {
@@ -216,6 +253,12 @@ impl TryFrom<String> for HeaderNameText {
             }),
             Err(_) => Err(format!("a header name, not \"{text}\"")),
         }
+    }
+}
+
+impl fmt::Display for HeaderNameText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.written)
     }
 }
 
@@ -258,6 +301,13 @@ impl TryFrom<String> for HeaderValueText {
     }
 }
 
+/// Always visible ASCII (checked when parsed), so the text is exact.
+impl fmt::Display for HeaderValueText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.0.as_bytes()))
+    }
+}
+
 impl HeaderValueText {
     pub fn from_static(text: &'static str) -> Self {
         Self(HeaderValue::from_static(text))
@@ -297,6 +347,37 @@ mod tests {
         assert_eq!(net("10.0.0.0/8").as_deref(), Ok("10.0.0.0/8"));
         assert_eq!(net("127.0.0.1").as_deref(), Ok("127.0.0.1/32"));
         assert!(net("10.0.0.0/33").is_err());
+    }
+
+    /// Each type prints as text that parses back to the same value (`rampart check --print`).
+    #[test]
+    fn values_print_as_they_parse() {
+        fn round_trip<T>(text: &str, printed: &str)
+        where
+            T: TryFrom<String, Error = String> + fmt::Display + PartialEq + fmt::Debug,
+        {
+            let value = T::try_from(text.to_string()).expect(text);
+            assert_eq!(value.to_string(), printed);
+            assert_eq!(T::try_from(printed.to_string()).expect(printed), value);
+        }
+        round_trip::<Name>("api-v1", "api-v1");
+        round_trip::<HostPort>("backend:8000", "backend:8000");
+        round_trip::<UrlPath>("/api/", "/api/");
+        round_trip::<ListenAddr>("[::1]:8080", "[::1]:8080");
+        round_trip::<Cidr>("10.0.0.0/8", "10.0.0.0/8");
+        round_trip::<Cidr>("127.0.0.1", "127.0.0.1/32");
+        round_trip::<HeaderNameText>("X-Api-Key", "X-Api-Key");
+        round_trip::<HeaderValueText>("1; mode=block", "1; mode=block");
+        for (text, printed) in [("90s", "1m 30s"), ("250ms", "250ms"), ("0s", "0s")] {
+            let d: Duration = serde_json::from_value(serde_json::json!(text)).expect(text);
+            assert_eq!(d.to_string(), printed);
+            assert_eq!(
+                serde_json::to_value(d).expect("ser"),
+                serde_json::json!(printed)
+            );
+            let back: Duration = serde_json::from_value(serde_json::json!(printed)).expect("back");
+            assert_eq!(back, d);
+        }
     }
 
     #[test]

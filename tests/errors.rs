@@ -100,3 +100,80 @@ fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
     assert_problem(&r.get("/api/%2e%2e/admin"), 400);
     assert_eq!(r.get("/still-alive").status, 200);
 }
+
+/// `GET /slow` to a 3 s upstream, closed by the client once the upstream has the request.
+fn abandon_slow_request(addr: std::net::SocketAddr, up: &Upstream) {
+    let before = up.count();
+    let mut conn = HttpConn::connect(addr).expect("connect");
+    conn.send("GET", "/slow", &[], None, false).expect("send");
+    eventually("the upstream has the request", || up.count() > before);
+    drop(conn);
+}
+
+fn series(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
+    get(admin, "/metrics")
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+const GONE_499: &str = "http_requests_total{method=\"GET\",route=\"all\",status=\"499\"}";
+
+#[test]
+fn a_client_that_goes_away_counts_as_499() {
+    let up = Upstream::start(|_| Reply::ok("late").delay(Duration::from_secs(3)));
+    let r = Rampart::start(&format!(
+        "{}[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up.addr])
+    ));
+    abandon_slow_request(r.addr, &up);
+    eventually("499 counted", || series(r.admin, GONE_499) == Some(1.0));
+    let text = r.admin_get("/metrics").text();
+    assert!(!text.contains("status=\"0\""), "{text}");
+    let healthy = format!(
+        "rampart_upstream_healthy{{addr=\"{}\",upstream=\"u\"}}",
+        up.addr
+    );
+    assert_eq!(
+        series(r.admin, &healthy),
+        Some(1.0),
+        "a client leaving is no upstream failure"
+    );
+}
+
+/// The real binary at RUST_LOG=warn: a client that leaves, waiting for its response or while
+/// sending its request, writes nothing; an upstream that refuses connections still gets its
+/// ERROR line (the marker that the log is flushed).
+#[test]
+fn a_client_that_goes_away_is_not_logged_at_warn() {
+    let up = Upstream::start(|_| Reply::ok("late").delay(Duration::from_secs(3)));
+    let dead = free_port();
+    let p = RampartProcess::start(
+        &format!(
+            "{}[upstreams.dead]\naddrs = [\"127.0.0.1:{dead}\"]\nhealth_check_interval = \"1h\"\nmax_fails = 0\n\
+             [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"u\"\n\
+             [[routes]]\nname = \"dead\"\nprefix = \"/dead\"\nupstream = \"dead\"\n",
+            upstream_toml("u", &[&up.addr])
+        ),
+        "warn",
+    );
+    // A client that leaves halfway through its request head (no hook of Pingora's sees it).
+    let mut half = HttpConn::connect(p.addr).expect("connect");
+    half.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(100));
+    drop(half);
+    // One that leaves while its response is awaited.
+    abandon_slow_request(p.addr, &up);
+    eventually("499 counted", || series(p.admin, GONE_499) == Some(1.0));
+    assert_eq!(p.get("/dead").status, 502);
+    eventually("the 502 is logged", || {
+        p.stderr().contains("ConnectRefused")
+    });
+    let log = p.stderr();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "only the 502's line: {log}");
+    assert!(lines[0].contains(" ERROR "), "{log}");
+    assert!(lines[0].contains("/dead"), "{log}");
+}

@@ -583,20 +583,29 @@ fn fallback_is_logged_once_per_outage() {
         ),
         Some(&log),
     );
-    let wait_shared = |redis: &Redis, tag: &str| {
+    let logged = |needle: &str| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().filter(|l| l.contains(needle)).count()
+    };
+    // Shared again: a request's bucket is in Redis and the limiter has said so `resumed`
+    // times. (A key alone is not enough under load: a call that timed out on Rampart's side
+    // can still have run on Redis.)
+    let wait_shared = |redis: &Redis, tag: &str, resumed: usize| {
         let deadline = Instant::now() + Duration::from_secs(15);
         for n in 0.. {
             let ip = format!("10.{tag}.0.{}", n % 250);
             assert_eq!(get_as(p.addr, "/x", &ip).status, 200);
             let key = format!("rampart:rl:{{ip:{ip}}}:p");
-            if redis.try_cmd(&["EXISTS", &key]).is_ok_and(|n: i64| n == 1) {
+            if redis.try_cmd(&["EXISTS", &key]).is_ok_and(|n: i64| n == 1)
+                && logged("ratelimit: Redis answers again") >= resumed
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "shared limiting never resumed");
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    wait_shared(&redis, "1");
+    wait_shared(&redis, "1", 0);
     for outage in 0..2 {
         redis.kill();
         for i in 0..20 {
@@ -606,7 +615,7 @@ fn fallback_is_logged_once_per_outage() {
             );
         }
         redis = Redis::start_on(port);
-        wait_shared(&redis, "3");
+        wait_shared(&redis, "3", outage + 1);
     }
     drop(p);
     let text = std::fs::read_to_string(&log).expect("read log");
@@ -646,4 +655,41 @@ fn encoded_paths_are_charged_to_the_route_they_reach() {
     }
     assert_eq!(admitted, 2, "the /api/ limit was bypassed");
     assert_eq!(up.count(), 2);
+}
+
+/// config/proxy.toml as shipped: `per_client` (the old FastAPI middleware's 100 / 60 s) counts
+/// requests to the backend only, as the middleware did; the frontend is never charged.
+#[test]
+fn shipped_per_client_limit_counts_backend_routes_only() {
+    let backend = Upstream::named("backend");
+    let frontend = Upstream::named("frontend");
+    let r = Rampart::start_file(
+        "config/proxy.toml",
+        &[
+            ("RAMPART_UPSTREAM_BACKEND", backend.addr.to_string()),
+            ("RAMPART_UPSTREAM_FRONTEND", frontend.addr.to_string()),
+        ],
+    );
+    // Its routes are exactly the routes to the backend (a new one must be added to it).
+    let policy = &r.config.ratelimit.policies["per_client"];
+    let limited: Vec<&str> = policy.routes.iter().map(|n| n.as_str()).collect();
+    let to_backend: Vec<&str> = r
+        .config
+        .routes
+        .iter()
+        .filter(|route| route.upstream.as_str() == "backend")
+        .map(|route| route.name.as_str())
+        .collect();
+    assert_eq!(limited, to_backend);
+
+    for i in 0..150 {
+        let resp = r.get(&format!("/static/app-{i}.js"));
+        assert_eq!(resp.status, 200, "frontend request {i}");
+        assert_eq!(resp.header("ratelimit-policy"), None);
+    }
+    // The backend's budget is whole: 100 pass, the 101st is refused.
+    let statuses: Vec<u16> = (0..101).map(|_| r.get("/health").status).collect();
+    assert_eq!(count(&statuses[..100], 200), 100, "{statuses:?}");
+    assert_eq!(statuses[100], 429);
+    assert_eq!(r.get("/").text(), "frontend");
 }

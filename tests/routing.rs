@@ -124,6 +124,7 @@ fn connect_failure_is_retried_on_the_next_address_for_idempotent_requests() {
         r#"[upstreams.u]
 addrs = ["{dead}", "{}"]
 health_check_interval = "1h"
+max_fails = 0
 [[routes]]
 name = "all"
 prefix = "/"

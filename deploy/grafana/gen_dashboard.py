@@ -141,7 +141,7 @@ timeseries("Request rate by route and status",
            [target(f"sum by (route, status) ({rate('http_requests_total', RSEL)})",
                    "{{route}} {{status}}")], unit="reqps", stack=True,
            description="http_requests_total{method,route,status}; route \"(unmatched)\" "
-                       "counts requests no route matched, status 0 a client that left first.")
+                       "counts requests no route matched, status 499 a client that left before the response header (as nginx).")
 timeseries("5xx ratio by route",
            [target(f"sum by (route) ({rate('http_requests_total', RSEL, S5XX)})"
                    f" / sum by (route) ({rate('http_requests_total', RSEL)})", "{{route}}")],
@@ -170,6 +170,12 @@ timeseries("Upstream errors by group and kind",
                    "{{upstream}} {{kind}}")], unit="short",
            description="Errors per second. connect = unreachable, timeout = no answer in "
                        "read_timeout, 5xx = the upstream answered with an error.")
+timeseries("Healthy addresses by group",
+           [target(f"min by (upstream, addr) (rampart_upstream_healthy{{{SEL}}})",
+                   "{{upstream}} {{addr}}")], unit="short", max_=1, w=24,
+           description="rampart_upstream_healthy: 1 while an address gets requests, 0 while its "
+                       "health check fails or failed requests (max_fails) keep it out. "
+                       "Minimum over the replicas.")
 
 # ---------------------------------------------------------------- cache & limiter
 row("Cache and rate limiting")

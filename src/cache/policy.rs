@@ -16,7 +16,7 @@ use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::filters::calculate_expires_header_time;
 use pingora::cache::{CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::ResponseHeader;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::key::vary_names;
 use crate::types::{Duration, HeaderNameText, Invalid, Name};
@@ -51,7 +51,7 @@ const PER_REQUEST_HEADERS: [&str; 10] = [
 // Configuration
 
 /// `[cache]`: the in-process store's size and the named policies routes refer to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Budget of the in-process store (used without `store.redis_url`), in bytes of bodies,
@@ -71,7 +71,7 @@ impl Default for Config {
 }
 
 /// `[cache.policies.NAME]`: how one route's responses are cached.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// Off switch that keeps the route's reference valid.
@@ -168,7 +168,7 @@ impl PolicyConfig {
 }
 
 /// A query parameter name left out of cache keys: no `&` or `=`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "String")]
 pub struct QueryName(String);
 

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora::protocols::http::compression::{Algorithm, Encode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A content coding Rampart can produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Coding {
     #[serde(rename = "gzip")]
     Gzip,

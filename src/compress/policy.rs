@@ -16,15 +16,15 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use pingora::http::ResponseHeader;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::accept::Accept;
 use super::codec::Coding;
-use crate::types::{Invalid, Name};
+use crate::types::{serialize_display, Invalid, Name};
 
 /// `[compression]` (the default policy) and `[compression.policies.NAME]` (a named policy a
 /// route selects with `compression = "NAME"`; its keys default as below, not to `[compression]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Off: no compression, no decompression, no `Vary` from this module.
@@ -168,6 +168,20 @@ impl TryFrom<String> for MediaPattern {
         })
     }
 }
+
+/// The pattern as written (lower-cased): `type/subtype`, `type/*`, `type/*+suffix`, `*/*`.
+impl std::fmt::Display for MediaPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind.as_deref().unwrap_or("*"))?;
+        match &self.sub {
+            SubPattern::Any => f.write_str("/*"),
+            SubPattern::Exact(s) => write!(f, "/{s}"),
+            SubPattern::Suffix(s) => write!(f, "/*{s}"),
+        }
+    }
+}
+
+serialize_display!(MediaPattern);
 
 impl MediaPattern {
     fn parse(text: &str) -> Option<Self> {

@@ -7,15 +7,15 @@
 use std::collections::BTreeMap;
 
 use http::HeaderName;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::types::{Invalid, Name};
+use crate::types::{serialize_display, Invalid, Name};
 
 /// Largest `burst * period_in_microseconds`: Redis runs Lua on doubles, exact below 2^53.
 const MAX_CAPACITY: u64 = 1 << 52;
 
 /// `[ratelimit]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// What a request gets when the shared store (Redis) fails.
@@ -40,7 +40,7 @@ impl Default for Config {
 }
 
 /// `on_store_error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnStoreError {
     /// Decide on this replica's in-process buckets until Redis answers again.
@@ -52,7 +52,7 @@ pub enum OnStoreError {
 }
 
 /// `[ratelimit.policies.<name>]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// `"100/60s"`, `"10/s"`, `"1000/h"`: tokens per period.
@@ -100,6 +100,40 @@ impl std::str::FromStr for Rate {
         Ok(Self { count, period })
     }
 }
+
+/// `count/unit` for a period of one second, minute or hour (`"10/s"`), else `count/period`
+/// as humantime writes it (`"100/1m 30s"`); both parse back.
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.period.as_millis() {
+            1_000 => Some("s"),
+            60_000 => Some("m"),
+            3_600_000 => Some("h"),
+            _ => None,
+        };
+        match unit {
+            Some(u) => write!(f, "{}/{u}", self.count),
+            None => write!(
+                f,
+                "{}/{}",
+                self.count,
+                humantime::format_duration(self.period)
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Ip => f.write_str("ip"),
+            Key::Route => f.write_str("route"),
+            Key::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+serialize_display!(Rate, Key);
 
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -217,5 +251,23 @@ mod tests {
         ));
         assert!("header:bad name".parse::<Key>().is_err());
         assert!("client".parse::<Key>().is_err());
+    }
+
+    #[test]
+    fn rates_and_keys_print_as_they_parse() {
+        for (text, printed) in [
+            ("100/60s", "100/m"),
+            ("10/s", "10/s"),
+            ("1000/h", "1000/h"),
+            ("5/90s", "5/1m 30s"),
+            ("3/250ms", "3/250ms"),
+        ] {
+            let rate: Rate = text.parse().expect("rate");
+            assert_eq!(rate.to_string(), printed);
+            assert_eq!(printed.parse::<Rate>(), Ok(rate));
+        }
+        for text in ["ip", "route", "header:x-api-key"] {
+            assert_eq!(text.parse::<Key>().expect("key").to_string(), text);
+        }
     }
 }

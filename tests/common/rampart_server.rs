@@ -106,6 +106,34 @@ impl Rampart {
         panic!("no free ports for rampart after 5 tries")
     }
 
+    /// Start with a file of the repository (`config/proxy.toml`) as it is shipped, its
+    /// listeners on free ports through the documented environment overrides, plus `env`
+    /// (`RAMPART_UPSTREAM_<NAME>` pointing its upstreams at test servers).
+    pub fn start_file(path: &str, env: &[(&str, String)]) -> Self {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        let text = std::fs::read_to_string(&file).expect("read config file");
+        for _ in 0..5 {
+            let (port, admin_port) = (free_port(), free_port());
+            let mut vars: BTreeMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            vars.insert("RAMPART_LISTEN".into(), format!("127.0.0.1:{port}"));
+            vars.insert(
+                "RAMPART_ADMIN_LISTEN".into(),
+                format!("127.0.0.1:{admin_port}"),
+            );
+            let config = rampart::config::parse(path, &text, &vars)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            match rampart::app::build(&config, Vec::new()) {
+                Ok(app) => return Self::started(app, config, port, admin_port),
+                Err(rampart::app::Error::Listen { .. }) => continue,
+                Err(e) => panic!("build rampart: {e}"),
+            }
+        }
+        panic!("no free ports for rampart after 5 tries")
+    }
+
     fn started(
         app: rampart::app::App,
         config: rampart::config::Config,
@@ -197,4 +225,108 @@ impl Drop for Rampart {
 pub fn upstream_toml(name: &str, upstreams: &[&SocketAddr]) -> String {
     let addrs: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
     format!("[upstreams.{name}]\naddrs = [{}]\n", addrs.join(", "))
+}
+
+/// The real `rampart` binary (`rampart run --config FILE`) on free ports, with `RUST_LOG` as
+/// given and its stderr collected; killed on drop. For what only the binary does: its logging.
+pub struct RampartProcess {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    dir: std::path::PathBuf,
+}
+
+impl RampartProcess {
+    /// `body` goes after a generated `[server]` table, as for [`Rampart::start`].
+    pub fn start(body: &str, rust_log: &str) -> Self {
+        use std::io::Read;
+        use std::process::{Command, Stdio};
+        for attempt in 0..5 {
+            let (port, admin_port) = (free_port(), free_port());
+            let dir = std::env::temp_dir().join(format!(
+                "rampart-process-{}-{port}-{attempt}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).expect("tmp dir");
+            let file = dir.join("rampart.toml");
+            std::fs::write(
+                &file,
+                format!(
+                    "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nthreads = 1\ngrace_period = \"0s\"\n{body}"
+                ),
+            )
+            .expect("write config");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+                .args(["run", "--config"])
+                .arg(&file)
+                .env_remove("RAMPART_CONFIG")
+                .env("RUST_LOG", rust_log)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start rampart");
+            let mut pipe = child.stderr.take().expect("stderr");
+            let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+                    sink.lock().expect("stderr lock").push_str(&text);
+                }
+            });
+            let mut process = Self {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+                child,
+                stderr,
+                dir,
+            };
+            let deadline = Instant::now() + READY;
+            loop {
+                if try_request(process.admin, "GET", "/healthz", &[("Host", "a")], None)
+                    .is_ok_and(|r| r.status == 200)
+                    && TcpStream::connect(process.addr).is_ok()
+                {
+                    return process;
+                }
+                if let Ok(Some(status)) = process.child.try_wait() {
+                    let log = process.stderr();
+                    assert!(
+                        log.contains("cannot listen"),
+                        "rampart exited ({status}): {log}"
+                    );
+                    break; // a port was taken meanwhile: try others
+                }
+                assert!(Instant::now() < deadline, "rampart did not become ready");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("no free ports for the rampart binary after 5 tries")
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        get(self.addr, path)
+    }
+
+    pub fn admin_get(&self, path: &str) -> Response {
+        get(self.admin, path)
+    }
+}
+
+impl Drop for RampartProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

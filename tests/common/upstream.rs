@@ -75,7 +75,27 @@ pub struct Upstream {
 impl Upstream {
     /// Answers every request with `handler(request)`.
     pub fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        Self::serve(
+            TcpListener::bind("127.0.0.1:0").expect("bind upstream"),
+            handler,
+        )
+    }
+
+    /// [`Upstream::start`] on 127.0.0.1:`port` (an address that was dead, coming back).
+    pub fn start_at(
+        port: u16,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        Self::serve(
+            TcpListener::bind(("127.0.0.1", port)).expect("bind upstream port"),
+            handler,
+        )
+    }
+
+    fn serve(
+        listener: TcpListener,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let addr = listener.local_addr().expect("upstream addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
