@@ -121,6 +121,10 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     /// `rampart_upstream_errors_total{upstream,kind}`: kind = connect | timeout | 5xx.
     pub upstream_errors: IntCounterVec,
+    /// `rampart_upstream_retries_total{upstream,reason}`: reason = connect (another address
+    /// after a failed connect) | closed (a fresh connection to the same address after a pooled
+    /// one turned out closed).
+    pub upstream_retries: IntCounterVec,
     /// `rampart_cache_lookups_total{route,result}`: hit | miss | stale | bypass | expired.
     pub cache_lookups: IntCounterVec,
     /// `rampart_cache_stored_bytes_total{route}`.
@@ -216,6 +220,11 @@ impl Metrics {
                 "rampart_upstream_errors_total",
                 "Upstream failures by group and kind (connect, timeout, 5xx).",
                 &["upstream", "kind"],
+            )?,
+            upstream_retries: counter(
+                "rampart_upstream_retries_total",
+                "Upstream attempts sent again, by group and reason (connect, closed).",
+                &["upstream", "reason"],
             )?,
             cache_lookups: counter(
                 "rampart_cache_lookups_total",
@@ -333,6 +342,13 @@ impl Metrics {
     pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
         self.upstream_errors
             .with_label_values(&[upstream, kind])
+            .inc();
+    }
+
+    /// `reason`: connect | closed.
+    pub fn upstream_retry(&self, upstream: &str, reason: &'static str) {
+        self.upstream_retries
+            .with_label_values(&[upstream, reason])
             .inc();
     }
 

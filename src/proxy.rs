@@ -106,21 +106,20 @@ impl ProxyHttp for Proxy {
         cache::should_serve_stale(&ctx.cache, error)
     }
 
-    /// The route's group, next untried address round-robin.
+    /// The route's group: a fresh connection to the same address when the pooled one was
+    /// found closed, else the next usable address round-robin.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "no route for upstream_peer");
         };
         let upstream = &route.upstream;
-        let Some(backend) = upstream.select(&ctx.upstream.tried) else {
-            return Error::e_explain(
+        match upstream.next_peer(&mut ctx.upstream) {
+            Some(peer) => Ok(Box::new(peer)),
+            None => Error::e_explain(
                 ErrorType::ConnectNoRoute,
                 format!("upstream group {} has no usable address", upstream.name),
-            );
-        };
-        let peer = upstream.peer(&backend);
-        ctx.upstream.tried.push(backend);
-        Ok(Box::new(peer))
+            ),
+        }
     }
 
     /// A refused or timed-out connect is retried on another address, idempotent methods only.
@@ -131,14 +130,51 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(route) = ctx.route.as_ref() {
-            self.metrics.upstream_error(&route.upstream.name, "connect");
-        }
-        let retry = ctx.route.as_ref().is_some_and(|r| {
-            ctx.upstream.tried.len() <= r.upstream.config.connect_retries
-                && session.req_header().method.is_idempotent()
-                && r.upstream.select(&ctx.upstream.tried).is_some()
-        });
+        let retry = match ctx.route.as_ref() {
+            Some(route) => {
+                let upstream = &route.upstream;
+                self.metrics.upstream_error(&upstream.name, "connect");
+                let idempotent = session.req_header().method.is_idempotent();
+                let retry = upstream.connect_failed(&mut ctx.upstream, idempotent);
+                if retry {
+                    self.metrics.upstream_retry(&upstream.name, "connect");
+                }
+                retry
+            }
+            None => false,
+        };
+        e.set_retry(retry);
+        e
+    }
+
+    /// A failure on an established connection: sent again once, on a fresh connection to the
+    /// same address, when the pooled connection turned out closed and sending again cannot
+    /// apply the request twice (`routing::reconnect_allowed`). This replaces Pingora's default,
+    /// which retries the same failures but through `upstream_peer`, where the only address of a
+    /// group counts as tried (a 502) and another pooled connection may be just as dead.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let idempotent = session.req_header().method.is_idempotent();
+        // Nothing went to the client yet, and the request body (if any) can be sent again.
+        let replayable =
+            session.response_written().is_none() && !session.as_ref().retry_buffer_truncated();
+        let retry = replayable
+            && ctx.route.as_ref().is_some_and(|route| {
+                let upstream = &route.upstream;
+                let retry =
+                    upstream.reconnect_after(&mut ctx.upstream, &e, client_reused, idempotent);
+                if retry {
+                    self.metrics.upstream_retry(&upstream.name, "closed");
+                }
+                retry
+            });
+        let mut e = e.more_context(format!("Peer: {peer}"));
         e.set_retry(retry);
         e
     }
@@ -172,27 +208,35 @@ impl ProxyHttp for Proxy {
             self.headers
                 .forward(upstream_request, client, &ctx.request_id, host);
         }
+        if ctx.upstream.fresh {
+            // The retry's own connection: closed after this response, never pooled.
+            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+        }
         ctx.upstream.sent_at = Some(std::time::Instant::now());
         Ok(())
     }
 
-    /// Upstream answered: its latency and 5xx count for the group; a successful unsafe request
-    /// invalidates the URL's cache entries.
+    /// Upstream answered (before the cache stores anything): its latency and 5xx count and its
+    /// `Keep-Alive` for the group -> hop-by-hop fields removed -> a successful unsafe request invalidates the URL's cache entries.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(route), Some(sent_at)) = (ctx.route.as_ref(), ctx.upstream.sent_at) {
-            let took = sent_at.elapsed();
-            ctx.upstream.response_time = Some(took);
-            self.metrics.upstream_response(
-                &route.upstream.name,
-                upstream_response.status.as_u16(),
-                took,
-            );
+        if let Some(route) = ctx.route.as_ref() {
+            if let Some(sent_at) = ctx.upstream.sent_at {
+                let took = sent_at.elapsed();
+                ctx.upstream.response_time = Some(took);
+                self.metrics.upstream_response(
+                    &route.upstream.name,
+                    upstream_response.status.as_u16(),
+                    took,
+                );
+            }
+            route.upstream.learn_keep_alive(upstream_response);
         }
+        headers::remove_hop_by_hop(upstream_response);
         self.cache
             .invalidate_unsafe(session, upstream_response, &ctx.cache)
             .await;
@@ -267,9 +311,12 @@ impl ProxyHttp for Proxy {
         });
     }
 
-    /// An error before a response went out: problem+json with the status decided here.
+    /// An error before a response went out: problem+json with the status decided here. The
+    /// client connection is closed afterwards (Pingora does not reuse it after a proxy
+    /// failure), so the answer says `Connection: close`.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let (code, detail) = error_status(e);
+        session.set_keepalive(None);
         if code > 0 {
             let problem = LocalResponse::problem(code, detail, &ctx.request_id);
             if let Err(write_err) = respond::send(session, &self.headers, ctx, problem).await {
