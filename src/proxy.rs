@@ -72,20 +72,28 @@ impl ProxyHttp for Proxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        self.cache.key(session, &ctx.cache)
+        self.cache.key(session, &mut ctx.cache)
     }
 
-    fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
-        self.cache.cache_miss(session, &mut ctx.cache);
+    fn cache_miss(&self, session: &mut Session, _ctx: &mut Ctx) {
+        self.cache.cache_miss(session);
     }
 
+    /// `response_delay` is the time since the request went upstream (RFC 9111 section 4.2.3).
     fn response_cache_filter(
         &self,
         _session: &Session,
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        Ok(self.cache.response_cacheable(resp, &ctx.cache))
+        let response_delay = ctx
+            .upstream
+            .sent_at
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        Ok(self
+            .cache
+            .response_cacheable(resp, &mut ctx.cache, response_delay))
     }
 
     fn cache_vary_filter(
@@ -217,7 +225,8 @@ impl ProxyHttp for Proxy {
     }
 
     /// Upstream answered (before the cache stores anything): its latency and 5xx count and its
-    /// `Keep-Alive` for the group -> hop-by-hop fields removed -> a successful unsafe request invalidates the URL's cache entries.
+    /// `Keep-Alive` for the group -> hop-by-hop fields removed -> a 304 kept for the
+    /// revalidation -> a successful unsafe request invalidates the URL's cache entries.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -238,13 +247,15 @@ impl ProxyHttp for Proxy {
         }
         headers::remove_hop_by_hop(upstream_response);
         self.cache
+            .upstream_response(session, upstream_response, &mut ctx.cache);
+        self.cache
             .invalidate_unsafe(session, upstream_response, &ctx.cache)
             .await;
         Ok(())
     }
 
-    /// cache status -> security, CORS and request-id headers -> compression decision (cache
-    /// hits pass here too).
+    /// cache status and targeted cache fields -> security, CORS and request-id headers ->
+    /// compression decision (cache hits pass here too).
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -272,7 +283,7 @@ impl ProxyHttp for Proxy {
 
     /// Every request ends here, answered or not: metrics, then the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        self.cache.release_unfilled(session, e, &ctx.cache).await;
+        self.cache.release_claim(&ctx.cache).await;
         let elapsed = ctx.started.elapsed();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
