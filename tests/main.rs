@@ -13,3 +13,4 @@ mod metrics;
 mod ratelimit;
 mod redis;
 mod routing;
+mod semantics;

@@ -170,6 +170,12 @@ timeseries("Upstream errors by group and kind",
                    "{{upstream}} {{kind}}")], unit="short",
            description="Errors per second. connect = unreachable, timeout = no answer in "
                        "read_timeout, 5xx = the upstream answered with an error.")
+timeseries("Upstream retries by group and reason",
+           [target(f"sum by (upstream, reason) ({rate('rampart_upstream_retries_total')})",
+                   "{{upstream}} {{reason}}")], unit="short",
+           description="Attempts sent again per second. connect = another address after a failed "
+                       "connect; closed = a fresh connection to the same address after the pooled "
+                       "one turned out closed by the upstream (its keep-alive timeout).")
 
 # ---------------------------------------------------------------- cache & limiter
 row("Cache and rate limiting")
@@ -177,8 +183,8 @@ timeseries("Cache hit ratio by route",
            [target(f"sum by (route) ({rate('rampart_cache_lookups_total', RSEL, HIT)})"
                    f" / sum by (route) ({rate('rampart_cache_lookups_total', RSEL, NOT_BYPASS)})",
                    "{{route}}")], unit="percentunit", max_=1,
-           description="hit / (hit + miss + stale + expired). Bypassed lookups (not cacheable: "
-                       "method, Authorization, Cache-Control) are left out.")
+           description="hit / (hit + miss + stale + expired + revalidated). Bypassed lookups "
+                       "(not cacheable: method, Authorization, Cache-Control) are left out.")
 timeseries("Cache lookups by route and result",
            [target(f"sum by (route, result) ({rate('rampart_cache_lookups_total', RSEL)})",
                    "{{route}} {{result}}")], unit="ops", stack=True)
