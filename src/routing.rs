@@ -23,7 +23,7 @@ use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
-use pingora::{Error, ErrorType, RetryType};
+use pingora::{Error, ErrorSource, ErrorType, RetryType};
 use serde::Deserialize;
 
 use crate::types::{Duration, HeaderValueText, HostPort, Invalid, Name, UrlPath};
@@ -367,7 +367,8 @@ fn keep_below(secs: u64) -> u64 {
 ///
 /// A fresh connection that fails the same way is a real upstream failure: never retried here.
 pub fn reconnect_allowed(e: &Error, reused: bool, idempotent: bool) -> bool {
-    if !reused {
+    // The client's side failing (it went away mid-body) is no reason to ask the upstream again.
+    if !reused || e.esource() != &ErrorSource::Upstream {
         return false;
     }
     // Pingora names the head write in the error's context (it has no error type of its own);
@@ -626,16 +627,21 @@ mod tests {
 
     #[test]
     fn only_closed_pooled_connections_are_retried_and_only_safely() {
+        let up = |etype, context: &'static str| {
+            let mut e = Error::explain(etype, context);
+            e.esource = ErrorSource::Upstream;
+            e
+        };
         let closed = || {
-            let mut e = Error::explain(
+            let mut e = up(
                 ErrorType::ConnectionClosed,
                 "while reading response headers, bytes already read: 0",
             );
             e.retry = RetryType::ReusedOnly;
             e
         };
-        let head = || Error::explain(ErrorType::WriteError, "while writing request headers");
-        let body = || Error::explain(ErrorType::WriteError, "writing body");
+        let head = || up(ErrorType::WriteError, "while writing request headers");
+        let body = || up(ErrorType::WriteError, "writing body");
         assert!(reconnect_allowed(&closed(), true, true));
         assert!(
             !reconnect_allowed(&closed(), true, false),
@@ -657,7 +663,13 @@ mod tests {
             reconnect_allowed(&body(), true, true),
             "a PUT may be sent again"
         );
-        let timeout = Error::explain(ErrorType::ReadTimedout, "while reading response headers");
+        let mut client_gone = body();
+        client_gone.esource = ErrorSource::Downstream;
+        assert!(
+            !reconnect_allowed(&client_gone, true, true),
+            "the client's failure"
+        );
+        let timeout = up(ErrorType::ReadTimedout, "while reading response headers");
         assert!(
             !reconnect_allowed(&timeout, true, true),
             "a slow upstream is not a closed one"
@@ -679,6 +691,7 @@ mod tests {
         assert_eq!(first.group_key, 0);
         assert!(!state.fresh);
         let mut e = Error::explain(ErrorType::ConnectionClosed, "closed");
+        e.esource = ErrorSource::Upstream;
         e.retry = RetryType::ReusedOnly;
         assert!(u.reconnect_after(&mut state, &e, true, true));
         let again = u.next_peer(&mut state).expect("the same address");

@@ -548,6 +548,45 @@ fn stale_entries_are_revalidated_and_304s_update_them() {
     }
 }
 
+/// With `stale_while_revalidate`, the stale entry keeps being served at once while one
+/// background request revalidates it; the 304 then refreshes it for everyone.
+#[test]
+fn stale_while_revalidate_serves_during_a_slow_revalidation() {
+    for store in STORES {
+        let up = Upstream::start(|req| {
+            let reply = if req.header("if-none-match") == Some("\"a\"") {
+                Reply::ok("").status(304).header("x-meta", "revalidated")
+            } else {
+                Reply::json(r#"{"v":1}"#).header("x-meta", "first")
+            };
+            reply
+                .header("etag", "\"a\"")
+                .header("cache-control", "max-age=1")
+                .delay(Duration::from_millis(400))
+        });
+        let (r, _redis) = start(store, &up, "stale_while_revalidate = \"30s\"");
+        assert_eq!(r.get(KPIS).status, 200);
+        std::thread::sleep(Duration::from_millis(1600));
+        for _ in 0..3 {
+            let started = Instant::now();
+            let stale = r.get(KPIS);
+            let took = started.elapsed();
+            assert_eq!((stale.status, x_cache(&stale)), (200, "STALE"), "{store:?}");
+            assert_eq!(stale.text(), r#"{"v":1}"#);
+            assert!(
+                took < Duration::from_millis(350),
+                "{store:?}: served without waiting for the 400 ms revalidation: {took:?}"
+            );
+        }
+        eventually("the background revalidation stored", || {
+            let resp = r.get(KPIS);
+            x_cache(&resp) == "HIT" && resp.header("x-meta") == Some("revalidated")
+        });
+        assert_eq!(up.count(), 2, "{store:?}: one fill, one revalidation");
+        assert_eq!(up.last().header("if-none-match"), Some("\"a\""));
+    }
+}
+
 /// A conditional request whose validator matches a fresh entry gets a 304 from the cache.
 #[test]
 fn conditional_requests_are_answered_304_from_fresh_entries() {
