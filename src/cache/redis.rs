@@ -22,8 +22,9 @@
 //! own claim is the claimer, never a waiter on itself. A revalidation only updates an entry
 //! that is still whole; one that expired meanwhile is a miss, never half an entry.
 //!
-//! Expiry: the hash's TTL is set by each fill to that entry's freshness plus its longer stale
-//! window. Variants of one URL share the TTL of the latest fill; a variant that outlives its
+//! Expiry: the hash's TTL is set by each fill (and revalidation) to that entry's freshness plus
+//! its longer stale window, or `keep_for_revalidation` when it has a validator and that is
+//! longer (storage.rs, `retention`). Variants of one URL share the TTL of the latest fill; a variant that outlives its
 //! own window is still judged by its stored freshness (never served fresh by mistake), one that
 //! goes early is only a miss. Field-level TTLs (`HPEXPIRE`) would need Redis 7.4.
 //!
