@@ -1,10 +1,12 @@
 //! Headers: what the upstream is told about the client, and what every client response carries.
 //!
-//! Phases: `upstream_request_filter` ([`Headers::forward`]); `response_filter` and `respond`
-//! ([`Headers::downstream`]), so proxied, cached and self-made responses are treated alike.
+//! Phases: `upstream_request_filter` ([`Headers::forward`]); `upstream_response_filter`
+//! ([`remove_hop_by_hop`]); `response_filter` and `respond` ([`Headers::downstream`]), so
+//! proxied, cached and self-made responses are treated alike.
 //!
 //! Invariants: every response leaves with the security headers and the request id; a header
-//! value the upstream chose (e.g. a stricter `X-Frame-Options: DENY`) is kept, not overwritten.
+//! value the upstream chose (e.g. a stricter `X-Frame-Options: DENY`) is kept, not overwritten;
+//! no hop-by-hop field crosses Rampart in either direction or reaches the cache.
 
 use std::collections::BTreeMap;
 
@@ -148,6 +150,49 @@ pub struct Downstream<'a> {
     pub upstream_time: Option<std::time::Duration>,
 }
 
+/// Fields that describe one connection, not the message (RFC 9110 section 7.6.1), besides
+/// those the message's own `Connection` names.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Remove the hop-by-hop fields of an upstream response before it is stored or forwarded:
+/// `Connection` and every field it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
+/// `Transfer-Encoding` and `Upgrade`. A `101 Switching Protocols` keeps `Connection` and
+/// `Upgrade`: they are the upgrade itself.
+///
+/// Only responses: for requests Pingora's default upstream request policy
+/// (`HttpUpstreamRequestPolicy::standard`) already strips the same set, nominated fields
+/// included, and forwards only a WebSocket upgrade. Framing is not affected: Pingora reads the
+/// upstream body from the raw header it parsed, and frames the client's copy itself.
+pub fn remove_hop_by_hop(resp: &mut ResponseHeader) {
+    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let nominated: Vec<HeaderName> = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in &nominated {
+        if !(upgrade && *name == http::header::UPGRADE) {
+            resp.remove_header(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        if !(upgrade && (name == "connection" || name == "upgrade")) {
+            resp.remove_header(name);
+        }
+    }
+}
+
 /// The client's `X-Request-Id` when it is a sane token, else a fresh UUID. Anything longer or
 /// stranger is replaced so it cannot forge log lines or bloat headers.
 pub fn request_id(req: &RequestHeader) -> String {
@@ -235,6 +280,40 @@ mod tests {
             star.headers.get("vary").map(|v| v.as_bytes()),
             Some(&b"*"[..])
         );
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_nominated_ones_are_removed() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        for (k, v) in [
+            ("connection", "x-foo, close"),
+            ("connection", "X-Bar"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("trailer", "x-sum"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("etag", "\"v1\""),
+        ] {
+            resp.append_header(k.to_string(), v).expect("h");
+        }
+        remove_hop_by_hop(&mut resp);
+        let names: Vec<&str> = resp.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["etag"]);
+
+        let mut switching = ResponseHeader::build(101, None).expect("resp");
+        switching.append_header("connection", "Upgrade").expect("h");
+        switching.append_header("upgrade", "websocket").expect("h");
+        switching
+            .append_header("keep-alive", "timeout=5")
+            .expect("h");
+        remove_hop_by_hop(&mut switching);
+        assert!(switching.headers.get("upgrade").is_some());
+        assert!(switching.headers.get("connection").is_some());
+        assert!(switching.headers.get("keep-alive").is_none());
     }
 
     #[test]

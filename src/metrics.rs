@@ -124,6 +124,10 @@ pub struct Metrics {
     /// `rampart_upstream_healthy{upstream,addr}`: 1 while an address gets requests, 0 while
     /// health checks or failed requests keep it out.
     pub upstream_healthy: IntGaugeVec,
+    /// `rampart_upstream_retries_total{upstream,reason}`: reason = connect (another address
+    /// after a failed connect) | closed (a fresh connection to the same address after a pooled
+    /// one turned out closed).
+    pub upstream_retries: IntCounterVec,
     /// `rampart_cache_lookups_total{route,result}`: hit | miss | stale | bypass | expired.
     pub cache_lookups: IntCounterVec,
     /// `rampart_cache_stored_bytes_total{route}`.
@@ -230,6 +234,11 @@ impl Metrics {
                 "rampart_upstream_healthy",
                 "1 while an upstream address is up, 0 while health checks or failed requests keep it out.",
                 &["upstream", "addr"],
+            )?,
+            upstream_retries: counter(
+                "rampart_upstream_retries_total",
+                "Upstream attempts sent again, by group and reason (connect, closed).",
+                &["upstream", "reason"],
             )?,
             cache_lookups: counter(
                 "rampart_cache_lookups_total",
@@ -356,6 +365,13 @@ impl Metrics {
     pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
         self.upstream_errors
             .with_label_values(&[upstream, kind])
+            .inc();
+    }
+
+    /// `reason`: connect | closed.
+    pub fn upstream_retry(&self, upstream: &str, reason: &'static str) {
+        self.upstream_retries
+            .with_label_values(&[upstream, reason])
             .inc();
     }
 

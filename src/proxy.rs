@@ -71,20 +71,29 @@ impl ProxyHttp for Proxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        ctx.runtime.cache.key(session, &ctx.cache)
+        ctx.runtime.cache.key(session, &mut ctx.cache)
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
-        ctx.runtime.cache.cache_miss(session, &mut ctx.cache);
+        ctx.runtime.cache.cache_miss(session);
     }
 
+    /// `response_delay` is the time since the request went upstream (RFC 9111 section 4.2.3).
     fn response_cache_filter(
         &self,
         _session: &Session,
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        Ok(ctx.runtime.cache.response_cacheable(resp, &ctx.cache))
+        let response_delay = ctx
+            .upstream
+            .sent_at
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        Ok(ctx
+            .runtime
+            .cache
+            .response_cacheable(resp, &mut ctx.cache, response_delay))
     }
 
     fn cache_vary_filter(
@@ -105,21 +114,20 @@ impl ProxyHttp for Proxy {
         cache::should_serve_stale(&ctx.cache, error)
     }
 
-    /// The route's group, next untried address round-robin.
+    /// The route's group: a fresh connection to the same address when the pooled one was
+    /// found closed, else the next usable address round-robin.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "no route for upstream_peer");
         };
         let upstream = &route.upstream;
-        let Some(backend) = upstream.select(&ctx.upstream.tried) else {
-            return Error::e_explain(
+        match upstream.next_peer(&mut ctx.upstream) {
+            Some(peer) => Ok(Box::new(peer)),
+            None => Error::e_explain(
                 ErrorType::ConnectNoRoute,
                 format!("upstream group {} has no usable address", upstream.name),
-            );
-        };
-        let peer = upstream.peer(&backend);
-        ctx.upstream.tried.push(backend);
-        Ok(Box::new(peer))
+            ),
+        }
     }
 
     /// A refused or timed-out connect counts against the address and is retried on another
@@ -131,18 +139,55 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(route) = ctx.route.as_ref() {
-            self.metrics.upstream_error(&route.upstream.name, "connect");
-            if let Some(backend) = ctx.upstream.tried.last() {
-                let why = format!("connect failed ({})", e.etype().as_str());
-                route.upstream.health.request_failed(backend, &why);
+        let retry = match ctx.route.as_ref() {
+            Some(route) => {
+                let upstream = &route.upstream;
+                self.metrics.upstream_error(&upstream.name, "connect");
+                if let Some(backend) = ctx.upstream.tried.last() {
+                    let why = format!("connect failed ({})", e.etype().as_str());
+                    upstream.health.request_failed(backend, &why);
+                }
+                let idempotent = session.req_header().method.is_idempotent();
+                let retry = upstream.connect_failed(&mut ctx.upstream, idempotent);
+                if retry {
+                    self.metrics.upstream_retry(&upstream.name, "connect");
+                }
+                retry
             }
-        }
-        let retry = ctx.route.as_ref().is_some_and(|r| {
-            ctx.upstream.tried.len() <= r.upstream.config.connect_retries
-                && session.req_header().method.is_idempotent()
-                && r.upstream.select(&ctx.upstream.tried).is_some()
-        });
+            None => false,
+        };
+        e.set_retry(retry);
+        e
+    }
+
+    /// A failure on an established connection: sent again once, on a fresh connection to the
+    /// same address, when the pooled connection turned out closed and sending again cannot
+    /// apply the request twice (`routing::reconnect_allowed`). This replaces Pingora's default,
+    /// which retries the same failures but through `upstream_peer`, where the only address of a
+    /// group counts as tried (a 502) and another pooled connection may be just as dead.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let idempotent = session.req_header().method.is_idempotent();
+        // Nothing went to the client yet, and the request body (if any) can be sent again.
+        let replayable =
+            session.response_written().is_none() && !session.as_ref().retry_buffer_truncated();
+        let retry = replayable
+            && ctx.route.as_ref().is_some_and(|route| {
+                let upstream = &route.upstream;
+                let retry =
+                    upstream.reconnect_after(&mut ctx.upstream, &e, client_reused, idempotent);
+                if retry {
+                    self.metrics.upstream_retry(&upstream.name, "closed");
+                }
+                retry
+            });
+        let mut e = e.more_context(format!("Peer: {peer}"));
         e.set_retry(retry);
         e
     }
@@ -177,31 +222,44 @@ impl ProxyHttp for Proxy {
                 .headers
                 .forward(upstream_request, client, &ctx.request_id, host);
         }
+        if ctx.upstream.fresh {
+            // The retry's own connection: closed after this response, never pooled.
+            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+        }
         ctx.upstream.sent_at = Some(std::time::Instant::now());
         Ok(())
     }
 
-    /// Upstream answered: its latency and 5xx count for the group, the answer counts for the
-    /// address's health; a successful unsafe request invalidates the URL's cache entries.
+    /// Upstream answered (before the cache stores anything): its latency and 5xx count and its
+    /// `Keep-Alive` for the group, the answer counts for the address's health -> hop-by-hop
+    /// fields removed -> a 304 kept for the revalidation -> a successful unsafe request
+    /// invalidates the URL's cache entries.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(route), Some(sent_at)) = (ctx.route.as_ref(), ctx.upstream.sent_at) {
-            let took = sent_at.elapsed();
-            ctx.upstream.response_time = Some(took);
-            self.metrics.upstream_response(
-                &route.upstream.name,
-                upstream_response.status.as_u16(),
-                took,
-            );
+        if let Some(route) = ctx.route.as_ref() {
+            if let Some(sent_at) = ctx.upstream.sent_at {
+                let took = sent_at.elapsed();
+                ctx.upstream.response_time = Some(took);
+                self.metrics.upstream_response(
+                    &route.upstream.name,
+                    upstream_response.status.as_u16(),
+                    took,
+                );
+            }
+            route.upstream.learn_keep_alive(upstream_response);
         }
         if let (Some(route), Some(backend)) = (ctx.route.as_ref(), ctx.upstream.tried.last()) {
             let status = upstream_response.status.as_u16();
             route.upstream.health.request_answered(backend, status);
         }
+        headers::remove_hop_by_hop(upstream_response);
+        ctx.runtime
+            .cache
+            .upstream_response(session, upstream_response, &mut ctx.cache);
         ctx.runtime
             .cache
             .invalidate_unsafe(session, upstream_response, &ctx.cache)
@@ -209,8 +267,8 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// cache status -> security, CORS and request-id headers -> compression decision (cache
-    /// hits pass here too).
+    /// cache status and targeted cache fields -> security, CORS and request-id headers ->
+    /// compression decision (cache hits pass here too).
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -244,10 +302,7 @@ impl ProxyHttp for Proxy {
 
     /// Every request ends here, answered or not: metrics, then the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        ctx.runtime
-            .cache
-            .release_unfilled(session, e, &ctx.cache)
-            .await;
+        ctx.runtime.cache.release_claim(&ctx.cache).await;
         let elapsed = ctx.started.elapsed();
         let status = match session.response_written() {
             Some(r) => r.status.as_u16(),
@@ -315,9 +370,12 @@ impl ProxyHttp for Proxy {
         true
     }
 
-    /// An error before a response went out: problem+json with the status decided here.
+    /// An error before a response went out: problem+json with the status decided here. The
+    /// client connection is closed afterwards (Pingora does not reuse it after a proxy
+    /// failure), so the answer says `Connection: close`.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let (code, detail) = error_status(e);
+        session.set_keepalive(None);
         if code > 0 {
             let problem = LocalResponse::problem(code, detail, &ctx.request_id);
             let headers = &ctx.runtime.headers;

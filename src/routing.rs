@@ -1,13 +1,18 @@
 //! Routing: which upstream group a request goes to, and which address in it.
 //!
-//! Phases: `request_filter` ([`Router::route`]), `upstream_peer` ([`Upstream::peer`]),
-//! `upstream_request_filter` ([`Route::upstream_path`]).
+//! Phases: `request_filter` ([`Router::route`]), `upstream_peer` ([`Upstream::next_peer`]),
+//! `fail_to_connect` / `error_while_proxy` (which failures are tried again, and where),
+//! `upstream_request_filter` ([`Route::upstream_path`]), `upstream_response_filter`
+//! ([`Upstream::learn_keep_alive`]).
 //!
 //! Invariants: the longest matching prefix wins (ties are impossible, config rejects duplicate
 //! prefixes); a path is forwarded byte for byte unless the route configures a rewrite; an
-//! address that refused a connection is not tried again by the same request.
+//! address that refused a connection is not tried again by the same request; a request is sent
+//! again only when that cannot apply it twice (an idempotent method, or a request head that
+//! never fully left), at most once on a fresh connection after a pooled one turned out closed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,6 +23,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, RetryType};
 use prometheus::IntGaugeVec;
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +43,8 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     #[serde(default = "defaults::io_timeout")]
     pub write_timeout: Duration,
-    /// How long an idle upstream connection is kept for reuse ("0s" disables keepalive).
+    /// How long an idle upstream connection is kept for reuse ("0s" disables keepalive). An
+    /// upstream's `Keep-Alive: timeout=N` lowers it to just under N for that group.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Duration,
     /// How many other addresses to try when connecting fails (idempotent requests only).
@@ -113,8 +120,10 @@ mod defaults {
     pub fn io_timeout() -> Duration {
         Duration::secs(60)
     }
+    /// Below the 5 s keep-alive of uvicorn, Node.js and Apache, so Rampart drops an idle
+    /// connection before the server does (the server closing first races with a new request).
     pub fn idle_timeout() -> Duration {
-        Duration::secs(60)
+        Duration::secs(4)
     }
     pub fn connect_retries() -> usize {
         2
@@ -224,7 +233,14 @@ pub struct Upstream {
     /// `Host` sent when the group names one, or when the client sent none (HTTP/1.0): the
     /// configured `host`, else the first address.
     host_header: HeaderValue,
+    /// The idle timeout learned from the group's `Keep-Alive: timeout=`, in milliseconds
+    /// (`u64::MAX`: none seen yet).
+    learned_idle_ms: AtomicU64,
 }
+
+/// Pool partition of connections opened to replace a closed pooled one: a separate reuse hash,
+/// so the retry never picks another pooled connection (it could be just as dead).
+const FRESH_POOL: u64 = 1;
 
 impl Upstream {
     /// The load balancer is returned unstarted: the runtime's background tasks run its
@@ -268,6 +284,7 @@ impl Upstream {
             balancer: Arc::new(balancer),
             health,
             host_header,
+            learned_idle_ms: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -282,6 +299,57 @@ impl Upstream {
             .or_else(|| self.balancer.select_with(b"", n, |b, _| untried(b)))
     }
 
+    /// The peer for this request's next attempt: a fresh connection to the address whose
+    /// pooled connection was closed, else the next usable address round-robin. `None`: no
+    /// address left.
+    pub fn next_peer(&self, state: &mut RequestState) -> Option<HttpPeer> {
+        let (backend, fresh) = match state.reconnect.take() {
+            Some(b) => (b, true),
+            None => (self.select(&state.unreachable)?, false),
+        };
+        let mut peer = self.peer(&backend);
+        if fresh {
+            peer.group_key = FRESH_POOL;
+        }
+        state.fresh = fresh;
+        state.tried.push(backend);
+        Some(peer)
+    }
+
+    /// The last attempt could not connect: its address is not tried again by this request.
+    /// Whether another address may be tried: an idempotent request, within `connect_retries`.
+    pub fn connect_failed(&self, state: &mut RequestState, idempotent: bool) -> bool {
+        if let Some(b) = state.tried.last() {
+            if !state.unreachable.contains(b) {
+                state.unreachable.push(b.clone());
+            }
+        }
+        state.unreachable.len() <= self.config.connect_retries
+            && idempotent
+            && self.select(&state.unreachable).is_some()
+    }
+
+    /// After a failed attempt: whether to send the request again on a fresh connection to the
+    /// same address, because the pooled connection it used was already closed. Once per
+    /// request; see [`reconnect_allowed`] for which requests.
+    pub fn reconnect_after(
+        &self,
+        state: &mut RequestState,
+        e: &Error,
+        reused: bool,
+        idempotent: bool,
+    ) -> bool {
+        if state.reconnected || !reconnect_allowed(e, reused, idempotent) {
+            return false;
+        }
+        let Some(last) = state.tried.last() else {
+            return false;
+        };
+        state.reconnect = Some(last.clone());
+        state.reconnected = true;
+        true
+    }
+
     /// A peer for `backend` with this group's timeouts and keepalive.
     pub fn peer(&self, backend: &Backend) -> HttpPeer {
         let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
@@ -289,8 +357,39 @@ impl Upstream {
         o.connection_timeout = Some(self.config.connect_timeout.0);
         o.read_timeout = Some(self.config.read_timeout.0);
         o.write_timeout = Some(self.config.write_timeout.0);
-        o.idle_timeout = Some(self.config.idle_timeout.0);
+        o.idle_timeout = Some(self.idle_timeout());
         peer
+    }
+
+    /// The configured idle timeout, lowered to what the upstream announced it keeps.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        let configured = self.config.idle_timeout.0;
+        match self.learned_idle_ms.load(Ordering::Relaxed) {
+            u64::MAX => configured,
+            ms => configured.min(std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// `upstream_response_filter`: remember the group's `Keep-Alive: timeout=N` (read before the
+    /// header is removed as hop-by-hop). Pingora reads it only to decide keep-alive on/off and
+    /// pools the connection for the peer's `idle_timeout` whatever N says, so a server that
+    /// closes after N seconds would race Rampart's reuse; connections are kept just under N
+    /// from the next request on.
+    pub fn learn_keep_alive(&self, resp: &ResponseHeader) {
+        let Some(secs) = resp
+            .headers
+            .get("keep-alive")
+            .and_then(|v| keep_alive_timeout(v.as_bytes()))
+        else {
+            return;
+        };
+        let ms = keep_below(secs);
+        if self.learned_idle_ms.swap(ms, Ordering::Relaxed) != ms {
+            log::debug!(
+                "upstream {}: Keep-Alive timeout={secs}, idle connections kept {ms} ms",
+                self.name
+            );
+        }
     }
 
     /// The `Host` to send upstream: the group's own when it names one, the client's when it
@@ -361,11 +460,69 @@ impl ServiceDiscovery for Dns {
     }
 }
 
+/// `timeout=N` of a `Keep-Alive` field value (`timeout=5, max=1000`); `None` when absent or
+/// not a number.
+fn keep_alive_timeout(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value)
+        .ok()?
+        .split(',')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("timeout"))
+        .and_then(|(_, v)| v.trim().trim_matches('"').parse().ok())
+}
+
+/// How long to keep an idle connection to a server that closes it after `secs`: a second
+/// less (half of it below two seconds), so Rampart is the side that closes.
+fn keep_below(secs: u64) -> u64 {
+    let ms = secs.saturating_mul(1000);
+    ms - (ms / 2).min(1000)
+}
+
+/// Whether a failed attempt on a connection may be sent again on a fresh one: the connection
+/// came from the pool (`reused`) and was found closed, and sending again cannot apply the
+/// request twice. (The caller also checks that no response went to the client yet.) Two
+/// failures qualify:
+///
+/// - the upstream closed or reset the connection (EOF or a reset while reading the response
+///   head, which Pingora marks `RetryType::ReusedOnly`, or a broken pipe while sending):
+///   idempotent methods only (RFC 9110 section 9.2.2), since the upstream may have read the
+///   request;
+/// - writing the request head failed: the upstream never had a whole request, so any method.
+///
+/// A fresh connection that fails the same way is a real upstream failure: never retried here.
+pub fn reconnect_allowed(e: &Error, reused: bool, idempotent: bool) -> bool {
+    // The client's side failing (it went away mid-body) is no reason to ask the upstream again.
+    if !reused || e.esource() != &ErrorSource::Upstream {
+        return false;
+    }
+    // Pingora names the head write in the error's context (it has no error type of its own);
+    // a body write failure (the head went out) says otherwise.
+    let head_unsent = e.etype() == &ErrorType::WriteError
+        && e.context.as_ref().map(|c| c.as_str()).is_some_and(|c| {
+            c.starts_with("while writing request headers") || c == "flushing request header"
+        });
+    let closed = e.retry == RetryType::ReusedOnly
+        || matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        );
+    head_unsent || (idempotent && closed)
+}
+
 /// Where one request went upstream (a field of the request context).
 #[derive(Default)]
 pub struct RequestState {
-    /// Addresses this request already tried to connect to (retries go elsewhere).
+    /// Every attempt's address, in order (the access log names the last).
     pub tried: Vec<Backend>,
+    /// Addresses that refused or timed out a connect: not tried again by this request.
+    pub unreachable: Vec<Backend>,
+    /// The next attempt goes to this address on a fresh connection (its pooled one was closed).
+    pub reconnect: Option<Backend>,
+    /// The one fresh-connection retry was used.
+    pub reconnected: bool,
+    /// The current attempt is on a fresh connection: it asks the upstream to close it after the
+    /// response, so it never lingers in the pool.
+    pub fresh: bool,
     /// When the request was sent upstream.
     pub sent_at: Option<std::time::Instant>,
     /// How long the upstream took to send its response header.
@@ -561,5 +718,111 @@ mod tests {
         assert_eq!(rw.upstream_path("/old/a/b").as_deref(), Some("/new/a/b"));
         let rw2 = route("/old", false, Some("/new"));
         assert_eq!(rw2.upstream_path("/old/a").as_deref(), Some("/new/a"));
+    }
+
+    #[test]
+    fn keep_alive_timeouts() {
+        assert_eq!(keep_alive_timeout(b"timeout=5, max=1000"), Some(5));
+        assert_eq!(keep_alive_timeout(b"max=10,Timeout = 2"), Some(2));
+        assert_eq!(keep_alive_timeout(b"max=10"), None);
+        assert_eq!(keep_alive_timeout(b"timeout=soon"), None);
+        assert_eq!(keep_below(5), 4000);
+        assert_eq!(keep_below(1), 500);
+        assert_eq!(keep_below(0), 0);
+        assert_eq!(keep_below(u64::MAX), u64::MAX - 1000);
+    }
+
+    #[test]
+    fn idle_timeout_follows_the_upstreams_keep_alive() {
+        let r = route("/", false, None);
+        let u = &r.upstream;
+        assert_eq!(u.idle_timeout(), std::time::Duration::from_secs(1));
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        resp.insert_header("keep-alive", "timeout=60").expect("h");
+        u.learn_keep_alive(&resp);
+        assert_eq!(
+            u.idle_timeout(),
+            std::time::Duration::from_secs(1),
+            "never above the config"
+        );
+        resp.insert_header("keep-alive", "timeout=1").expect("h");
+        u.learn_keep_alive(&resp);
+        assert_eq!(u.idle_timeout(), std::time::Duration::from_millis(500));
+    }
+
+    #[test]
+    fn only_closed_pooled_connections_are_retried_and_only_safely() {
+        let up = |etype, context: &'static str| {
+            let mut e = Error::explain(etype, context);
+            e.esource = ErrorSource::Upstream;
+            e
+        };
+        let closed = || {
+            let mut e = up(
+                ErrorType::ConnectionClosed,
+                "while reading response headers, bytes already read: 0",
+            );
+            e.retry = RetryType::ReusedOnly;
+            e
+        };
+        let head = || up(ErrorType::WriteError, "while writing request headers");
+        let body = || up(ErrorType::WriteError, "writing body");
+        assert!(reconnect_allowed(&closed(), true, true));
+        assert!(
+            !reconnect_allowed(&closed(), true, false),
+            "POST may have been read"
+        );
+        assert!(
+            !reconnect_allowed(&closed(), false, true),
+            "a fresh connection failed"
+        );
+        assert!(
+            reconnect_allowed(&head(), true, false),
+            "the head never left"
+        );
+        assert!(
+            !reconnect_allowed(&body(), true, false),
+            "the head went out"
+        );
+        assert!(
+            reconnect_allowed(&body(), true, true),
+            "a PUT may be sent again"
+        );
+        let mut client_gone = body();
+        client_gone.esource = ErrorSource::Downstream;
+        assert!(
+            !reconnect_allowed(&client_gone, true, true),
+            "the client's failure"
+        );
+        let timeout = up(ErrorType::ReadTimedout, "while reading response headers");
+        assert!(
+            !reconnect_allowed(&timeout, true, true),
+            "a slow upstream is not a closed one"
+        );
+    }
+
+    #[test]
+    fn a_closed_pooled_connection_is_retried_once_on_the_same_address() {
+        let r = route("/", false, None);
+        let u = &r.upstream;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(u.balancer.update())
+            .expect("discovery");
+        let mut state = RequestState::default();
+        let first = u.next_peer(&mut state).expect("an address");
+        assert_eq!(first.group_key, 0);
+        assert!(!state.fresh);
+        let mut e = Error::explain(ErrorType::ConnectionClosed, "closed");
+        e.esource = ErrorSource::Upstream;
+        e.retry = RetryType::ReusedOnly;
+        assert!(u.reconnect_after(&mut state, &e, true, true));
+        let again = u.next_peer(&mut state).expect("the same address");
+        assert_eq!(again._address.to_string(), first._address.to_string());
+        assert_eq!(again.group_key, FRESH_POOL, "not from the pool");
+        assert!(state.fresh);
+        assert!(!u.reconnect_after(&mut state, &e, true, true), "once");
     }
 }

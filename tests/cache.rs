@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-const KPIS: &str = "/api/v1/dashboard/kpis";
+pub(crate) const KPIS: &str = "/api/v1/dashboard/kpis";
 
 #[derive(Clone, Copy, Debug)]
-enum Store {
+pub(crate) enum Store {
     Redis,
     Memory,
 }
 
 /// Routes: `kpis` (cached by `policy`, the given extra keys) and `api` (not cached).
-fn config(up: &Upstream, redis: Option<&Redis>, policy: &str) -> String {
+pub(crate) fn config(up: &Upstream, redis: Option<&Redis>, policy: &str) -> String {
     let store = redis.map_or(String::new(), |r| {
         format!(
             "[store]\nredis_url = \"{}\"\ntimeout = \"200ms\"\n",
@@ -35,7 +35,7 @@ fn config(up: &Upstream, redis: Option<&Redis>, policy: &str) -> String {
 }
 
 /// Rampart (and its Redis, kept alive) on the chosen store.
-fn start(store: Store, up: &Upstream, policy: &str) -> (Rampart, Option<Redis>) {
+pub(crate) fn start(store: Store, up: &Upstream, policy: &str) -> (Rampart, Option<Redis>) {
     let redis = matches!(store, Store::Redis).then(Redis::start);
     let r = Rampart::start(&config(up, redis.as_ref(), policy));
     (r, redis)
@@ -56,7 +56,7 @@ fn kpi_origin() -> Upstream {
     })
 }
 
-fn x_cache(resp: &Response) -> &str {
+pub(crate) fn x_cache(resp: &Response) -> &str {
     resp.header("x-cache").unwrap_or("(none)")
 }
 
@@ -70,7 +70,7 @@ fn purge(r: &Rampart, body: &str) -> Response {
     )
 }
 
-fn metrics(r: &Rampart) -> String {
+pub(crate) fn metrics(r: &Rampart) -> String {
     r.admin_get("/metrics").text()
 }
 

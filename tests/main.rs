@@ -17,4 +17,5 @@ mod ratelimit;
 mod redis;
 mod reload;
 mod routing;
+mod semantics;
 mod tls;

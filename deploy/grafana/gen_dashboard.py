@@ -176,6 +176,12 @@ timeseries("Healthy addresses by group",
            description="rampart_upstream_healthy: 1 while an address gets requests, 0 while its "
                        "health check fails or failed requests (max_fails) keep it out. "
                        "Minimum over the replicas.")
+timeseries("Upstream retries by group and reason",
+           [target(f"sum by (upstream, reason) ({rate('rampart_upstream_retries_total')})",
+                   "{{upstream}} {{reason}}")], unit="short",
+           description="Attempts sent again per second. connect = another address after a failed "
+                       "connect; closed = a fresh connection to the same address after the pooled "
+                       "one turned out closed by the upstream (its keep-alive timeout).")
 
 # ---------------------------------------------------------------- cache & limiter
 row("Cache and rate limiting")
@@ -183,8 +189,8 @@ timeseries("Cache hit ratio by route",
            [target(f"sum by (route) ({rate('rampart_cache_lookups_total', RSEL, HIT)})"
                    f" / sum by (route) ({rate('rampart_cache_lookups_total', RSEL, NOT_BYPASS)})",
                    "{{route}}")], unit="percentunit", max_=1,
-           description="hit / (hit + miss + stale + expired). Bypassed lookups (not cacheable: "
-                       "method, Authorization, Cache-Control) are left out.")
+           description="hit / (hit + miss + stale + expired + revalidated). Bypassed lookups "
+                       "(not cacheable: method, Authorization, Cache-Control) are left out.")
 timeseries("Cache lookups by route and result",
            [target(f"sum by (route, result) ({rate('rampart_cache_lookups_total', RSEL)})",
                    "{{route}} {{result}}")], unit="ops", stack=True)

@@ -4,14 +4,17 @@
 //! cache lock and serve-stale; this module decides what may be stored ([`policy`]), under
 //! which key ([`key`]), and supplies the storage ([`storage`]: Redis shared by replicas, or a
 //! byte-bounded in-process LRU). Phases: the request and response cache filters, the key and
-//! vary callbacks, `cache_miss`, `should_serve_stale`, `upstream_response_filter` (unsafe
-//! methods invalidate), `response_filter` (`Cache-Status`, `X-Cache`) and `logging` (a failed
-//! fill releases its claim); the README's phase table maps them to the methods here.
+//! vary callbacks, `cache_miss`, `should_serve_stale`, `upstream_response_filter` (a 304 is
+//! kept for the revalidation, unsafe methods invalidate), `response_filter` (`Cache-Status`,
+//! `X-Cache`, targeted cache fields removed) and `logging` (a claim its request did not fill is
+//! released); the README's phase table maps them to the methods here.
 //!
 //! Invariants: `Set-Cookie`, `private` and `no-store` responses are never stored, and
 //! requests with `Authorization` or `Cookie` never share an entry, unless the route's policy
 //! opts in; a store failure never fails a request (it is a miss, counted); the cache keeps
-//! the origin's body and compression happens downstream of it, per client.
+//! the origin's body and compression happens downstream of it, per client; no request waits
+//! on a fill or revalidation longer than it takes (waiters are released when it is stored or
+//! given up), bounded by `lock_timeout`.
 
 mod key;
 mod memory;
@@ -20,12 +23,12 @@ mod redis;
 mod storage;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, SystemTime};
 
 use http::header::HeaderValue;
 use http::Method;
-use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable};
 use pingora::http::ResponseHeader;
@@ -40,11 +43,11 @@ use crate::types::Name;
 pub use key::variance;
 use key::{frame, request_host, UrlKey};
 pub use memory::MemoryStorage;
-use policy::cacheable;
+use policy::{cacheable, TARGETED};
 pub use policy::{Config, Policy, PolicyConfig};
 pub use redis::RedisStorage;
-use storage::FillBounds;
 pub use storage::{CacheStorage, Stored};
+use storage::{FillBounds, FillTicket};
 
 // ---------------------------------------------------------------------------------------------
 // Per-request state
@@ -58,9 +61,12 @@ pub struct RequestState {
     pub bypass: Option<&'static str>,
     /// The store is known to be down: the request went upstream without a lookup.
     pub store_down: bool,
-    /// This request fetches the entry for everyone (tag, entry): its fill claim is released
-    /// in `logging` when nothing was stored.
-    pub writer: Option<(String, String)>,
+    /// This request's part in the Redis fill claims: `logging` releases a claim it made and
+    /// did not fill.
+    ticket: Option<Arc<FillTicket>>,
+    /// The upstream's 304 to a revalidation, merged into the stored header by
+    /// `response_cache_filter`.
+    not_modified: Option<ResponseHeader>,
     /// What `X-Cache` said (HIT, MISS, ...), for the access log.
     pub x_cache: Option<&'static str>,
 }
@@ -88,6 +94,9 @@ pub struct Cache {
     /// (prefix, route name), longest first: the admin purge finds a URL's route like the router.
     prefixes: Vec<(String, Name)>,
     metrics: Arc<Metrics>,
+    /// Claim tokens are `{claim_prefix}-{n}`: unique across replicas and requests.
+    claim_prefix: String,
+    claims: AtomicU64,
 }
 
 impl Cache {
@@ -153,6 +162,8 @@ impl Cache {
             policies,
             prefixes,
             metrics,
+            claim_prefix: uuid::Uuid::new_v4().simple().to_string(),
+            claims: AtomicU64::new(0),
         })
     }
 
@@ -184,8 +195,9 @@ impl Cache {
             .enable(self.store, None, None, Some(self.lock), Some(overrides));
     }
 
-    /// `cache_key_callback`.
-    pub fn key(&self, session: &Session, state: &RequestState) -> Result<CacheKey> {
+    /// `cache_key_callback`: the key, carrying the policy's bounds and (Redis store) this
+    /// request's claim ticket to the storage.
+    pub fn key(&self, session: &Session, state: &mut RequestState) -> Result<CacheKey> {
         let Some((route, policy)) = state.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "cache key without a policy");
         };
@@ -213,56 +225,79 @@ impl Cache {
                 .collect();
             frame(&mut primary, &values.join(&b","[..]));
         }
-        let mut key = CacheKey::new(primary, url.tag);
+        let mut key = CacheKey::new(primary, url.tag.clone());
         key.extensions.insert(FillBounds {
             body: policy.max_body_bytes,
             wait: policy.lock_timeout,
+            keep: policy.keep_for_revalidation,
         });
+        if matches!(self.store, CacheStorage::Redis(_)) {
+            let n = self.claims.fetch_add(1, Ordering::Relaxed);
+            let ticket = Arc::new(FillTicket::new(
+                format!("{}-{n}", self.claim_prefix),
+                url.tag,
+            ));
+            key.extensions.insert(ticket.clone());
+            state.ticket = Some(ticket);
+        }
         Ok(key)
     }
 
-    /// `cache_miss`: this request fetches the entry; remember which, to release the fill claim
-    /// if nothing gets stored.
-    pub fn cache_miss(&self, session: &mut Session, state: &mut RequestState) {
+    /// `cache_miss`: this request fetches the entry (its claim, if it made one, is in its
+    /// ticket).
+    pub fn cache_miss(&self, session: &mut Session) {
         session.cache.cache_miss();
-        if let Some(key) = session.cache.maybe_cache_key() {
-            state.writer = Some((key.user_tag.clone(), key.combined()));
-        }
     }
 
-    /// `logging`: a writer whose fetch failed or was not stored releases its fill claim, so
-    /// requests waiting on other replicas go upstream now rather than at `lock_timeout`.
-    pub async fn release_unfilled(
-        &self,
-        session: &Session,
-        error: Option<&Error>,
-        state: &RequestState,
-    ) {
-        let Some((tag, entry)) = state.writer.as_ref() else {
+    /// `logging`: a claim this request made and did not fill (upstream error, uncacheable or
+    /// oversized response, a response stored under another variant, or it was answered by
+    /// another request's fill or revalidation) is released, so requests waiting on other
+    /// replicas move on now rather than at `lock_timeout`.
+    pub async fn release_claim(&self, state: &RequestState) {
+        let Some(ticket) = state.ticket.as_ref() else {
             return;
         };
-        let stored = error.is_none()
-            && matches!(
-                session.cache.phase(),
-                CachePhase::Miss | CachePhase::Expired
-            );
-        // A response whose Vary differed from the slot looked up is stored in another slot:
-        // the claim on the first one is released here, not by the fill.
-        let moved = session
-            .cache
-            .maybe_cache_key()
-            .is_some_and(|k| k.combined() != *entry);
-        if !stored || moved {
-            self.store.release(tag, entry).await;
+        if let Some(entry) = ticket.unfilled_claim() {
+            self.store.release(&ticket.tag, &entry, &ticket.token).await;
         }
     }
 
-    /// `response_cache_filter`: may this response be stored, and how long is it fresh.
-    pub fn response_cacheable(&self, resp: &ResponseHeader, state: &RequestState) -> RespCacheable {
+    /// `upstream_response_filter`: the 304 answering a revalidation is kept whole; pingora
+    /// merges only a few of its fields into the stored header, `response_cache_filter` merges
+    /// the rest.
+    pub fn upstream_response(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        state: &mut RequestState,
+    ) {
+        if state.route.is_some()
+            && resp.status == http::StatusCode::NOT_MODIFIED
+            && session.cache.phase() == CachePhase::Stale
+        {
+            state.not_modified = Some(resp.clone());
+        }
+    }
+
+    /// `response_cache_filter`: may this response be stored, how long is it fresh, how old is
+    /// it. After a 304, `resp` is the stored header the 304 updates.
+    pub fn response_cacheable(
+        &self,
+        resp: &ResponseHeader,
+        state: &mut RequestState,
+        response_delay: StdDuration,
+    ) -> RespCacheable {
         let Some((_, policy)) = state.route.as_ref() else {
             return RespCacheable::Uncacheable(NoCacheReason::Custom("no-policy"));
         };
-        cacheable(policy, resp, SystemTime::now())
+        let now = SystemTime::now();
+        match state.not_modified.take() {
+            Some(not_modified) => {
+                let merged = merge_not_modified(resp, &not_modified);
+                cacheable(policy, &merged, now, response_delay)
+            }
+            None => cacheable(policy, resp, now, response_delay),
+        }
     }
 
     /// `upstream_response_filter`: a successful unsafe request drops the URL's entries (RFC 9111
@@ -291,7 +326,9 @@ impl Cache {
         }
     }
 
-    /// `response_filter`: `Cache-Status` (RFC 9211), `X-Cache`, and the lookup metric.
+    /// `response_filter`: `Cache-Status` (RFC 9211), `X-Cache`, and the lookup metric; the
+    /// targeted cache fields (`Rampart-Cache-Control`, `CDN-Cache-Control`) were for this
+    /// cache and leave with no response (RFC 9213 section 3 allows removing them).
     pub fn status_headers(
         &self,
         session: &Session,
@@ -301,6 +338,9 @@ impl Cache {
         let Some((route, _)) = state.route.as_ref() else {
             return;
         };
+        for name in TARGETED {
+            resp.remove_header(name);
+        }
         let (x_cache, status, result) = outcome(session, state);
         self.metrics
             .cache_lookups
@@ -352,6 +392,37 @@ pub enum PurgeError {
     Bad(String),
     #[error("cache store unavailable: {0}")]
     Store(String),
+}
+
+/// Fields of a stored response a 304 does not replace: those describing the stored body's bytes
+/// and framing (RFC 9111 section 3.2 lets a cache keep them for the stored response's
+/// integrity), and `Vary` (pingora keeps the variant's key as stored).
+const KEPT_ON_304: [http::header::HeaderName; 6] = [
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_TYPE,
+    http::header::CONTENT_RANGE,
+    http::header::TRANSFER_ENCODING,
+    http::header::VARY,
+];
+
+/// The stored header updated by a 304 (RFC 9111 sections 3.2 and 4.3.4): every field the 304
+/// carries replaces the stored field of that name, except [`KEPT_ON_304`]. Pingora's own merge
+/// (`revalidate_merge_header`) copies only `Cache-Control`, `Expires`, `ETag`,
+/// `CDN-Cache-Control` and `Cache-Tag`; this one also brings `Date`, `Age`, `Last-Modified`,
+/// `Rampart-Cache-Control` and the rest. (The 304's hop-by-hop fields were removed already.)
+fn merge_not_modified(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
+    let mut merged = stored.clone();
+    for name in not_modified.headers.keys() {
+        if KEPT_ON_304.contains(name) {
+            continue;
+        }
+        merged.remove_header(name);
+        for value in not_modified.headers.get_all(name) {
+            let _ = merged.append_header(name.clone(), value.clone());
+        }
+    }
+    merged
 }
 
 /// `should_serve_stale`: during revalidation (the window was checked by pingora) and on
@@ -408,9 +479,9 @@ fn outcome(session: &Session, state: &RequestState) -> (&'static str, String, &'
         CachePhase::Miss => ("MISS", "rampart; fwd=miss; stored".into(), "miss"),
         CachePhase::Expired => ("EXPIRED", "rampart; fwd=stale; stored".into(), "expired"),
         CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => (
-            "EXPIRED",
+            "REVALIDATED",
             "rampart; fwd=stale; fwd-status=304".into(),
-            "expired",
+            "revalidated",
         ),
         CachePhase::Disabled(reason) => (
             "MISS",

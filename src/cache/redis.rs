@@ -8,16 +8,23 @@
 //! everything a `SCAN MATCH` under the prefix (never `KEYS`) with `UNLINK`.
 //!
 //! Replicas coordinate fills: a lookup runs one Lua script that reads the entry and, when it
-//! is absent, claims `{prefix}cache-fill:{ROUTE:URLHASH}:ENTRY` (`SET NX PX lock_timeout`).
-//! The claimer fetches from the upstream (its fill deletes the claim; `logging` deletes it
-//! when the fetch failed or the response was not cacheable); every other request, on any
-//! replica, polls the entry until it appears, the claim disappears, or `lock_timeout` passes,
-//! and only then goes upstream itself. So N replicas cold on one key cause one upstream fetch.
-//! The braces are Redis Cluster hash tags: an entry and its claim share a slot, as the script
-//! needs.
+//! is absent, claims `{prefix}cache-fill:{ROUTE:URLHASH}:ENTRY` for this request (the value is
+//! the request's token, `PX lock_timeout`). The claimer fetches from the upstream; every other
+//! request, on any replica, polls the entry until it appears, the claim disappears, or
+//! `lock_timeout` passes, and only then goes upstream itself. So N replicas cold on one key
+//! cause one upstream fetch. The braces are Redis Cluster hash tags: an entry and its claim
+//! share a slot, as the scripts need.
 //!
-//! Expiry: the hash's TTL is set by each fill to that entry's freshness plus its longer stale
-//! window. Variants of one URL share the TTL of the latest fill; a variant that outlives its
+//! A claim never outlives the reason for it: storing the entry (a fill, or a revalidation's
+//! meta update) deletes it whoever holds it, and `logging` deletes a request's own claim when
+//! that request stored nothing (upstream error, uncacheable response, or it was served by
+//! another request's fill after waiting on pingora's in-process lock). A request finding its
+//! own claim is the claimer, never a waiter on itself. A revalidation only updates an entry
+//! that is still whole; one that expired meanwhile is a miss, never half an entry.
+//!
+//! Expiry: the hash's TTL is set by each fill (and revalidation) to that entry's freshness plus
+//! its longer stale window, or `keep_for_revalidation` when it has a validator and that is
+//! longer (storage.rs, `retention`). Variants of one URL share the TTL of the latest fill; a variant that outlives its
 //! own window is still judged by its stored freshness (never served fresh by mistake), one that
 //! goes early is only a miss. Field-level TTLs (`HPEXPIRE`) would need Redis 7.4.
 //!
@@ -35,6 +42,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redis::{Script, Value};
 
+use super::storage::FillTicket;
 use super::{PurgeError, Stored};
 use crate::metrics::Metrics;
 use crate::redis::Redis;
@@ -46,19 +54,40 @@ const MAX_SCAN_STEPS: usize = 100_000;
 /// How often a request waiting for another request's fill looks for the entry.
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
-/// Read the entry; when absent, claim its fill. Returns the three fields (a hit), 1 (claimed:
-/// this request fetches) or 0 (another request is fetching).
+/// Read the entry; when absent, claim its fill for token ARGV[5] (or renew this request's own
+/// claim). Returns the three fields (a hit), 1 (claimed: this request fetches) or 0 (another
+/// request is fetching).
 const LOOKUP_OR_CLAIM: &str = r#"
 local v = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 if v[1] and v[2] and v[3] then return v end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then return 1 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[5] then return 0 end
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
+return 1
+"#;
+
+/// A revalidation: replace meta and header of an entry that is still whole (its body field
+/// exists), refresh its expiry and drop the claim. Returns 1, or 0 when the entry is gone.
+const UPDATE_META: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4], ARGV[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('DEL', KEYS[2])
+return 1
+"#;
+
+/// Delete a claim if token ARGV[1] holds it.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
 
 /// What a lookup found.
 enum Found {
     Entry(Stored),
-    /// Absent, and this request fills it (or the store failed: upstream either way).
+    /// Absent, and this request claimed it: it fills it.
+    Claimed,
+    /// The store failed: upstream, with no claim.
     Fetch,
     /// Absent, and another request is filling it.
     Busy,
@@ -68,6 +97,8 @@ pub struct RedisStorage {
     redis: Arc<Redis>,
     metrics: Arc<Metrics>,
     lookup_or_claim: Script,
+    update_meta: Script,
+    release: Script,
 }
 
 impl RedisStorage {
@@ -76,6 +107,8 @@ impl RedisStorage {
             redis,
             metrics,
             lookup_or_claim: Script::new(LOOKUP_OR_CLAIM),
+            update_meta: Script::new(UPDATE_META),
+            release: Script::new(RELEASE),
         }
     }
 
@@ -99,10 +132,24 @@ impl RedisStorage {
     }
 
     /// A request's lookup: the entry; or, while another request (on any replica) fills it,
-    /// the entry once it appears (waiting at most `wait`); or nothing: go upstream.
-    pub async fn find(&self, tag: &str, entry: &str, wait: Duration) -> Option<Stored> {
-        match self.lookup_or_claim(tag, entry, wait).await {
+    /// the entry once it appears (waiting at most `wait`); or nothing: go upstream. Without a
+    /// ticket (no claim token) the request never claims and never waits.
+    pub(super) async fn find(
+        &self,
+        tag: &str,
+        entry: &str,
+        wait: Duration,
+        ticket: Option<&FillTicket>,
+    ) -> Option<Stored> {
+        let Some(ticket) = ticket else {
+            return self.read(tag, entry).await;
+        };
+        match self.lookup_or_claim(tag, entry, wait, &ticket.token).await {
             Found::Entry(stored) => return Some(stored),
+            Found::Claimed => {
+                ticket.claimed(entry);
+                return None;
+            }
             Found::Fetch => return None,
             Found::Busy => {}
         }
@@ -127,6 +174,7 @@ impl RedisStorage {
                 })
                 .await
                 .ok()?;
+            // A whole entry: filled, or revalidated, by whoever held the claim.
             if let Some(stored) = stored(got) {
                 return Some(stored);
             }
@@ -138,7 +186,25 @@ impl RedisStorage {
         None
     }
 
-    async fn lookup_or_claim(&self, tag: &str, entry: &str, wait: Duration) -> Found {
+    /// The entry alone, no claim.
+    async fn read(&self, tag: &str, entry: &str) -> Option<Stored> {
+        let key = self.key(tag);
+        let fields = fields(entry);
+        let got: Vec<Option<Vec<u8>>> = self
+            .redis
+            .call("cache_get", |mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(&fields[..])
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+            .ok()?;
+        stored(got)
+    }
+
+    async fn lookup_or_claim(&self, tag: &str, entry: &str, wait: Duration, token: &str) -> Found {
         let key = self.key(tag);
         let fill = self.fill_key(tag, entry);
         let fields = fields(entry);
@@ -151,6 +217,7 @@ impl RedisStorage {
                     .key(&fill)
                     .arg(&fields[..])
                     .arg(wait.as_millis().max(1) as u64)
+                    .arg(token)
                     .invoke_async(&mut c)
                     .await
             })
@@ -167,17 +234,24 @@ impl RedisStorage {
                 stored(got).map_or(Found::Fetch, Found::Entry)
             }
             Ok(Value::Int(0)) => Found::Busy,
+            Ok(Value::Int(1)) => Found::Claimed,
             _ => Found::Fetch,
         }
     }
 
-    /// Give up a fill claim (the fetch failed or was not cacheable), so waiters move on.
-    pub async fn release(&self, tag: &str, entry: &str) {
+    /// Give up the claim `token` holds (its request stored nothing), so waiters move on at
+    /// once; a claim another request holds is left alone.
+    pub async fn release(&self, tag: &str, entry: &str, token: &str) {
         let fill = self.fill_key(tag, entry);
+        let script = &self.release;
         let _ = self
             .redis
             .call("cache_release", |mut c| async move {
-                redis::cmd("DEL").arg(&fill).query_async::<()>(&mut c).await
+                script
+                    .key(&fill)
+                    .arg(token)
+                    .invoke_async::<i64>(&mut c)
+                    .await
             })
             .await;
     }
@@ -223,6 +297,9 @@ impl RedisStorage {
         ok
     }
 
+    /// A revalidation's new meta and header for an entry that is still whole, its expiry
+    /// renewed and its claim dropped (waiters on any replica see the entry at their next poll).
+    /// `false` when the entry expired meanwhile: nothing is written, the next request fills it.
     pub async fn put_meta(
         &self,
         tag: &str,
@@ -232,26 +309,25 @@ impl RedisStorage {
         ttl: Duration,
     ) -> bool {
         let key = self.key(tag);
+        let fill = self.fill_key(tag, entry);
+        let [m, h, b] = fields(entry);
+        let script = &self.update_meta;
         self.redis
             .call("cache_put_meta", |mut c| async move {
-                redis::pipe()
-                    .atomic()
-                    .cmd("HSET")
-                    .arg(&key)
-                    .arg(format!("{entry}:m"))
+                script
+                    .key(&key)
+                    .key(&fill)
+                    .arg(&m)
+                    .arg(&h)
+                    .arg(&b)
                     .arg(&internal[..])
-                    .arg(format!("{entry}:h"))
                     .arg(&header[..])
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(ttl.as_millis() as u64)
-                    .ignore()
-                    .query_async::<()>(&mut c)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .invoke_async::<i64>(&mut c)
                     .await
             })
             .await
-            .is_ok()
+            .is_ok_and(|updated| updated == 1)
     }
 
     pub async fn delete(&self, tag: &str, entry: &str) -> bool {

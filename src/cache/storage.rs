@@ -5,10 +5,12 @@
 //! group entries by URL tag (`route:urlhash`) and keep pingora's serialized meta and header
 //! beside the whole body.
 //!
-//! Invariant: a body is written once, at the end of the fill, so a reader never sees half an
-//! entry; a body over the policy's `max_body_bytes` is passed through, never stored.
+//! Invariants: a body is written once, at the end of the fill, so a reader never sees half an
+//! entry, and a revalidation updates an entry that is still whole or nothing; a body over the
+//! policy's `max_body_bytes` is passed through, never stored; an entry with a validator outlives
+//! its freshness by the policy's `keep_for_revalidation`, so it can be revalidated.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, SystemTime};
 
 use async_trait::async_trait;
@@ -28,11 +30,13 @@ use super::redis::RedisStorage;
 use super::PurgeError;
 
 /// The route policy's limits, carried in the cache key's extensions for the storage: how much
-/// body a fill may buffer, how long a lookup may wait for another request's fill.
+/// body a fill may buffer, how long a lookup may wait for another request's fill, how long an
+/// entry with a validator is kept past its freshness.
 #[derive(Clone, Copy)]
 pub(super) struct FillBounds {
     pub(super) body: usize,
     pub(super) wait: StdDuration,
+    pub(super) keep: StdDuration,
 }
 
 impl FillBounds {
@@ -43,7 +47,61 @@ impl FillBounds {
             .unwrap_or(FillBounds {
                 body: 1024 * 1024,
                 wait: StdDuration::from_secs(5),
+                keep: StdDuration::ZERO,
             })
+    }
+}
+
+/// One request's part in the fill claims replicas share through Redis: its claim token, the
+/// entry it claimed, the entry it stored. Carried in the cache key's extensions (the storage
+/// API passes nothing else per request) and read back in `logging`, which releases a claim
+/// its request did not fill, so other requests never wait on it.
+pub(super) struct FillTicket {
+    pub(super) token: String,
+    /// The URL tag of the request's entries (every variant shares it).
+    pub(super) tag: String,
+    state: Mutex<TicketState>,
+}
+
+#[derive(Default)]
+struct TicketState {
+    claimed: Option<String>,
+    filled: Option<String>,
+}
+
+impl FillTicket {
+    pub(super) fn new(token: String, tag: String) -> Self {
+        Self {
+            token,
+            tag,
+            state: Mutex::new(TicketState::default()),
+        }
+    }
+
+    pub(super) fn of(key: &CacheKey) -> Option<Arc<FillTicket>> {
+        key.extensions.get::<Arc<FillTicket>>().cloned()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, TicketState> {
+        // Two plain fields: a panic elsewhere cannot leave them inconsistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn claimed(&self, entry: &str) {
+        self.state().claimed = Some(entry.to_string());
+    }
+
+    fn filled(&self, entry: &str) {
+        self.state().filled = Some(entry.to_string());
+    }
+
+    /// The entry this request claimed and did not store, if any.
+    pub(super) fn unfilled_claim(&self) -> Option<String> {
+        let state = self.state();
+        state
+            .claimed
+            .clone()
+            .filter(|c| state.filled.as_ref() != Some(c))
     }
 }
 
@@ -89,14 +147,19 @@ impl CacheStorage {
     pub(super) async fn find(&self, key: &CacheKey) -> Option<Stored> {
         let (tag, entry) = (&key.user_tag, key.combined());
         match self {
-            CacheStorage::Redis(r) => r.find(tag, &entry, FillBounds::of(key).wait).await,
+            CacheStorage::Redis(r) => {
+                let ticket = FillTicket::of(key);
+                r.find(tag, &entry, FillBounds::of(key).wait, ticket.as_deref())
+                    .await
+            }
             CacheStorage::Memory(m) => m.get(tag, &entry),
         }
     }
 
-    pub(super) async fn release(&self, tag: &str, entry: &str) {
+    /// Give up the claim `token` holds on an entry (no-op when another request holds it).
+    pub(super) async fn release(&self, tag: &str, entry: &str, token: &str) {
         match self {
-            CacheStorage::Redis(r) => r.release(tag, entry).await,
+            CacheStorage::Redis(r) => r.release(tag, entry, token).await,
             // In-process fills are coordinated by pingora's cache lock alone.
             CacheStorage::Memory(_) => {}
         }
@@ -158,17 +221,23 @@ impl CacheStorage {
     }
 }
 
-/// How long a store keeps an entry: freshness plus the longer stale window (at least 1 s).
-fn retention(meta: &CacheMeta) -> StdDuration {
+/// How long a store keeps an entry: freshness plus the longest of its stale windows and, when
+/// it has a validator, `keep` (at least 1 s).
+fn retention(meta: &CacheMeta, keep: StdDuration) -> StdDuration {
     let fresh = meta
         .fresh_until()
         .duration_since(SystemTime::now())
         .unwrap_or(StdDuration::ZERO);
-    let stale = meta
-        .stale_while_revalidate_sec()
-        .max(meta.stale_if_error_sec());
-    (fresh + StdDuration::from_secs(stale.into()))
-        .clamp(StdDuration::from_secs(1), HARD_MAX_TTL * 2)
+    let stale = StdDuration::from_secs(
+        meta.stale_while_revalidate_sec()
+            .max(meta.stale_if_error_sec())
+            .into(),
+    );
+    let headers = meta.headers();
+    let validator = headers.contains_key(http::header::ETAG)
+        || headers.contains_key(http::header::LAST_MODIFIED);
+    let keep = if validator { keep } else { StdDuration::ZERO };
+    (fresh + stale.max(keep)).clamp(StdDuration::from_secs(1), HARD_MAX_TTL * 2)
 }
 
 #[async_trait]
@@ -207,17 +276,18 @@ impl Storage for CacheStorage {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let (internal, header) = meta.serialize()?;
-        let limit = FillBounds::of(key).body;
+        let bounds = FillBounds::of(key);
         Ok(Box::new(Fill {
             store: self,
             tag: key.user_tag.clone(),
             entry: key.combined(),
             internal,
             header,
-            ttl: retention(meta),
+            ttl: retention(meta, bounds.keep),
             body: Vec::new(),
-            limit,
+            limit: bounds.body,
             oversize: false,
+            ticket: FillTicket::of(key),
         }))
     }
 
@@ -235,6 +305,8 @@ impl Storage for CacheStorage {
         })
     }
 
+    /// A revalidation (304) or a stale-while-revalidate refresh: the entry's meta and header
+    /// replaced, its body kept. Waiters on other replicas are released here as on a fill.
     async fn update_meta(
         &'static self,
         key: &CacheKey,
@@ -242,13 +314,14 @@ impl Storage for CacheStorage {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let (internal, header) = meta.serialize()?;
+        let keep = FillBounds::of(key).keep;
         Ok(self
             .put_meta(
                 &key.user_tag,
                 &key.combined(),
                 internal,
                 header,
-                retention(meta),
+                retention(meta, keep),
             )
             .await)
     }
@@ -324,6 +397,7 @@ struct Fill {
     body: Vec<u8>,
     limit: usize,
     oversize: bool,
+    ticket: Option<Arc<FillTicket>>,
 }
 
 #[async_trait]
@@ -344,8 +418,8 @@ impl HandleMiss for Fill {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        // Oversize: nothing stored, and `logging` releases this request's claim.
         if self.oversize {
-            self.store.release(&self.tag, &self.entry).await;
             return Ok(MissFinishType::Created(0));
         }
         let size = self.body.len();
@@ -354,9 +428,15 @@ impl HandleMiss for Fill {
             header: self.header,
             body: Bytes::from(self.body),
         };
-        self.store
+        if self
+            .store
             .put(&self.tag, &self.entry, stored, self.ttl)
-            .await;
+            .await
+        {
+            if let Some(t) = &self.ticket {
+                t.filled(&self.entry);
+            }
+        }
         Ok(MissFinishType::Created(size))
     }
 }
@@ -367,8 +447,15 @@ mod tests {
     use pingora::http::ResponseHeader;
 
     fn meta(fresh_secs: u64, swr: u32, sie: u32) -> CacheMeta {
+        meta_with(fresh_secs, swr, sie, &[])
+    }
+
+    fn meta_with(fresh_secs: u64, swr: u32, sie: u32, headers: &[(&str, &str)]) -> CacheMeta {
         let now = SystemTime::now();
-        let header = ResponseHeader::build(200, None).expect("header");
+        let mut header = ResponseHeader::build(200, None).expect("header");
+        for (k, v) in headers {
+            header.insert_header(k.to_string(), *v).expect("header");
+        }
         CacheMeta::new(
             now + StdDuration::from_secs(fresh_secs),
             now,
@@ -380,12 +467,17 @@ mod tests {
 
     #[test]
     fn entries_are_kept_for_freshness_plus_the_longer_stale_window() {
-        let secs = |m: &CacheMeta| retention(m).as_secs_f64().round() as u64;
+        let keep = StdDuration::from_secs(600);
+        let secs = |m: &CacheMeta| retention(m, keep).as_secs_f64().round() as u64;
         assert_eq!(secs(&meta(60, 0, 0)), 60);
         assert_eq!(secs(&meta(60, 30, 300)), 360);
         assert_eq!(secs(&meta(60, 300, 30)), 360);
         // Already stale without a window: kept one second, never zero (Redis would refuse).
-        assert_eq!(retention(&meta(0, 0, 0)), StdDuration::from_secs(1));
+        assert_eq!(retention(&meta(0, 0, 0), keep), StdDuration::from_secs(1));
+        // With a validator: kept for revalidation, or the stale window if longer.
+        assert_eq!(secs(&meta_with(60, 0, 0, &[("etag", "\"a\"")])), 660);
+        assert_eq!(secs(&meta_with(0, 0, 0, &[("last-modified", "x")])), 600);
+        assert_eq!(secs(&meta_with(60, 0, 900, &[("etag", "\"a\"")])), 960);
     }
 
     #[test]
@@ -393,5 +485,22 @@ mod tests {
         let key = CacheKey::new(b"p".to_vec(), "tag".to_string());
         let b = FillBounds::of(&key);
         assert_eq!((b.body, b.wait), (1024 * 1024, StdDuration::from_secs(5)));
+        assert!(FillTicket::of(&key).is_none());
+    }
+
+    #[test]
+    fn a_ticket_names_the_claim_its_request_did_not_fill() {
+        let t = FillTicket::new("t".into(), "r:x".into());
+        assert_eq!(t.unfilled_claim(), None);
+        t.claimed("a");
+        assert_eq!(t.unfilled_claim().as_deref(), Some("a"));
+        t.filled("b");
+        assert_eq!(
+            t.unfilled_claim().as_deref(),
+            Some("a"),
+            "stored elsewhere (Vary)"
+        );
+        t.filled("a");
+        assert_eq!(t.unfilled_claim(), None);
     }
 }
