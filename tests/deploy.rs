@@ -276,7 +276,10 @@ fn systemd_unit_fits_the_shipped_config() {
         one("ReadOnlyPaths").split(' ').any(|p| p == dir),
         "config dir read-only"
     );
-    assert_eq!(one("ExecReload"), "/usr/local/bin/rampart reload --pid $MAINPID");
+    assert_eq!(
+        one("ExecReload"),
+        "/usr/local/bin/rampart reload --pid $MAINPID"
+    );
     assert!(one("ExecStart").ends_with("rampart run"));
     for (key, value) in [
         ("DynamicUser", "yes"),
