@@ -7,11 +7,13 @@
 #![allow(dead_code)]
 
 mod http;
+mod process;
 mod rampart_server;
 mod redis_server;
 mod upstream;
 
 pub use self::http::*;
+pub use self::process::*;
 pub use self::rampart_server::*;
 pub use self::redis_server::*;
 pub use self::upstream::*;
