@@ -38,7 +38,8 @@ pub enum Error {
     },
     #[error("TLS listener: {0}")]
     Tls(String),
-    #[error("store.redis_url: {0}")]
+    /// `[store]` cannot be used (the message names the key).
+    #[error("{0}")]
     Store(String),
     #[error("cannot start: {0}")]
     Runtime(String),

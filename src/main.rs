@@ -65,7 +65,7 @@ fn start(
 /// access log is one JSON object per line on stderr.
 fn init_logging() {
     use std::io::Write;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,redis=error"))
         .format(|buf, record| {
             if record.target() == rampart::accesslog::TARGET {
                 writeln!(buf, "{}", record.args())
