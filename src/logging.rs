@@ -17,23 +17,24 @@ use log::{Level, Log, Metadata, Record};
 /// [`crate::accesslog::TARGET`]) are printed bare, so a JSON access log is one JSON object per
 /// line on stderr.
 pub fn init() {
-    let logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-            .format(|buf, record| {
-                if record.target() == crate::accesslog::TARGET {
-                    writeln!(buf, "{}", record.args())
-                } else {
-                    writeln!(
-                        buf,
-                        "{} {:<5} {}: {}",
-                        buf.timestamp_millis(),
-                        record.level(),
-                        record.target(),
-                        record.args()
-                    )
-                }
-            })
-            .build();
+    let logger = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,redis=error"),
+    )
+    .format(|buf, record| {
+        if record.target() == crate::accesslog::TARGET {
+            writeln!(buf, "{}", record.args())
+        } else {
+            writeln!(
+                buf,
+                "{} {:<5} {}: {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        }
+    })
+    .build();
     let max = logger.filter();
     if log::set_boxed_logger(Box::new(ClientErrorsDemoted(logger))).is_ok() {
         log::set_max_level(max);

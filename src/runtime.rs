@@ -40,8 +40,9 @@ use crate::tls;
 pub enum Error {
     #[error("TLS listener: {0}")]
     Tls(String),
-    #[error("store.redis_url: {0}")]
-    Store(String),
+    /// `[store]` cannot be used (the message names the key).
+    #[error(transparent)]
+    Store(#[from] crate::redis::SetupError),
     #[error(transparent)]
     Unresolved(#[from] crate::routing::Unresolved),
 }
@@ -97,8 +98,7 @@ impl Runtime {
             .filter(|r| r.built_from(&config.store))
         {
             Some(kept) => Some(kept.clone()),
-            None => Redis::from_config(&config.store, metrics.clone())
-                .map_err(|e| Error::Store(e.to_string()))?,
+            None => Redis::from_config(&config.store, metrics.clone()).map_err(Error::Store)?,
         };
         let ratelimit = Limiter::new(
             &config.ratelimit,

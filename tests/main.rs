@@ -4,6 +4,7 @@
 mod common;
 
 mod cache;
+mod cluster;
 mod compress;
 mod config;
 mod cors;

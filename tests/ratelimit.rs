@@ -3,9 +3,8 @@
 //! per hour) so the time a burst takes to send cannot add tokens; refill checks state their
 //! tolerance.
 
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -118,79 +117,13 @@ fn concurrent_burst_admits_exactly_the_limit_on_redis() {
     }
 }
 
-/// The real binary, killed on drop (also when the test panics).
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn spawn_rampart(body: &str) -> Process {
     spawn_rampart_logging(body, None)
 }
 
 /// As [`spawn_rampart`], its log (RUST_LOG=warn) going to `log`.
 fn spawn_rampart_logging(body: &str, log: Option<&std::path::Path>) -> Process {
-    let port = free_port();
-    let admin_port = free_port();
-    let dir = std::env::temp_dir().join(format!("rampart-rl-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let dir = TempDir(dir);
-    let file = dir.0.join("rampart.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nthreads = 2\ngrace_period = \"0s\"\n{TRUSTED}\n{body}"
-        ),
-    )
-    .expect("write config");
-    let child = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .arg("run")
-        .arg("--config")
-        .arg(&file)
-        .env_remove("RAMPART_CONFIG")
-        .env_remove("RAMPART_REDIS_URL")
-        .env_remove("RAMPART_LISTEN")
-        .env_remove("RAMPART_ADMIN_LISTEN")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(match log {
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
-            None => Stdio::null(),
-        })
-        .spawn()
-        .expect("spawn rampart");
-    let process = Process {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        _dir: dir,
-    };
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let deadline = Instant::now() + READY;
-    loop {
-        let up = try_request(admin, "GET", "/healthz", &[("Host", "a")], None)
-            .is_ok_and(|r| r.status == 200);
-        if up && TcpStream::connect(process.addr).is_ok() {
-            return process;
-        }
-        assert!(Instant::now() < deadline, "rampart process did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    Process::spawn(body, TRUSTED, log, &[])
 }
 
 #[test]
@@ -571,10 +504,8 @@ fn fallback_is_logged_once_per_outage() {
     let mut redis = Redis::start();
     let port = redis.port;
     let up = Upstream::named("ok");
-    let log_dir =
-        TempDir(std::env::temp_dir().join(format!("rampart-rl-log-{}-{port}", std::process::id())));
-    std::fs::create_dir_all(&log_dir.0).expect("log dir");
-    let log = log_dir.0.join("stderr.log");
+    let log_dir = TempDir::new("rl-log");
+    let log = log_dir.path().join("stderr.log");
     let p = spawn_rampart_logging(
         &body(
             &up,

@@ -5,7 +5,7 @@
 //! `ENTRY:b` the body), where ENTRY is pingora's combined key hash (primary key + variance).
 //! So a lookup is one script call (below), a fill one atomic `HSET` + `PEXPIRE`, purging a URL
 //! (every variant and vary-header combination of it) one `UNLINK`, and purging a route or
-//! everything a `SCAN MATCH` under the prefix (never `KEYS`) with `UNLINK`.
+//! everything a `SCAN MATCH` under the prefix (never `KEYS`) with `UNLINK`, node by node.
 //!
 //! Replicas coordinate fills: a lookup runs one Lua script that reads the entry and, when it
 //! is absent, claims `{prefix}cache-fill:{ROUTE:URLHASH}:ENTRY` for this request (the value is
@@ -33,8 +33,11 @@
 //! requests skip the cache entirely (no timeout paid per request) except the probe that
 //! [`Redis::should_try`] lets through, which is how caching resumes when Redis returns.
 //!
-//! Cluster: all fields of one URL live in one key, so one slot; `SCAN` on a cluster connection
-//! reaches one node only, so route/all purges are single-node there (documented limitation).
+//! Cluster: all fields of one URL live in one key, so one slot. A node scans only its own keys,
+//! so a route/all purge walks every primary ([`Redis::nodes`]) with its own `SCAN` cursor and
+//! unlinks what it found on that same node (a node's keys are in slots it serves); a primary
+//! that cannot be reached fails the purge (an error, never a silent partial success), and
+//! running it again after the failover finishes the job.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +48,7 @@ use redis::{Script, Value};
 use super::storage::FillTicket;
 use super::{PurgeError, Stored};
 use crate::metrics::Metrics;
-use crate::redis::Redis;
+use crate::redis::{Node, Redis};
 
 /// Keys per `SCAN` step of a route purge.
 const SCAN_COUNT: usize = 500;
@@ -365,7 +368,8 @@ impl RedisStorage {
         Ok(fields / 3)
     }
 
-    /// Every entry of one route (`Some`) or of the whole cache (`None`): `SCAN` + `UNLINK`.
+    /// Every entry of one route (`Some`) or of the whole cache (`None`): `SCAN` + `UNLINK` on
+    /// every node that holds keys (each cluster primary in turn).
     pub async fn purge_route(&self, route: Option<&str>) -> Result<u64, PurgeError> {
         // Entries are `PREFIXcache:{ROUTE:HASH}`; fill claims (`PREFIXcache-fill:...`) are
         // short-lived and left alone.
@@ -377,20 +381,33 @@ impl RedisStorage {
                 None => "*".into(),
             }
         );
+        let nodes = self
+            .redis
+            .nodes()
+            .await
+            .map_err(|e| PurgeError::Store(e.to_string()))?;
+        let mut purged = 0;
+        for node in nodes {
+            purged += self.purge_node(&node, &pattern).await?;
+        }
+        Ok(purged)
+    }
+
+    /// The keys matching `pattern` on one node: `SCAN` there, `HLEN` + `UNLINK` there.
+    async fn purge_node(&self, node: &Node, pattern: &str) -> Result<u64, PurgeError> {
         let mut cursor: u64 = 0;
         let mut purged = 0;
         for _ in 0..MAX_SCAN_STEPS {
-            let pattern = pattern.clone();
             let (next, keys): (u64, Vec<Vec<u8>>) = self
                 .redis
-                .call("cache_scan", |mut c| async move {
+                .call("cache_scan", |c| async move {
                     redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
-                        .arg(&pattern)
+                        .arg(pattern)
                         .arg("COUNT")
                         .arg(SCAN_COUNT)
-                        .query_async(&mut c)
+                        .query_async(&mut c.on(node))
                         .await
                 })
                 .await
@@ -398,7 +415,7 @@ impl RedisStorage {
             if !keys.is_empty() {
                 let counts: Vec<u64> = self
                     .redis
-                    .call("cache_purge", |mut c| async move {
+                    .call("cache_purge", |c| async move {
                         let mut p = redis::pipe();
                         for k in &keys {
                             p.cmd("HLEN").arg(&k[..]);
@@ -406,7 +423,7 @@ impl RedisStorage {
                         for k in &keys {
                             p.cmd("UNLINK").arg(&k[..]).ignore();
                         }
-                        p.query_async(&mut c).await
+                        p.query_async(&mut c.on(node)).await
                     })
                     .await
                     .map_err(|e| PurgeError::Store(e.to_string()))?;

@@ -9,13 +9,17 @@
 mod http;
 mod process;
 mod rampart_server;
+mod redis_cluster;
 mod redis_server;
+mod tls;
 mod upstream;
 
 pub use self::http::*;
 pub use self::process::*;
 pub use self::rampart_server::*;
+pub use self::redis_cluster::*;
 pub use self::redis_server::*;
+pub use self::tls::*;
 pub use self::upstream::*;
 
 use std::net::TcpListener;
@@ -32,25 +36,36 @@ pub const READY: Duration = Duration::from_secs(20);
 /// twice in one test process. Binding port 0 instead would pick from the ephemeral range and
 /// race with those.
 pub fn free_port() -> u16 {
+    free_ports(&[0], 20000..32000)
+}
+
+/// A port `p` from `range` such that `p + o` is free for every offset `o` in `offsets` (all of
+/// them reserved), e.g. a Redis Cluster node's port and its bus port (`p + 10000`).
+pub fn free_ports(offsets: &[u16], range: std::ops::Range<u16>) -> u16 {
     use std::hash::{BuildHasher, Hasher};
     static HANDED_OUT: Mutex<std::collections::BTreeSet<u16>> =
         Mutex::new(std::collections::BTreeSet::new());
     let state = std::collections::hash_map::RandomState::new();
     let mut handed = HANDED_OUT.lock().expect("port lock");
+    let span = u64::from(range.end - range.start);
     for attempt in 0..2000u32 {
         let mut h = state.build_hasher();
         h.write_u32(attempt);
         h.write_u32(std::process::id());
-        let port = 20000 + (h.finish() % 12000) as u16;
-        if handed.contains(&port) {
+        let port = range.start + (h.finish() % span) as u16;
+        let ports: Vec<u16> = offsets.iter().map(|o| port + o).collect();
+        if ports.iter().any(|p| handed.contains(p)) {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed.insert(port);
+        if ports
+            .iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            handed.extend(ports);
             return port;
         }
     }
-    panic!("no free loopback port between 20000 and 32000")
+    panic!("no free loopback ports in {range:?} (offsets {offsets:?})")
 }
 
 /// Poll `f` until it returns true or `READY` passes (metrics are recorded after the response

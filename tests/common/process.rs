@@ -1,8 +1,9 @@
-//! The real `rampart` binary in a child process, with its config file, pid file, upgrade
-//! socket and log in a private temporary directory.
+//! The real `rampart` binary in child processes: one with its config file, pid file, upgrade
+//! socket and log in a private temporary directory ([`BinarySetup`]), or several replicas of
+//! one deployment ([`Process`]), killed on drop.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -160,5 +161,77 @@ impl Drop for Binary {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The real binary, `rampart run` on free ports, killed on drop (also when the test panics).
+pub struct Process {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Process {
+    /// Start `rampart run` with `body` after a generated `[server]` table (free ports, two
+    /// threads; `server_extra` lines go into it). Its log (`RUST_LOG=warn`) goes to `log`, if
+    /// given; `env` is added to a clean environment (no `RAMPART_*` from the caller).
+    pub fn spawn(body: &str, server_extra: &str, log: Option<&Path>, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = TempDir::new("proc");
+        let file = dir.0.join("rampart.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nthreads = 2\ngrace_period = \"0s\"\n{server_extra}\n{body}"
+            ),
+        )
+        .expect("write config");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&file)
+            .env_remove("RAMPART_CONFIG")
+            .env_remove("RAMPART_REDIS_URL")
+            .env_remove("RAMPART_REDIS_PASSWORD")
+            .env_remove("RAMPART_LISTEN")
+            .env_remove("RAMPART_ADMIN_LISTEN")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+                None => Stdio::null(),
+            });
+        let child = command.spawn().expect("spawn rampart");
+        let process = Process {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + READY;
+        loop {
+            let up = try_request(process.admin, "GET", "/healthz", &[("Host", "a")], None)
+                .is_ok_and(|r| r.status == 200);
+            if up && TcpStream::connect(process.addr).is_ok() {
+                return process;
+            }
+            assert!(Instant::now() < deadline, "rampart process did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn admin_get(&self, path: &str) -> Response {
+        get(self.admin, path)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
