@@ -20,7 +20,9 @@ use crate::cache::Cache;
 use crate::client::Cidrs;
 use crate::compress;
 use crate::config::Config;
+use crate::gate::Gate;
 use crate::headers::Headers;
+use crate::limits::Limits;
 use crate::metrics::{Metrics, PublicEndpoint};
 use crate::proxy::Proxy;
 use crate::ratelimit::Limiter;
@@ -111,9 +113,21 @@ pub fn build(config: &Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> Res
         public_metrics: PublicEndpoint::new(&config.metrics),
         trusted: Cidrs::new(&config.server.trusted_proxies),
         compression,
+        limits: Limits::new(&config.limits),
     };
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "rampart");
+    let gate = Gate::new(
+        pingora::proxy::http_proxy(&server.configuration, proxy),
+        &config.limits,
+        Cidrs::new(&config.server.trusted_proxies),
+        metrics.clone(),
+        Headers::new(
+            &config.headers,
+            config.metrics.process_time_header,
+            config.metrics.server_timing,
+        ),
+        config.access_log.clone(),
+    );
+    let mut service = Service::new("rampart".to_string(), gate);
     service.add_tcp(&config.server.listen.to_string());
     if let Some(tls) = &config.server.tls {
         // HTTP/2 is offered over TLS (ALPN h2, then http/1.1), as nginx's `http2 on` does.

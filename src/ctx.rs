@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::client::Client;
 use crate::headers::Downstream;
 use crate::routing::{self, Route};
-use crate::{cache, compress, ratelimit};
+use crate::{accesslog, cache, compress, limits, ratelimit};
 
 pub struct Ctx {
     /// When Rampart first saw the request.
@@ -31,6 +31,10 @@ pub struct Ctx {
     pub cache: cache::RequestState,
     /// Accept-Encoding, policy and the body encoder of this response.
     pub compress: compress::RequestState,
+    /// In-flight slots, the body count and any limit that refused the request.
+    pub limits: limits::RequestState,
+    /// Logs the request as cut if it is dropped before `logging`.
+    pub unfinished: accesslog::Unfinished,
 }
 
 impl Ctx {
@@ -45,6 +49,8 @@ impl Ctx {
             ratelimit: None,
             cache: Default::default(),
             compress: Default::default(),
+            limits: Default::default(),
+            unfinished: Default::default(),
         }
     }
 

@@ -119,8 +119,14 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `rampart_upstream_request_duration_seconds{upstream}`.
     pub upstream_duration: HistogramVec,
-    /// `rampart_upstream_errors_total{upstream,kind}`: kind = connect | timeout | 5xx.
+    /// `rampart_upstream_errors_total{upstream,kind}`: kind = connect | timeout | 5xx |
+    /// broken (the connection failed or the response was malformed after it was sent).
     pub upstream_errors: IntCounterVec,
+    /// `rampart_rejections_total{reason}`: requests and connections refused or cut by a limit
+    /// or a parsing rule (`limits::Reason`).
+    pub rejections: IntCounterVec,
+    /// `rampart_connections_open`: client connections open now.
+    pub connections_open: IntGauge,
     /// `rampart_cache_lookups_total{route,result}`: hit | miss | stale | bypass | expired.
     pub cache_lookups: IntCounterVec,
     /// `rampart_cache_stored_bytes_total{route}`.
@@ -212,6 +218,12 @@ impl Metrics {
                 &["upstream"],
                 buckets.to_vec(),
             )?,
+            rejections: counter(
+                "rampart_rejections_total",
+                "Requests and connections refused or cut by a limit or a parsing rule, by reason.",
+                &["reason"],
+            )?,
+            connections_open: gauge("rampart_connections_open", "Client connections open now.")?,
             upstream_errors: counter(
                 "rampart_upstream_errors_total",
                 "Upstream failures by group and kind (connect, timeout, 5xx).",
@@ -329,7 +341,26 @@ impl Metrics {
         }
     }
 
-    /// `kind`: connect | timeout | 5xx.
+    /// A request or connection a limit or a parsing rule refused (`reason`: a
+    /// `limits::Reason` label).
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// A request refused by the connection gate, before it became a Pingora request: counted
+    /// in `http_requests_total` under route `(unmatched)` and in `rampart_rejections_total`.
+    pub fn rejected_request(&self, method: &'static str, status: u16, reason: &'static str) {
+        self.rejected(reason);
+        if self.per_request {
+            let mut buf = [0u8; 3];
+            let status = status_label(status, &mut buf);
+            self.requests
+                .with_label_values(&[method, UNMATCHED, status])
+                .inc();
+        }
+    }
+
+    /// `kind`: connect | timeout | 5xx | broken.
     pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
         self.upstream_errors
             .with_label_values(&[upstream, kind])

@@ -21,6 +21,7 @@ use crate::compress::Policies;
 use crate::cors;
 use crate::ctx::Ctx;
 use crate::headers::{self, Headers};
+use crate::limits::{self, Limits};
 use crate::metrics::{self, Metrics};
 use crate::path;
 use crate::ratelimit::Limiter;
@@ -40,6 +41,8 @@ pub struct Proxy {
     pub cache: Arc<Cache>,
     /// `[compression]` and its named policies.
     pub compression: Policies,
+    /// Body sizes and in-flight slots (the connection-level limits live in `gate`).
+    pub limits: Limits,
 }
 
 #[async_trait]
@@ -52,7 +55,8 @@ impl ProxyHttp for Proxy {
     }
 
     /// identify -> canonical path (400) -> public metrics? -> route (none: 404) -> the route's
-    /// compression -> CORS preflight (204/403) -> rate limits (429, or 503 under `deny`).
+    /// compression -> body size and client in-flight limits (413, 503) -> CORS preflight
+    /// (204/403) -> rate limits (429, or 503 under `deny`).
     /// Each step may decide the answer itself; it is sent here, in one place.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.identify(session, ctx);
@@ -65,6 +69,36 @@ impl ProxyHttp for Proxy {
         };
         respond::send(session, &self.headers, ctx, local).await?;
         Ok(true)
+    }
+
+    /// A body growing past the route's limit is cut with 413.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let len = body.as_ref().map_or(0, |b| b.len());
+        self.limits
+            .body(len, &mut ctx.limits)
+            .or_else(|r| Error::e_explain(ErrorType::HTTPStatus(r.status), r.detail))
+    }
+
+    /// Cache missed (or no cache): a slot among the upstream group's requests in flight,
+    /// else 503.
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(true);
+        };
+        let (group, max) = (&route.upstream.name, route.upstream.config.max_inflight);
+        let Err(full) = self.limits.admit_upstream(group, max, &mut ctx.limits) else {
+            return Ok(true);
+        };
+        let local = LocalResponse::problem(full.status, full.detail, &ctx.request_id)
+            .with_headers(full.retry_after_header());
+        respond::send(session, &self.headers, ctx, local).await?;
+        Ok(false)
     }
 
     /// Cacheable method, no credentials, store reachable: enable the cache.
@@ -233,21 +267,27 @@ impl ProxyHttp for Proxy {
 
     /// Every request ends here, answered or not: metrics, then the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.unfinished.finish();
         self.cache.release_unfilled(session, e, &ctx.cache).await;
+        let body_done = session.is_body_done();
         let elapsed = ctx.started.elapsed();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
         let route = ctx.route.as_ref().map(|r| r.name.as_str());
         self.metrics
             .request_done(&req.method, route, status, elapsed.as_secs_f64());
-        if let (Some(e), Some(r)) = (e, ctx.route.as_ref()) {
-            if matches!(
-                e.etype(),
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            ) && e.esource() == &ErrorSource::Upstream
-            {
-                self.metrics.upstream_error(&r.upstream.name, "timeout");
+        if let Some(e) = e {
+            if let Some(reason) = limits::blame_client(e.etype(), e.esource(), body_done) {
+                ctx.limits.rejected.get_or_insert(reason);
+            } else if let (Some(kind), Some(r)) = (upstream_error_kind(e), ctx.route.as_ref()) {
+                self.metrics.upstream_error(&r.upstream.name, kind);
             }
+        }
+        if let Some(reason) = ctx.limits.rejected {
+            self.metrics.rejected(reason.label());
+            let client = ctx.client.as_ref().and_then(|c| c.ip);
+            let what = format!("{} {}", req.method, req.uri.path().escape_debug());
+            limits::log_refusal(status, reason, client, &what);
         }
         if !self.access_log.wants(req.uri.path()) {
             return;
@@ -269,12 +309,17 @@ impl ProxyHttp for Proxy {
             upstream: ctx.upstream.tried.last().map(|b| b.addr.to_string()),
             cache: ctx.cache.x_cache,
             limit: ctx.ratelimit.as_ref().map(|d| d.outcome()),
+            error: ctx
+                .limits
+                .rejected
+                .map(|r| r.label())
+                .or(e.and_then(upstream_error_kind)),
         });
     }
 
     /// An error before a response went out: problem+json with the status decided here.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let (code, detail) = error_status(e);
+        let (code, detail) = error_status(e, session.is_body_done());
         if code > 0 {
             let problem = LocalResponse::problem(code, detail, &ctx.request_id);
             if let Err(write_err) = respond::send(session, &self.headers, ctx, problem).await {
@@ -294,6 +339,9 @@ impl Proxy {
     fn identify(&self, session: &Session, ctx: &mut Ctx) {
         let req = session.req_header();
         ctx.request_id = headers::request_id(req);
+        let (method, path) = (req.method.as_str(), req.uri.path());
+        ctx.unfinished
+            .begin(&ctx.request_id, method, path, ctx.started);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.compress.request(&self.compression, req);
         ctx.client = Some(Client::identify(
@@ -321,6 +369,18 @@ impl Proxy {
         };
         ctx.compress.use_route(route.compression.as_ref());
         ctx.route = Some(route.clone());
+        let length = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .map(|v| v.as_bytes());
+        let client = ctx.client.as_ref().and_then(|c| c.ip);
+        if let Err(r) = self
+            .limits
+            .admit(length, route.max_body_size, client, &mut ctx.limits)
+        {
+            let local = LocalResponse::problem(r.status, r.detail, &ctx.request_id);
+            return Some(local.with_headers(r.retry_after_header()));
+        }
         if let Some(policy) = route.cors.as_ref() {
             if let Some(answer) = preflight(policy, req, &ctx.request_id) {
                 return Some(answer);
@@ -349,6 +409,21 @@ impl Proxy {
     }
 }
 
+/// The `rampart_upstream_errors_total` kind of a request's final error, when the upstream
+/// caused it; connect failures are counted where they happen (`fail_to_connect`).
+fn upstream_error_kind(e: &Error) -> Option<&'static str> {
+    use ErrorType::*;
+    if e.esource() != &ErrorSource::Upstream {
+        return None;
+    }
+    match e.etype() {
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
+        | TLSHandshakeTimedout | HTTPStatus(_) => None,
+        ReadTimedout | WriteTimedout => Some("timeout"),
+        _ => Some("broken"),
+    }
+}
+
 /// A CORS preflight on a route with a policy is answered by Rampart, never proxied or limited:
 /// 204 with the policy's headers, or 403 for an origin it does not allow.
 fn preflight(
@@ -370,11 +445,15 @@ fn preflight(
 }
 
 /// The status a client sees for a failed request, and the sentence explaining it.
-/// `0`: the client is gone, nothing to send.
-fn error_status(e: &Error) -> (u16, &'static str) {
+/// `0`: the client is gone, nothing to send. `body_done`: the client sent its whole body (an
+/// upstream that timed out waiting while it had not is not to blame).
+fn error_status(e: &Error, body_done: bool) -> (u16, &'static str) {
     use ErrorType::*;
     match (e.etype(), e.esource()) {
         (HTTPStatus(code), _) => (*code, "request rejected"),
+        (ReadTimedout, ErrorSource::Upstream) if !body_done => {
+            (408, "request body not received in time")
+        }
         (ConnectTimedout | TLSHandshakeTimedout, _) => (504, "upstream connect timed out"),
         (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
             (504, "upstream did not answer in time")
@@ -395,7 +474,7 @@ mod tests {
     use super::*;
 
     fn status(e: Box<Error>) -> u16 {
-        error_status(&e).0
+        error_status(&e, true).0
     }
 
     /// Who caused the failure decides the status: the upstream's side is 502/504, the
@@ -415,6 +494,29 @@ mod tests {
         assert_eq!(status(Error::new_down(WriteError)), 0);
         assert_eq!(status(Error::new_in(HTTPStatus(413))), 413);
         assert_eq!(status(Error::new_in(InternalError)), 500);
+        // An upstream that timed out waiting for a body the client never finished: the
+        // client's doing (408), not the upstream's.
+        assert_eq!(error_status(&Error::new_up(ReadTimedout), false).0, 408);
+        assert_eq!(error_status(&Error::new_up(WriteTimedout), false).0, 504);
+    }
+
+    #[test]
+    fn upstream_errors_are_counted_by_kind() {
+        use ErrorType::*;
+        let kind = |e: Box<Error>| upstream_error_kind(&e);
+        assert_eq!(kind(Error::new_up(ReadTimedout)), Some("timeout"));
+        assert_eq!(kind(Error::new_up(ConnectionClosed)), Some("broken"));
+        assert_eq!(kind(Error::new_up(ReadError)), Some("broken"));
+        assert_eq!(
+            kind(Error::new_up(ConnectRefused)),
+            None,
+            "counted at connect"
+        );
+        assert_eq!(
+            kind(Error::new_down(ConnectionClosed)),
+            None,
+            "the client's"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use serde::Deserialize;
 
-use crate::types::{Duration, HeaderValueText, HostPort, Invalid, Name, UrlPath};
+use crate::types::{ByteSize, Duration, HeaderValueText, HostPort, Invalid, Name, UrlPath};
 use crate::{compress, cors};
 
 /// `[upstreams.NAME]`: a group of interchangeable addresses.
@@ -49,6 +49,10 @@ pub struct UpstreamConfig {
     /// `Host` to send instead of the client's (default: the client's `Host` is preserved).
     #[serde(default)]
     pub host: Option<HeaderValueText>,
+    /// Requests in flight to this group at once (default: `[limits]
+    /// max_inflight_per_upstream`); more get 503 with `Retry-After`.
+    #[serde(default)]
+    pub max_inflight: Option<usize>,
 }
 
 /// `[[routes]]`: a path prefix sent to an upstream group.
@@ -76,6 +80,10 @@ pub struct RouteConfig {
     /// Name of a `[compression.policies.NAME]` policy (default: `[compression]` itself).
     #[serde(default)]
     pub compression: Option<Name>,
+    /// Largest request body on this route, `0` for unlimited (default: `[limits]
+    /// max_body_size`; nginx's `client_max_body_size` in a `location`).
+    #[serde(default)]
+    pub max_body_size: Option<ByteSize>,
 }
 
 mod defaults {
@@ -122,6 +130,9 @@ impl UpstreamConfig {
         }
         if self.resolve_interval.0 < std::time::Duration::from_secs(1) {
             return Err(Invalid::new("resolve_interval", "at least \"1s\""));
+        }
+        if self.max_inflight == Some(0) {
+            return Err(Invalid::new("max_inflight", "at least 1"));
         }
         Ok(())
     }
@@ -257,6 +268,8 @@ pub struct Route {
     pub cors: Option<Arc<cors::Policy>>,
     /// `None`: the default `[compression]` policy.
     pub compression: Option<Arc<compress::Policy>>,
+    /// `None`: `[limits] max_body_size`.
+    pub max_body_size: Option<ByteSize>,
 }
 
 impl Route {
@@ -349,6 +362,7 @@ impl Router {
                 rewrite: r.rewrite.as_ref().map(|p| p.to_string()),
                 cors: cors.cloned(),
                 compression: compression.cloned(),
+                max_body_size: r.max_body_size,
             }));
         }
         built.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -383,6 +397,7 @@ mod tests {
             health_check_interval: Duration::secs(1),
             resolve_interval: Duration::secs(1),
             host: None,
+            max_inflight: None,
         };
         Route {
             name: Name::from_static("r"),
@@ -392,6 +407,7 @@ mod tests {
             rewrite: rewrite.map(String::from),
             cors: None,
             compression: None,
+            max_body_size: None,
         }
     }
 

@@ -374,22 +374,39 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 }
 
 /// One keep-alive connection for many requests (responses must carry a length or be chunked).
+/// Like a browser, it opens a new connection after a response that said `Connection: close`
+/// (Rampart closes after `[limits] max_requests_per_connection` requests).
 pub struct KeepAlive {
+    addr: SocketAddr,
     conn: HttpConn,
+    /// Connections opened so far.
+    pub connections: usize,
+    closed: bool,
 }
 
 impl KeepAlive {
     pub fn connect(addr: SocketAddr) -> Self {
         Self {
+            addr,
             conn: HttpConn::connect(addr).expect("connect"),
+            connections: 1,
+            closed: false,
         }
     }
 
     pub fn get(&mut self, path: &str) -> Response {
+        if self.closed {
+            self.conn = HttpConn::connect(self.addr).expect("reconnect");
+            self.connections += 1;
+        }
         self.conn
             .send("GET", path, &[], None, false)
             .expect("write");
-        self.conn.read_response(false).expect("response")
+        let resp = self.conn.read_response(false).expect("response");
+        self.closed = resp
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        resp
     }
 }
 
