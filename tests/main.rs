@@ -9,6 +9,7 @@ mod config;
 mod cors;
 mod errors;
 mod headers;
+mod limits;
 mod metrics;
 mod ratelimit;
 mod redis;

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::types::{ByteSize, Duration, Invalid};
 
 /// `[limits]`. nginx's equivalent of each key is named beside it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Request line (method, target, version) longer than this: 414

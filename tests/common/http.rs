@@ -58,6 +58,38 @@ impl HttpConn {
         self.stream.write_all(raw)
     }
 
+    /// Wait up to `within` for the peer to close the connection (end of stream or reset),
+    /// reading and dropping whatever else arrives: how long that took, `None` if it is still
+    /// open. The bytes that arrived are kept in the buffer (a response before the close).
+    pub fn closed_within(&mut self, within: Duration) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        let _ = self
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(50)));
+        let closed = loop {
+            match self.fill() {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break true,
+            }
+            if started.elapsed() > within {
+                break false;
+            }
+        };
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(10)));
+        closed.then(|| started.elapsed())
+    }
+
+    /// The bytes received and not parsed yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Send `METHOD path HTTP/1.1` with `headers` (plus `Host: rampart.test` when they have
     /// none), `body` with its `Content-Length`, and `Connection: close` when `close`.
     pub fn send(
