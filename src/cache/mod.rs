@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, SystemTime};
 
-use http::header::HeaderValue;
 use http::Method;
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -37,13 +36,12 @@ use crate::redis::Redis;
 use crate::routing::RouteConfig;
 use crate::types::Name;
 
-pub use key::variance;
-use key::{frame, request_host, UrlKey};
+use key::{host_key, request_host, UrlKey};
+pub use key::{request_key, variance};
 pub use memory::MemoryStorage;
-use policy::cacheable;
+pub use policy::cacheable;
 pub use policy::{Config, Policy, PolicyConfig};
 pub use redis::RedisStorage;
-use storage::FillBounds;
 pub use storage::{CacheStorage, Stored};
 
 // ---------------------------------------------------------------------------------------------
@@ -171,36 +169,7 @@ impl Cache {
         let Some((route, policy)) = state.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "cache key without a policy");
         };
-        let req = session.req_header();
-        let host = request_host(req);
-        let url = UrlKey::new(route, &host, req.uri.path(), req.uri.query(), policy);
-        let mut primary = Vec::with_capacity(128);
-        // Length-prefixed parts: no value can spill into the next one.
-        for part in [
-            route.as_bytes(),
-            b"GET", // HEAD is answered from the GET entry (pingora fetches GET on a HEAD miss)
-            host.as_bytes(),
-            req.uri.path().as_bytes(),
-            url.query.as_bytes(),
-        ] {
-            frame(&mut primary, part);
-        }
-        for name in &policy.vary {
-            frame(&mut primary, name.as_str().as_bytes());
-            let values: Vec<&[u8]> = req
-                .headers
-                .get_all(name)
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
-            frame(&mut primary, &values.join(&b","[..]));
-        }
-        let mut key = CacheKey::new(primary, url.tag);
-        key.extensions.insert(FillBounds {
-            body: policy.max_body_bytes,
-            wait: policy.lock_timeout,
-        });
-        Ok(key)
+        Ok(request_key(route, session.req_header(), policy))
     }
 
     /// `cache_miss`: this request fetches the entry; remember which, to release the fill claim
@@ -307,7 +276,7 @@ impl Cache {
                 let uri: http::Uri = url.parse().map_err(|_| {
                     PurgeError::Bad("url: an absolute URL such as http://host/path?query".into())
                 })?;
-                let Some(host) = uri.authority().map(|a| a.as_str().to_ascii_lowercase()) else {
+                let Some(host) = uri.authority().map(|a| host_key(a.as_str().as_bytes())) else {
                     return Err(PurgeError::Bad(
                         "url: an absolute URL with a host, such as http://host/path".into(),
                     ));

@@ -201,7 +201,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub(super) fn new(name: &str, c: &PolicyConfig) -> Self {
+    pub fn new(name: &str, c: &PolicyConfig) -> Self {
         Self {
             name: name.to_string(),
             ttl: c.ttl.0,
@@ -224,7 +224,7 @@ fn secs_u32(d: StdDuration) -> u32 {
 }
 
 /// The decision of `response_cache_filter`, as a pure function of policy, response and time.
-pub(super) fn cacheable(policy: &Policy, resp: &ResponseHeader, now: SystemTime) -> RespCacheable {
+pub fn cacheable(policy: &Policy, resp: &ResponseHeader, now: SystemTime) -> RespCacheable {
     use RespCacheable::Uncacheable;
     let status = resp.status.as_u16();
     let heuristic = HEURISTIC.contains(&status);

@@ -136,7 +136,9 @@ impl Scanner {
         self.scanned = buf.len();
         let partial = &buf[self.line_start.min(buf.len())..];
         if !self.request_line {
-            let partial = trim_leading_newlines(partial);
+            // Empty lines before it were skipped above; a final CR may be the start of the
+            // line's CRLF: judged when the line ends.
+            let partial = trim_cr(partial);
             if let Some(refused) = check_method(partial, limits) {
                 return Scan::Refused(refused);
             }
@@ -164,13 +166,6 @@ fn too_large_head() -> Rejection {
 
 fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-fn trim_leading_newlines(mut b: &[u8]) -> &[u8] {
-    while let [b'\r' | b'\n', rest @ ..] = b {
-        b = rest;
-    }
-    b
 }
 
 /// The method of a (possibly partial) request line: a token of at most `limits.method` bytes.
@@ -606,6 +601,19 @@ mod tests {
             ..LIMITS
         };
         assert!(check(head, &limits).expect("valid").upgrade);
+    }
+
+    /// Found by the request_head fuzz target: a request line without a space, cut just after
+    /// its CR, was refused as a method with a CR in it when scanned byte by byte.
+    #[test]
+    fn a_cr_at_the_end_of_a_partial_line_is_not_judged_early() {
+        let head = b"GECONN\r\nOPTECTP/1.1\x0c\nHost";
+        assert_eq!(scan_trickled(head), scan(head));
+        assert_eq!(scan(b"GET\r"), Scan::Partial);
+        // And a CR that is not part of an empty line is no empty line, whenever it is seen.
+        let cr_cr = b"\n\n\r\rOPTIONSOPTIONSOPTIONS";
+        assert_eq!(scan_trickled(cr_cr), scan(cr_cr));
+        assert!(matches!(scan(cr_cr), Scan::Refused(r) if r.status == 400));
     }
 
     #[test]
