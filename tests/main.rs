@@ -8,6 +8,7 @@ mod compress;
 mod config;
 mod cors;
 mod errors;
+mod fuzz;
 mod headers;
 mod limits;
 mod metrics;
