@@ -317,9 +317,19 @@ impl ProxyHttp for Proxy {
         });
     }
 
+    /// What the client did (hung up, stalled, stopped reading) is not an error of Rampart's: it
+    /// is in the access log and the metrics, not in Pingora's error line.
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, error: &Error) -> bool {
+        error.esource() == &ErrorSource::Downstream || ctx.limits.rejected.is_some()
+    }
+
     /// An error before a response went out: problem+json with the status decided here.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let (code, detail) = error_status(e, session.is_body_done());
+        let body_done = session.is_body_done();
+        if let Some(reason) = limits::blame_client(e.etype(), e.esource(), body_done) {
+            ctx.limits.rejected.get_or_insert(reason);
+        }
+        let (code, detail) = error_status(e, body_done);
         if code > 0 {
             let problem = LocalResponse::problem(code, detail, &ctx.request_id);
             if let Err(write_err) = respond::send(session, &self.headers, ctx, problem).await {
