@@ -377,6 +377,21 @@ impl Metrics {
     }
 }
 
+/// The `rampart_upstream_errors_total` kind of a request's final error, when the upstream
+/// caused it; connect failures are counted where they happen (`fail_to_connect`).
+pub fn upstream_error_kind(e: &pingora::Error) -> Option<&'static str> {
+    use pingora::ErrorType::*;
+    if e.esource() != &pingora::ErrorSource::Upstream {
+        return None;
+    }
+    match e.etype() {
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
+        | TLSHandshakeTimedout | HTTPStatus(_) => None,
+        ReadTimedout | WriteTimedout => Some("timeout"),
+        _ => Some("broken"),
+    }
+}
+
 /// `0` stands for "no response was sent" (the client went away first). Statuses are three
 /// digits, written into a stack buffer: no allocation per request.
 fn status_label(status: u16, buf: &mut [u8; 3]) -> &str {
@@ -397,6 +412,25 @@ fn status_label(status: u16, buf: &mut [u8; 3]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_errors_are_counted_by_kind() {
+        use pingora::{Error, ErrorType::*};
+        let kind = |e: Box<Error>| upstream_error_kind(&e);
+        assert_eq!(kind(Error::new_up(ReadTimedout)), Some("timeout"));
+        assert_eq!(kind(Error::new_up(ConnectionClosed)), Some("broken"));
+        assert_eq!(kind(Error::new_up(ReadError)), Some("broken"));
+        assert_eq!(
+            kind(Error::new_up(ConnectRefused)),
+            None,
+            "counted at connect"
+        );
+        assert_eq!(
+            kind(Error::new_down(ConnectionClosed)),
+            None,
+            "the client's"
+        );
+    }
 
     #[test]
     fn status_labels() {

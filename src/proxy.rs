@@ -279,7 +279,9 @@ impl ProxyHttp for Proxy {
         if let Some(e) = e {
             if let Some(reason) = limits::blame_client(e.etype(), e.esource(), body_done) {
                 ctx.limits.rejected.get_or_insert(reason);
-            } else if let (Some(kind), Some(r)) = (upstream_error_kind(e), ctx.route.as_ref()) {
+            } else if let (Some(kind), Some(r)) =
+                (metrics::upstream_error_kind(e), ctx.route.as_ref())
+            {
                 self.metrics.upstream_error(&r.upstream.name, kind);
             }
         }
@@ -313,7 +315,7 @@ impl ProxyHttp for Proxy {
                 .limits
                 .rejected
                 .map(|r| r.label())
-                .or(e.and_then(upstream_error_kind)),
+                .or(e.and_then(metrics::upstream_error_kind)),
         });
     }
 
@@ -419,21 +421,6 @@ impl Proxy {
     }
 }
 
-/// The `rampart_upstream_errors_total` kind of a request's final error, when the upstream
-/// caused it; connect failures are counted where they happen (`fail_to_connect`).
-fn upstream_error_kind(e: &Error) -> Option<&'static str> {
-    use ErrorType::*;
-    if e.esource() != &ErrorSource::Upstream {
-        return None;
-    }
-    match e.etype() {
-        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
-        | TLSHandshakeTimedout | HTTPStatus(_) => None,
-        ReadTimedout | WriteTimedout => Some("timeout"),
-        _ => Some("broken"),
-    }
-}
-
 /// A CORS preflight on a route with a policy is answered by Rampart, never proxied or limited:
 /// 204 with the policy's headers, or 403 for an origin it does not allow.
 fn preflight(
@@ -508,25 +495,6 @@ mod tests {
         // client's doing (408), not the upstream's.
         assert_eq!(error_status(&Error::new_up(ReadTimedout), false).0, 408);
         assert_eq!(error_status(&Error::new_up(WriteTimedout), false).0, 504);
-    }
-
-    #[test]
-    fn upstream_errors_are_counted_by_kind() {
-        use ErrorType::*;
-        let kind = |e: Box<Error>| upstream_error_kind(&e);
-        assert_eq!(kind(Error::new_up(ReadTimedout)), Some("timeout"));
-        assert_eq!(kind(Error::new_up(ConnectionClosed)), Some("broken"));
-        assert_eq!(kind(Error::new_up(ReadError)), Some("broken"));
-        assert_eq!(
-            kind(Error::new_up(ConnectRefused)),
-            None,
-            "counted at connect"
-        );
-        assert_eq!(
-            kind(Error::new_down(ConnectionClosed)),
-            None,
-            "the client's"
-        );
     }
 
     #[test]
