@@ -22,6 +22,7 @@ use crate::client::Client;
 use crate::cors;
 use crate::ctx::Ctx;
 use crate::headers;
+use crate::limits;
 use crate::metrics::{self, Metrics};
 use crate::path;
 use crate::respond::{self, LocalResponse};
@@ -45,7 +46,8 @@ impl ProxyHttp for Proxy {
     }
 
     /// identify -> canonical path (400) -> public metrics? -> route (none: 404) -> the route's
-    /// compression -> CORS preflight (204/403) -> rate limits (429, or 503 under `deny`).
+    /// compression -> body size and client in-flight limits (413, 503) -> CORS preflight
+    /// (204/403) -> rate limits (429, or 503 under `deny`).
     /// Each step may decide the answer itself; it is sent here, in one place.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.identify(session, ctx);
@@ -58,6 +60,41 @@ impl ProxyHttp for Proxy {
         };
         respond::send(session, &ctx.runtime.headers, ctx, local).await?;
         Ok(true)
+    }
+
+    /// A body growing past the route's limit is cut with 413.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let len = body.as_ref().map_or(0, |b| b.len());
+        ctx.runtime
+            .limits
+            .body(len, &mut ctx.limits)
+            .or_else(|r| Error::e_explain(ErrorType::HTTPStatus(r.status), r.detail))
+    }
+
+    /// Cache missed (or no cache): a slot among the upstream group's requests in flight,
+    /// else 503.
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(true);
+        };
+        let (group, max) = (&route.upstream.name, route.upstream.config.max_inflight);
+        let Err(full) = ctx
+            .runtime
+            .limits
+            .admit_upstream(group, max, &mut ctx.limits)
+        else {
+            return Ok(true);
+        };
+        let local = LocalResponse::problem(full.status, full.detail, &ctx.request_id)
+            .with_headers(full.retry_after_header());
+        respond::send(session, &ctx.runtime.headers, ctx, local).await?;
+        Ok(false)
     }
 
     /// Cacheable method, no credentials, store reachable: enable the cache.
@@ -302,7 +339,9 @@ impl ProxyHttp for Proxy {
 
     /// Every request ends here, answered or not: metrics, then the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.unfinished.finish();
         ctx.runtime.cache.release_claim(&ctx.cache).await;
+        let body_done = session.is_body_done();
         let elapsed = ctx.started.elapsed();
         let status = match session.response_written() {
             Some(r) => r.status.as_u16(),
@@ -313,20 +352,27 @@ impl ProxyHttp for Proxy {
         let route = ctx.route.as_ref().map(|r| r.name.as_str());
         self.metrics
             .request_done(&req.method, route, status, elapsed.as_secs_f64());
-        if let (Some(e), Some(r)) = (e, ctx.route.as_ref()) {
-            if matches!(
-                e.etype(),
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            ) && e.esource() == &ErrorSource::Upstream
-            {
-                self.metrics.upstream_error(&r.upstream.name, "timeout");
+        if let Some(e) = e {
+            if let Some(reason) = limits::blame_client(e.etype(), e.esource(), body_done) {
+                ctx.limits.rejected.get_or_insert(reason);
+            } else if let Some(r) = ctx.route.as_ref() {
+                if let Some(kind) = metrics::upstream_error_kind(e) {
+                    self.metrics.upstream_error(&r.upstream.name, kind);
+                }
+                // An upstream that timed out, closed early or sent garbage after the connect
+                // (connect failures were counted in `fail_to_connect`).
+                if let (true, Some(backend)) = (failed_after_connect(e), ctx.upstream.tried.last())
+                {
+                    let why = format!("{} from the upstream", e.etype().as_str());
+                    r.upstream.health.request_failed(backend, &why);
+                }
             }
-            // An upstream that timed out, closed early or sent garbage after the connect
-            // (connect failures were counted in `fail_to_connect`).
-            if let (true, Some(backend)) = (failed_after_connect(e), ctx.upstream.tried.last()) {
-                let why = format!("{} from the upstream", e.etype().as_str());
-                r.upstream.health.request_failed(backend, &why);
-            }
+        }
+        if let Some(reason) = ctx.limits.rejected {
+            self.metrics.rejected(reason.label());
+            let client = ctx.client.as_ref().and_then(|c| c.ip);
+            let what = format!("{} {}", req.method, req.uri.path().escape_debug());
+            limits::log_refusal(status, reason, client, &what);
         }
         let access_log = &ctx.runtime.access_log;
         if !access_log.wants(req.uri.path()) {
@@ -349,14 +395,23 @@ impl ProxyHttp for Proxy {
             upstream: ctx.upstream.tried.last().map(|b| b.addr.to_string()),
             cache: ctx.cache.x_cache,
             limit: ctx.ratelimit.as_ref().map(|d| d.outcome()),
+            error: ctx
+                .limits
+                .rejected
+                .map(|r| r.label())
+                .or(e.and_then(metrics::upstream_error_kind)),
         });
     }
 
     /// Pingora logs every failed request at ERROR. A client that went away, or sent something
     /// malformed or too slowly, is nothing an operator must act on: such errors are logged
     /// here instead, at debug (went away) or info (other client errors), as nginx logs them at
-    /// info. Upstream and internal failures keep Pingora's ERROR line.
+    /// info; a request refused by a limit is logged once by `logging` (`limits::log_refusal`).
+    /// Upstream and internal failures keep Pingora's ERROR line.
     fn suppress_error_log(&self, session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        if ctx.limits.rejected.is_some() {
+            return true;
+        }
         if e.esource() != &ErrorSource::Downstream {
             return false;
         }
@@ -374,7 +429,11 @@ impl ProxyHttp for Proxy {
     /// client connection is closed afterwards (Pingora does not reuse it after a proxy
     /// failure), so the answer says `Connection: close`.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let (code, detail) = error_status(e);
+        let body_done = session.is_body_done();
+        if let Some(reason) = limits::blame_client(e.etype(), e.esource(), body_done) {
+            ctx.limits.rejected.get_or_insert(reason);
+        }
+        let (code, detail) = error_status(e, body_done);
         session.set_keepalive(None);
         if code > 0 {
             let problem = LocalResponse::problem(code, detail, &ctx.request_id);
@@ -396,6 +455,9 @@ impl Proxy {
     fn identify(&self, session: &Session, ctx: &mut Ctx) {
         let req = session.req_header();
         ctx.request_id = headers::request_id(req);
+        let (method, path) = (req.method.as_str(), req.uri.path());
+        ctx.unfinished
+            .begin(&ctx.request_id, method, path, ctx.started);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.compress.request(&ctx.runtime.compression, req);
         ctx.client = Some(Client::identify(
@@ -437,6 +499,19 @@ impl Proxy {
         };
         ctx.compress.use_route(route.compression.as_ref());
         ctx.route = Some(route.clone());
+        let length = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .map(|v| v.as_bytes());
+        let client = ctx.client.as_ref().and_then(|c| c.ip);
+        if let Err(r) =
+            ctx.runtime
+                .limits
+                .admit(length, route.max_body_size, client, &mut ctx.limits)
+        {
+            let local = LocalResponse::problem(r.status, r.detail, &ctx.request_id);
+            return Some(local.with_headers(r.retry_after_header()));
+        }
         if let Some(policy) = route.cors.as_ref() {
             if let Some(answer) = preflight(policy, req, &ctx.request_id) {
                 return Some(answer);
@@ -515,11 +590,15 @@ fn client_gone(e: &Error) -> bool {
 }
 
 /// The status a client sees for a failed request, and the sentence explaining it.
-/// `0`: the client is gone, nothing to send.
-fn error_status(e: &Error) -> (u16, &'static str) {
+/// `0`: the client is gone, nothing to send. `body_done`: the client sent its whole body (an
+/// upstream that timed out waiting while it had not is not to blame).
+fn error_status(e: &Error, body_done: bool) -> (u16, &'static str) {
     use ErrorType::*;
     match (e.etype(), e.esource()) {
         (HTTPStatus(code), _) => (*code, "request rejected"),
+        (ReadTimedout, ErrorSource::Upstream) if !body_done => {
+            (408, "request body not received in time")
+        }
         (ConnectTimedout | TLSHandshakeTimedout, _) => (504, "upstream connect timed out"),
         (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
             (504, "upstream did not answer in time")
@@ -540,7 +619,7 @@ mod tests {
     use super::*;
 
     fn status(e: Box<Error>) -> u16 {
-        error_status(&e).0
+        error_status(&e, true).0
     }
 
     /// Who caused the failure decides the status: the upstream's side is 502/504, the
@@ -560,6 +639,10 @@ mod tests {
         assert_eq!(status(Error::new_down(WriteError)), 0);
         assert_eq!(status(Error::new_in(HTTPStatus(413))), 413);
         assert_eq!(status(Error::new_in(InternalError)), 500);
+        // An upstream that timed out waiting for a body the client never finished: the
+        // client's doing (408), not the upstream's.
+        assert_eq!(error_status(&Error::new_up(ReadTimedout), false).0, 408);
+        assert_eq!(error_status(&Error::new_up(WriteTimedout), false).0, 504);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use prometheus::IntGaugeVec;
 use serde::{Deserialize, Serialize};
 
 use crate::health::{GroupHealth, Probe, Thresholds};
-use crate::types::{Duration, HeaderValueText, HostPort, Invalid, Name, UrlPath};
+use crate::types::{ByteSize, Duration, HeaderValueText, HostPort, Invalid, Name, UrlPath};
 use crate::{compress, cors};
 
 /// `[upstreams.NAME]`: a group of interchangeable addresses.
@@ -83,6 +83,10 @@ pub struct UpstreamConfig {
     /// `Host` to send instead of the client's (default: the client's `Host` is preserved).
     #[serde(default)]
     pub host: Option<HeaderValueText>,
+    /// Requests in flight to this group at once (default: `[limits]
+    /// max_inflight_per_upstream`); more get 503 with `Retry-After`.
+    #[serde(default)]
+    pub max_inflight: Option<usize>,
 }
 
 /// `[[routes]]`: a path prefix sent to an upstream group.
@@ -110,6 +114,10 @@ pub struct RouteConfig {
     /// Name of a `[compression.policies.NAME]` policy (default: `[compression]` itself).
     #[serde(default)]
     pub compression: Option<Name>,
+    /// Largest request body on this route, `0` for unlimited (default: `[limits]
+    /// max_body_size`; nginx's `client_max_body_size` in a `location`).
+    #[serde(default)]
+    pub max_body_size: Option<ByteSize>,
 }
 
 mod defaults {
@@ -202,6 +210,9 @@ impl UpstreamConfig {
         }
         if self.resolve_interval.0 < std::time::Duration::from_secs(1) {
             return Err(Invalid::new("resolve_interval", "at least \"1s\""));
+        }
+        if self.max_inflight == Some(0) {
+            return Err(Invalid::new("max_inflight", "at least 1"));
         }
         Ok(())
     }
@@ -539,6 +550,8 @@ pub struct Route {
     pub cors: Option<Arc<cors::Policy>>,
     /// `None`: the default `[compression]` policy.
     pub compression: Option<Arc<compress::Policy>>,
+    /// `None`: `[limits] max_body_size`.
+    pub max_body_size: Option<ByteSize>,
 }
 
 impl Route {
@@ -646,6 +659,7 @@ impl Router {
                 rewrite: r.rewrite.as_ref().map(|p| p.to_string()),
                 cors: cors.cloned(),
                 compression: compression.cloned(),
+                max_body_size: r.max_body_size,
             }));
         }
         built.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -687,6 +701,7 @@ mod tests {
             fail_timeout: Duration::secs(1),
             resolve_interval: Duration::secs(1),
             host: None,
+            max_inflight: None,
         };
         let gauge = IntGaugeVec::new(prometheus::Opts::new("g", "g"), &["upstream", "addr"])
             .expect("gauge");
@@ -698,6 +713,7 @@ mod tests {
             rewrite: rewrite.map(String::from),
             cors: None,
             compression: None,
+            max_body_size: None,
         }
     }
 

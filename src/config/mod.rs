@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 mod locate;
 
 use crate::types::{Cidr, Duration, HostPort, Invalid, ListenAddr, Name};
-use crate::{accesslog, cache, compress, cors, headers, metrics, ratelimit, redis, routing};
+use crate::{
+    accesslog, cache, compress, cors, headers, limits, metrics, ratelimit, redis, routing,
+};
 use locate::{line_col, locate};
 
 /// The whole file. Every section has defaults, so an empty file is a valid (if useless) one.
@@ -37,6 +39,7 @@ pub struct Config {
     pub ratelimit: ratelimit::Config,
     pub cache: cache::Config,
     pub compression: compress::Config,
+    pub limits: limits::Config,
 }
 
 /// `[server]`: listeners and process settings.
@@ -361,6 +364,7 @@ impl Config {
             .validate(&route_names)
             .map_err(|e| e.within("ratelimit"))?;
         self.cache.validate().map_err(|e| e.within("cache"))?;
+        self.limits.validate().map_err(|e| e.within("limits"))?;
         Ok(())
     }
 
