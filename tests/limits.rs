@@ -489,7 +489,8 @@ fn pipelined_requests_are_answered_in_order() {
     assert_refused(&conn.read_response(false).expect("second"), 400);
     assert!(conn.closed_within(Duration::from_secs(5)).is_some());
     assert!(up.requests().iter().all(|q| q.target != "/never"));
-    let log = r.log();
+    // Logged after the response went out: wait for the last one, written after the others.
+    let log = r.wait_for_log("\"GET /ok\"");
     assert_eq!(
         log.matches("\"GET /one\"").count(),
         1,
