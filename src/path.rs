@@ -49,10 +49,12 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Refusal> {
 }
 
 /// Rewrite the request's target to its canonical path (query kept), or say why it has none.
-pub fn canonicalize(req: &mut RequestHeader) -> Result<(), Refusal> {
+/// `Some`: the target as the client wrote it, when it was rewritten.
+pub fn canonicalize(req: &mut RequestHeader) -> Result<Option<String>, Refusal> {
     let Cow::Owned(path) = canonical_path(req.uri.path())? else {
-        return Ok(());
+        return Ok(None);
     };
+    let original = req.uri.path_and_query().map(|pq| pq.as_str().to_string());
     let target = match req.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,
@@ -61,7 +63,7 @@ pub fn canonicalize(req: &mut RequestHeader) -> Result<(), Refusal> {
         .parse::<http::Uri>()
         .map_err(|_| "path is not a valid request target")?;
     req.set_uri(uri);
-    Ok(())
+    Ok(original)
 }
 
 /// One segment with unreserved escapes decoded and the others upper-cased. Bytes other than
@@ -180,7 +182,8 @@ mod tests {
     fn the_query_is_kept_byte_for_byte() {
         let mut req =
             RequestHeader::build("GET", b"//api/%76%31?b=%2F&a=1", None).expect("request");
-        canonicalize(&mut req).expect("canonical");
+        let original = canonicalize(&mut req).expect("canonical");
+        assert_eq!(original.as_deref(), Some("//api/%76%31?b=%2F&a=1"));
         assert_eq!(
             req.uri.path_and_query().map(|p| p.as_str()),
             Some("/api/v1?b=%2F&a=1")

@@ -53,7 +53,10 @@ impl ProxyHttp for Proxy {
         self.identify(session, ctx);
         let local = match path::canonicalize(session.req_header_mut()) {
             Err(reason) => Some(LocalResponse::problem(400, reason, &ctx.request_id)),
-            Ok(()) => self.local_response(session.req_header(), ctx).await,
+            Ok(original) => {
+                ctx.upstream.original_target = original;
+                self.local_response(session.req_header(), ctx).await
+            }
         };
         let Some(local) = local else {
             return Ok(false);
@@ -244,7 +247,16 @@ impl ProxyHttp for Proxy {
             .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str());
-        if let Some(path) = route.upstream_path(original) {
+        if let (true, Some(target)) = (
+            route.forward_original_path,
+            ctx.upstream.original_target.as_deref(),
+        ) {
+            let uri = target.parse::<http::Uri>().or_err(
+                ErrorType::InvalidHTTPHeader,
+                "the original target is not a valid URI",
+            )?;
+            upstream_request.set_uri(uri);
+        } else if let Some(path) = route.upstream_path(original) {
             let uri = path.parse::<http::Uri>().or_err(
                 ErrorType::InvalidHTTPHeader,
                 "rewritten path is not a valid URI",

@@ -105,6 +105,10 @@ pub struct RouteConfig {
     /// Replace the prefix with this before forwarding (`/old/x` -> `/new/x`).
     #[serde(default)]
     pub rewrite: Option<UrlPath>,
+    /// Send the upstream the target exactly as the client wrote it instead of its canonical
+    /// form (routing and limits still use the canonical path). Not with a rewrite.
+    #[serde(default)]
+    pub forward_original_path: bool,
     /// Name of a `[cors.NAME]` policy applied to this route.
     #[serde(default)]
     pub cors: Option<Name>,
@@ -224,6 +228,12 @@ impl RouteConfig {
             return Err(Invalid::new(
                 "rewrite",
                 "either strip_prefix or rewrite, not both",
+            ));
+        }
+        if self.forward_original_path && (self.rewrite.is_some() || self.strip_prefix) {
+            return Err(Invalid::new(
+                "forward_original_path",
+                "the original target cannot also be rewritten (rewrite, strip_prefix)",
             ));
         }
         Ok(())
@@ -538,6 +548,8 @@ pub struct RequestState {
     pub sent_at: Option<std::time::Instant>,
     /// How long the upstream took to send its response header.
     pub response_time: Option<std::time::Duration>,
+    /// The client's target as received, when the canonical path differs from it.
+    pub original_target: Option<String>,
 }
 
 /// A configured route, resolved: upstream and CORS policy are shared handles.
@@ -547,6 +559,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     pub strip_prefix: bool,
     pub rewrite: Option<String>,
+    /// Forward the client's target as received, not the canonical one.
+    pub forward_original_path: bool,
     pub cors: Option<Arc<cors::Policy>>,
     /// `None`: the default `[compression]` policy.
     pub compression: Option<Arc<compress::Policy>>,
@@ -656,6 +670,7 @@ impl Router {
                 prefix: r.prefix.to_string(),
                 upstream: upstream.clone(),
                 strip_prefix: r.strip_prefix,
+                forward_original_path: r.forward_original_path,
                 rewrite: r.rewrite.as_ref().map(|p| p.to_string()),
                 cors: cors.cloned(),
                 compression: compression.cloned(),
@@ -711,6 +726,7 @@ mod tests {
             upstream: Arc::new(Upstream::new(&Name::from_static("u"), &cfg, gauge)),
             strip_prefix: strip,
             rewrite: rewrite.map(String::from),
+            forward_original_path: false,
             cors: None,
             compression: None,
             max_body_size: None,
