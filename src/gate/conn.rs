@@ -135,7 +135,10 @@ impl Conn {
             if self.eof {
                 return HeadRead::Closed("the client closed it");
             }
-            if *shutdown.borrow_and_update() && self.buf.is_empty() {
+            // Shutting down closes a connection idle between requests; a fresh one still gets
+            // its first request served (its client has just connected and is sending it).
+            let between_requests = idle.is_some();
+            if *shutdown.borrow_and_update() && self.buf.is_empty() && between_requests {
                 return HeadRead::Closed("shutting down");
             }
             let room = (limits.section + 1).saturating_sub(self.buf.len()).max(1);
@@ -150,7 +153,7 @@ impl Conn {
                         HeadRead::TimedOut
                     };
                 }
-                _ = shutdown.changed(), if self.buf.is_empty() => {
+                _ = shutdown.changed(), if self.buf.is_empty() && between_requests => {
                     return HeadRead::Closed("shutting down");
                 }
             };
