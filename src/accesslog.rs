@@ -4,7 +4,9 @@
 //! Phase: `logging`, which every request reaches, answered or not.
 //!
 //! Invariant: one line per request, never more; a JSON line is one complete JSON object
-//! (the binary prints records of this target without a prefix, see `main.rs`).
+//! (the binary prints records of this target without a prefix, see `main.rs`). A request that
+//! never reaches `logging` (the runtime dropped it when the shutdown grace period ended) is
+//! logged as cut by its [`Unfinished`] guard.
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +61,8 @@ pub struct Entry<'a> {
     pub upstream: Option<String>,
     pub cache: Option<&'a str>,
     pub limit: Option<&'a str>,
+    /// Why the request was refused or failed (a `limits::Reason` label, or who broke it).
+    pub error: Option<&'a str>,
 }
 
 impl Config {
@@ -79,7 +83,7 @@ impl Config {
             },
             Format::Plain => log::info!(
                 target: TARGET,
-                "{} {} \"{} {}\" {} {}B {:.3}ms route={} upstream={} cache={} limit={} id={}",
+                "{} {} \"{} {}\" {} {}B {:.3}ms route={} upstream={} cache={} limit={} error={} id={}",
                 entry.time,
                 entry.client.as_deref().unwrap_or("-"),
                 entry.method,
@@ -91,8 +95,49 @@ impl Config {
                 entry.upstream.as_deref().unwrap_or("-"),
                 entry.cache.unwrap_or("-"),
                 entry.limit.unwrap_or("-"),
+                entry.error.unwrap_or("-"),
                 entry.request_id,
             ),
+        }
+    }
+}
+
+/// A request in progress: dropped before [`Unfinished::finish`] (the runtime cut it when
+/// the grace period after SIGTERM ended), it logs the request as cut, at warn.
+#[derive(Debug, Default)]
+pub struct Unfinished {
+    request: Option<(String, String, std::time::Instant)>,
+}
+
+impl Unfinished {
+    /// The request started: its id and `METHOD path`.
+    pub fn begin(
+        &mut self,
+        request_id: &str,
+        method: &str,
+        path: &str,
+        started: std::time::Instant,
+    ) {
+        self.request = Some((
+            request_id.to_string(),
+            format!("{method} {}", path.escape_debug()),
+            started,
+        ));
+    }
+
+    /// The request reached `logging`: nothing to report.
+    pub fn finish(&mut self) {
+        self.request = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some((id, request, started)) = self.request.take() {
+            log::warn!(
+                "request cut before it finished: \"{request}\" id={id} after {:.3}s (the shutdown grace period ended, or its task was dropped)",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
 }

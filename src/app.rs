@@ -22,7 +22,10 @@ use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
 
 use crate::admin::Admin;
+use crate::client::Cidrs;
 use crate::config::Config;
+use crate::gate::Gate;
+use crate::headers::Headers;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::{self, Reloader};
@@ -120,8 +123,19 @@ pub fn build_with(
         metrics: metrics.clone(),
         live: live.clone(),
     };
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "rampart");
+    let gate = Gate::new(
+        pingora::proxy::http_proxy(&server.configuration, proxy),
+        &config.limits,
+        Cidrs::new(&config.server.trusted_proxies),
+        metrics.clone(),
+        Headers::new(
+            &config.headers,
+            config.metrics.process_time_header,
+            config.metrics.server_timing,
+        ),
+        config.access_log.clone(),
+    );
+    let mut service = Service::new("rampart".to_string(), gate);
     service.add_tcp(&config.server.listen.to_string());
     if let Some(tls) = &config.server.tls {
         // The certificate comes from the current generation at each handshake, so a reload

@@ -12,7 +12,7 @@ use crate::client::Client;
 use crate::headers::Downstream;
 use crate::routing::{self, Route};
 use crate::runtime::Runtime;
-use crate::{cache, compress, ratelimit};
+use crate::{accesslog, cache, compress, limits, ratelimit};
 
 pub struct Ctx {
     /// The configuration generation current when the request arrived (`new_ctx`).
@@ -35,6 +35,10 @@ pub struct Ctx {
     pub cache: cache::RequestState,
     /// Accept-Encoding, policy and the body encoder of this response.
     pub compress: compress::RequestState,
+    /// In-flight slots, the body count and any limit that refused the request.
+    pub limits: limits::RequestState,
+    /// Logs the request as cut if it is dropped before `logging`.
+    pub unfinished: accesslog::Unfinished,
 }
 
 impl Ctx {
@@ -50,6 +54,8 @@ impl Ctx {
             ratelimit: None,
             cache: Default::default(),
             compress: Default::default(),
+            limits: Default::default(),
+            unfinished: Default::default(),
         }
     }
 

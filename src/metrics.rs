@@ -119,7 +119,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `rampart_upstream_request_duration_seconds{upstream}`.
     pub upstream_duration: HistogramVec,
-    /// `rampart_upstream_errors_total{upstream,kind}`: kind = connect | timeout | 5xx.
+    /// `rampart_upstream_errors_total{upstream,kind}`: kind = connect | timeout | 5xx |
+    /// broken (the connection failed or the response was malformed after it was sent).
     pub upstream_errors: IntCounterVec,
     /// `rampart_upstream_healthy{upstream,addr}`: 1 while an address gets requests, 0 while
     /// health checks or failed requests keep it out.
@@ -128,6 +129,11 @@ pub struct Metrics {
     /// after a failed connect) | closed (a fresh connection to the same address after a pooled
     /// one turned out closed).
     pub upstream_retries: IntCounterVec,
+    /// `rampart_rejections_total{reason}`: requests and connections refused or cut by a limit
+    /// or a parsing rule (`limits::Reason`).
+    pub rejections: IntCounterVec,
+    /// `rampart_connections_open`: client connections open now.
+    pub connections_open: IntGauge,
     /// `rampart_cache_lookups_total{route,result}`: hit | miss | stale | bypass | expired.
     pub cache_lookups: IntCounterVec,
     /// `rampart_cache_stored_bytes_total{route}`.
@@ -225,6 +231,12 @@ impl Metrics {
                 &["upstream"],
                 buckets.to_vec(),
             )?,
+            rejections: counter(
+                "rampart_rejections_total",
+                "Requests and connections refused or cut by a limit or a parsing rule, by reason.",
+                &["reason"],
+            )?,
+            connections_open: gauge("rampart_connections_open", "Client connections open now.")?,
             upstream_errors: counter(
                 "rampart_upstream_errors_total",
                 "Upstream failures by group and kind (connect, timeout, 5xx).",
@@ -361,7 +373,26 @@ impl Metrics {
         }
     }
 
-    /// `kind`: connect | timeout | 5xx.
+    /// A request or connection a limit or a parsing rule refused (`reason`: a
+    /// `limits::Reason` label).
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// A request refused by the connection gate, before it became a Pingora request: counted
+    /// in `http_requests_total` under route `(unmatched)` and in `rampart_rejections_total`.
+    pub fn rejected_request(&self, method: &'static str, status: u16, reason: &'static str) {
+        self.rejected(reason);
+        if self.per_request {
+            let mut buf = [0u8; 3];
+            let status = status_label(status, &mut buf);
+            self.requests
+                .with_label_values(&[method, UNMATCHED, status])
+                .inc();
+        }
+    }
+
+    /// `kind`: connect | timeout | 5xx | broken.
     pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
         self.upstream_errors
             .with_label_values(&[upstream, kind])
@@ -382,6 +413,21 @@ impl Metrics {
             log::error!("metrics encoding failed: {e}");
         }
         out
+    }
+}
+
+/// The `rampart_upstream_errors_total` kind of a request's final error, when the upstream
+/// caused it; connect failures are counted where they happen (`fail_to_connect`).
+pub fn upstream_error_kind(e: &pingora::Error) -> Option<&'static str> {
+    use pingora::ErrorType::*;
+    if e.esource() != &pingora::ErrorSource::Upstream {
+        return None;
+    }
+    match e.etype() {
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
+        | TLSHandshakeTimedout | HTTPStatus(_) => None,
+        ReadTimedout | WriteTimedout => Some("timeout"),
+        _ => Some("broken"),
     }
 }
 
@@ -406,6 +452,25 @@ fn status_label(status: u16, buf: &mut [u8; 3]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_errors_are_counted_by_kind() {
+        use pingora::{Error, ErrorType::*};
+        let kind = |e: Box<Error>| upstream_error_kind(&e);
+        assert_eq!(kind(Error::new_up(ReadTimedout)), Some("timeout"));
+        assert_eq!(kind(Error::new_up(ConnectionClosed)), Some("broken"));
+        assert_eq!(kind(Error::new_up(ReadError)), Some("broken"));
+        assert_eq!(
+            kind(Error::new_up(ConnectRefused)),
+            None,
+            "counted at connect"
+        );
+        assert_eq!(
+            kind(Error::new_down(ConnectionClosed)),
+            None,
+            "the client's"
+        );
+    }
 
     #[test]
     fn status_labels() {

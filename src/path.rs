@@ -8,8 +8,8 @@
 //! the canonical form (RFC 3986 section 6.2.2): percent-encoded unreserved characters
 //! decoded, other escapes upper-cased, empty segments (`//`) collapsed.
 //!
-//! Invariants: a path with a dot segment (raw or encoded), an encoded `/` or `\`, an encoded
-//! NUL or control byte, or a malformed escape is refused (400), never guessed at; the query is
+//! Invariants: a path with a dot segment (raw or encoded), an encoded `/` or `\`, a NUL or
+//! control byte (raw or encoded), or a malformed escape is refused (400), never guessed at; the query is
 //! kept byte for byte; a path already canonical is not copied.
 
 use std::borrow::Cow;
@@ -49,10 +49,12 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Refusal> {
 }
 
 /// Rewrite the request's target to its canonical path (query kept), or say why it has none.
-pub fn canonicalize(req: &mut RequestHeader) -> Result<(), Refusal> {
+/// `Some`: the target as the client wrote it, when it was rewritten.
+pub fn canonicalize(req: &mut RequestHeader) -> Result<Option<String>, Refusal> {
     let Cow::Owned(path) = canonical_path(req.uri.path())? else {
-        return Ok(());
+        return Ok(None);
     };
+    let original = req.uri.path_and_query().map(|pq| pq.as_str().to_string());
     let target = match req.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,
@@ -61,20 +63,25 @@ pub fn canonicalize(req: &mut RequestHeader) -> Result<(), Refusal> {
         .parse::<http::Uri>()
         .map_err(|_| "path is not a valid request target")?;
     req.set_uri(uri);
-    Ok(())
+    Ok(original)
 }
 
-/// One segment with unreserved escapes decoded and the others upper-cased.
+/// One segment with unreserved escapes decoded and the others upper-cased. Bytes other than
+/// escapes are copied as bytes (a raw UTF-8 character stays itself), so the result is valid
+/// UTF-8 whenever the segment is.
 fn decode_segment(segment: &str) -> Result<Cow<'_, str>, Refusal> {
+    let bytes = segment.as_bytes();
+    if bytes.iter().any(u8::is_ascii_control) {
+        return Err("path has a control character");
+    }
     if !segment.contains('%') {
         return Ok(Cow::Borrowed(segment));
     }
-    let bytes = segment.as_bytes();
-    let mut out = String::with_capacity(segment.len());
+    let mut out = Vec::with_capacity(segment.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] != b'%' {
-            out.push(char::from(bytes[i]));
+            out.push(bytes[i]);
             i += 1;
             continue;
         }
@@ -88,16 +95,19 @@ fn decode_segment(segment: &str) -> Result<Cow<'_, str>, Refusal> {
         match byte {
             b'/' | b'\\' => return Err("path has an encoded slash"),
             0..=0x1f | 0x7f => return Err("path has an encoded control character"),
-            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => out.push(char::from(b)),
-            b => {
-                out.push('%');
-                out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
-                out.push(char::from(HEX_DIGITS[usize::from(b & 0xf)]));
-            }
+            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => out.push(b),
+            b => out.extend_from_slice(&[
+                b'%',
+                HEX_DIGITS[usize::from(b >> 4)],
+                HEX_DIGITS[usize::from(b & 0xf)],
+            ]),
         }
         i += 3;
     }
-    Ok(Cow::Owned(out))
+    // Only ASCII was written in place of ASCII escapes: still the input's valid UTF-8.
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| "path is not valid UTF-8")
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
@@ -145,6 +155,20 @@ mod tests {
         assert!(canon("/a%0d%0a").is_err());
     }
 
+    /// Found by the canonical_path fuzz target: a raw non-ASCII character beside an escape
+    /// was copied byte by byte as Latin-1 characters, so canonicalising twice changed the path.
+    #[test]
+    fn raw_utf8_beside_escapes_is_kept_and_canonical_is_idempotent() {
+        let once = canon("/Pa%7eb%20c/\u{55b}%41").expect("canonical");
+        assert_eq!(once, "/Pa~b%20c/\u{55b}A");
+        assert_eq!(canon(&once).as_deref(), Ok(once.as_str()));
+        assert!(
+            canon("/a\0b").is_err(),
+            "raw control characters are refused too"
+        );
+        assert!(canon("/a\tb").is_err());
+    }
+
     #[test]
     fn canonical_paths_are_borrowed_as_they_are() {
         for p in ["/", "/api/v1/x", "/api/v1.2/x..y", "/a/", "/caf%C3%A9"] {
@@ -158,7 +182,8 @@ mod tests {
     fn the_query_is_kept_byte_for_byte() {
         let mut req =
             RequestHeader::build("GET", b"//api/%76%31?b=%2F&a=1", None).expect("request");
-        canonicalize(&mut req).expect("canonical");
+        let original = canonicalize(&mut req).expect("canonical");
+        assert_eq!(original.as_deref(), Some("//api/%76%31?b=%2F&a=1"));
         assert_eq!(
             req.uri.path_and_query().map(|p| p.as_str()),
             Some("/api/v1?b=%2F&a=1")

@@ -98,6 +98,15 @@ impl LocalResponse {
         self.headers.push(header);
         self
     }
+
+    /// More headers (an optional `Retry-After`).
+    pub fn with_headers(
+        mut self,
+        headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+    ) -> Self {
+        self.headers.extend(headers);
+        self
+    }
 }
 
 /// Headers every response gets, whoever made it.

@@ -29,6 +29,7 @@ use crate::client::Cidrs;
 use crate::compress::Policies;
 use crate::config::Config;
 use crate::headers::Headers;
+use crate::limits::Limits;
 use crate::metrics::{Metrics, PublicEndpoint};
 use crate::ratelimit::Limiter;
 use crate::redis::Redis;
@@ -69,6 +70,9 @@ pub struct Runtime {
     pub certificate: Option<Arc<CertifiedKey>>,
     /// `server.tls.redirect_http`: the TLS port plain requests are sent to with `308`.
     pub https_redirect: Option<u16>,
+    /// Body sizes and in-flight slots (the connection-level limits live in `gate`, set at
+    /// start: they change on restart only).
+    pub limits: Limits,
 }
 
 impl Runtime {
@@ -130,6 +134,7 @@ impl Runtime {
             compression,
             redis,
             certificate,
+            limits: Limits::new(&config.limits),
             https_redirect: config
                 .server
                 .tls

@@ -90,6 +90,84 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// A size in bytes, written as a number of bytes or as text with a binary suffix, as nginx
+/// writes them: `1048576`, `"512"`, `"8k"`, `"1m"`, `"1g"` (`kb`/`kib`, `mb`/`mib`, `gb`/`gib`
+/// too, any case; every multiple is a power of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn kib(n: u64) -> Self {
+        Self(n * 1024)
+    }
+    pub const fn mib(n: u64) -> Self {
+        Self(n * 1024 * 1024)
+    }
+}
+
+impl TryFrom<&str> for ByteSize {
+    type Error = String;
+    fn try_from(text: &str) -> Result<Self, String> {
+        let bad = || format!("a size such as \"8k\", \"1m\" or a number of bytes, not \"{text}\"");
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, suffix) = t.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(1 << shift).map(Self).ok_or_else(bad)
+    }
+}
+
+/// Printed (`rampart check --print`) as its number of bytes, which reads back as the same size.
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"8k\", \"1m\" or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size of zero or more bytes"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::try_from(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        match n {
+            0 => f.write_str("0"),
+            n if n % (1 << 30) == 0 => write!(f, "{}g", n >> 30),
+            n if n % (1 << 20) == 0 => write!(f, "{}m", n >> 20),
+            n if n % (1 << 10) == 0 => write!(f, "{}k", n >> 10),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
 /// Declares a newtype over `String` that exists only once `check` accepted the text.
 macro_rules! checked_text {
     ($(#[$doc:meta])* $name:ident, $check:expr) => {
@@ -378,6 +456,24 @@ mod tests {
             let back: Duration = serde_json::from_value(serde_json::json!(printed)).expect("back");
             assert_eq!(back, d);
         }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        let size = |t: &str| ByteSize::try_from(t).map(|b| b.0);
+        assert_eq!(size("512"), Ok(512));
+        assert_eq!(size("8k"), Ok(8192));
+        assert_eq!(size("8 KiB"), Ok(8192));
+        assert_eq!(size("1m"), Ok(1 << 20));
+        assert_eq!(size("1MB"), Ok(1 << 20));
+        assert_eq!(size("2g"), Ok(2 << 30));
+        assert!(size("").is_err());
+        assert!(size("k").is_err());
+        assert!(size("1t").is_err());
+        assert!(size("-1").is_err());
+        assert!(size("99999999999999999g").is_err());
+        assert_eq!(ByteSize::mib(1).to_string(), "1m");
+        assert_eq!(ByteSize(1500).to_string(), "1500");
     }
 
     #[test]

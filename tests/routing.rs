@@ -223,3 +223,22 @@ fn encoded_paths_route_like_the_plain_path() {
         "refused paths reached an upstream"
     );
 }
+
+/// A route may ask for the client's target as written (an upstream that signs or hashes raw
+/// paths): routing and limits still use the canonical path, the upstream gets the original.
+#[test]
+fn a_route_can_forward_the_original_target() {
+    let (raw, canon) = (Upstream::named("raw"), Upstream::named("canon"));
+    let r = Rampart::start(&format!(
+        "{}{}[[routes]]\nname = \"raw\"\nprefix = \"/raw/\"\nupstream = \"raw\"\nforward_original_path = true\n\
+         [[routes]]\nname = \"canon\"\nprefix = \"/\"\nupstream = \"canon\"\n",
+        upstream_toml("raw", &[&raw.addr]),
+        upstream_toml("canon", &[&canon.addr]),
+    ));
+    assert_eq!(r.get("/r%61w//x%7e?q=%2F").text(), "raw");
+    assert_eq!(raw.last().target, "/r%61w//x%7e?q=%2F");
+    assert_eq!(r.get("/other//x%7e").text(), "canon");
+    assert_eq!(canon.last().target, "/other/x~");
+    // Refused shapes stay refused whatever the route asks.
+    assert_eq!(r.get("/raw/..%2fx").status, 400);
+}

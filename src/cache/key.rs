@@ -10,12 +10,50 @@
 
 use http::header::HeaderValue;
 use pingora::cache::key::HashBinary;
-use pingora::cache::{CacheMeta, VarianceBuilder};
+use pingora::cache::{CacheKey, CacheMeta, VarianceBuilder};
 use pingora::http::RequestHeader;
 
 use super::policy::Policy;
+use super::storage::FillBounds;
 use crate::compress::acceptable_codings;
 use crate::headers::vary_tokens;
+
+/// `cache_key_callback`: the key of `req` on `route` under `policy`. The primary key frames
+/// route, method (`GET`: a HEAD is answered from the GET entry, which Pingora fetches on a
+/// HEAD miss), host, path, the normalised query and the policy's `vary` headers; the user tag
+/// groups every entry of the URL for purges.
+pub fn request_key(route: &str, req: &RequestHeader, policy: &Policy) -> CacheKey {
+    let host = request_host(req);
+    let url = UrlKey::new(route, &host, req.uri.path(), req.uri.query(), policy);
+    let mut primary = Vec::with_capacity(128);
+    // Length-prefixed parts: no value can spill into the next one.
+    for part in [
+        route.as_bytes(),
+        b"GET",
+        host.as_bytes(),
+        req.uri.path().as_bytes(),
+        url.query.as_bytes(),
+    ] {
+        frame(&mut primary, part);
+    }
+    for name in &policy.vary {
+        frame(&mut primary, name.as_str().as_bytes());
+        let values: Vec<&[u8]> = req
+            .headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        frame(&mut primary, &values.join(&b","[..]));
+    }
+    let mut key = CacheKey::new(primary, url.tag);
+    key.extensions.insert(FillBounds {
+        body: policy.max_body_bytes,
+        wait: policy.lock_timeout,
+        keep: policy.keep_for_revalidation,
+    });
+    key
+}
 
 /// `cache_vary_filter`: the variance of a request against a stored (or about to be stored)
 /// response: its `Vary` headers, plus `Accept-Encoding` whenever the body is encoded.
@@ -67,14 +105,31 @@ pub(super) fn accepted_encodings(req: &RequestHeader) -> String {
     )
 }
 
-/// The request's host, lower-cased: `Host`, else the URI's authority (HTTP/2).
+/// The request's host as keys hold it ([`host_key`]): `Host`, else the URI's authority
+/// (HTTP/2).
 pub(super) fn request_host(req: &RequestHeader) -> String {
-    req.headers
+    let host = req
+        .headers
         .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("")
-        .to_ascii_lowercase()
+        .map(HeaderValue::as_bytes)
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or(b"");
+    host_key(host)
+}
+
+/// A host as cache keys and purges hold it: ASCII lower-cased, and every byte outside visible
+/// ASCII, `%` included, written as `%XX`, so two different hosts never share a key (a `Host`
+/// of non-UTF-8 bytes used to read as no host at all).
+pub(super) fn host_key(host: &[u8]) -> String {
+    let mut out = String::with_capacity(host.len());
+    for &b in host {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b.to_ascii_lowercase()));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 pub(super) fn frame(out: &mut Vec<u8>, part: &[u8]) {
@@ -132,6 +187,7 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::cache::policy::tests::policy;
+    use pingora::cache::key::CacheHashKey;
 
     #[test]
     fn query_is_normalised() {
@@ -142,6 +198,24 @@ mod tests {
         assert_eq!(a.tag, b.tag);
         assert_eq!(a.query, "a=1&b=2");
         assert_ne!(a.tag, c.tag);
+    }
+
+    /// Found by the cache_key fuzz target: two hosts that are not UTF-8 both read as "" and
+    /// shared a key.
+    #[test]
+    fn distinct_hosts_never_share_a_key() {
+        let p = policy();
+        let key = |host: &[u8]| {
+            let mut r = RequestHeader::build("GET", b"/x", None).expect("req");
+            r.insert_header("host", HeaderValue::from_bytes(host).expect("value"))
+                .expect("h");
+            request_key("r", &r, &p).primary_bin()
+        };
+        assert_ne!(key(b"a\xe0b"), key(b""));
+        assert_ne!(key(b"a\xe0b"), key(b"a\xe1b"));
+        assert_ne!(key(b"a%E0b"), key(b"a\xe0b"));
+        assert_eq!(key(b"Example.COM"), key(b"example.com"));
+        assert_eq!(host_key(b"Example.com:8080"), "example.com:8080");
     }
 
     #[test]

@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, SystemTime};
 
-use http::header::HeaderValue;
 use http::Method;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable};
@@ -40,14 +39,15 @@ use crate::redis::Redis;
 use crate::routing::RouteConfig;
 use crate::types::Name;
 
-pub use key::variance;
-use key::{frame, request_host, UrlKey};
+use key::{host_key, request_host, UrlKey};
+pub use key::{request_key, variance};
 pub use memory::MemoryStorage;
-use policy::{cacheable, TARGETED};
+pub use policy::cacheable;
+use policy::TARGETED;
 pub use policy::{Config, Policy, PolicyConfig};
 pub use redis::RedisStorage;
+use storage::FillTicket;
 pub use storage::{CacheStorage, Stored};
-use storage::{FillBounds, FillTicket};
 
 // ---------------------------------------------------------------------------------------------
 // Per-request state
@@ -201,41 +201,12 @@ impl Cache {
         let Some((route, policy)) = state.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "cache key without a policy");
         };
-        let req = session.req_header();
-        let host = request_host(req);
-        let url = UrlKey::new(route, &host, req.uri.path(), req.uri.query(), policy);
-        let mut primary = Vec::with_capacity(128);
-        // Length-prefixed parts: no value can spill into the next one.
-        for part in [
-            route.as_bytes(),
-            b"GET", // HEAD is answered from the GET entry (pingora fetches GET on a HEAD miss)
-            host.as_bytes(),
-            req.uri.path().as_bytes(),
-            url.query.as_bytes(),
-        ] {
-            frame(&mut primary, part);
-        }
-        for name in &policy.vary {
-            frame(&mut primary, name.as_str().as_bytes());
-            let values: Vec<&[u8]> = req
-                .headers
-                .get_all(name)
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
-            frame(&mut primary, &values.join(&b","[..]));
-        }
-        let mut key = CacheKey::new(primary, url.tag.clone());
-        key.extensions.insert(FillBounds {
-            body: policy.max_body_bytes,
-            wait: policy.lock_timeout,
-            keep: policy.keep_for_revalidation,
-        });
+        let mut key = request_key(route, session.req_header(), policy);
         if matches!(self.store, CacheStorage::Redis(_)) {
             let n = self.claims.fetch_add(1, Ordering::Relaxed);
             let ticket = Arc::new(FillTicket::new(
                 format!("{}-{n}", self.claim_prefix),
-                url.tag,
+                key.user_tag.clone(),
             ));
             key.extensions.insert(ticket.clone());
             state.ticket = Some(ticket);
@@ -365,7 +336,7 @@ impl Cache {
                 let uri: http::Uri = url.parse().map_err(|_| {
                     PurgeError::Bad("url: an absolute URL such as http://host/path?query".into())
                 })?;
-                let Some(host) = uri.authority().map(|a| a.as_str().to_ascii_lowercase()) else {
+                let Some(host) = uri.authority().map(|a| host_key(a.as_str().as_bytes())) else {
                     return Err(PurgeError::Bad(
                         "url: an absolute URL with a host, such as http://host/path".into(),
                     ));

@@ -224,7 +224,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub(super) fn new(name: &str, c: &PolicyConfig) -> Self {
+    pub fn new(name: &str, c: &PolicyConfig) -> Self {
         Self {
             name: name.to_string(),
             ttl: c.ttl.map(|d| d.0),
@@ -255,7 +255,7 @@ fn secs_u32(d: StdDuration) -> u32 {
 /// repeated `Expires` as absent rather than stale, knows no targeted fields and gives any
 /// status its defaults; its parts are used where they are right (`CacheControl` parsing,
 /// `s-maxage` before `max-age`, the stale-window rules, stripping `private="..."` fields).
-pub(super) fn cacheable(
+pub fn cacheable(
     policy: &Policy,
     resp: &ResponseHeader,
     now: SystemTime,

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 mod locate;
 
 use crate::types::{Cidr, Duration, HostPort, Invalid, ListenAddr, Name};
-use crate::{accesslog, cache, compress, cors, headers, metrics, ratelimit, redis, routing};
+use crate::{
+    accesslog, cache, compress, cors, headers, limits, metrics, ratelimit, redis, routing,
+};
 use locate::{line_col, locate};
 
 /// The whole file. Every section has defaults, so an empty file is a valid (if useless) one.
@@ -37,6 +39,7 @@ pub struct Config {
     pub ratelimit: ratelimit::Config,
     pub cache: cache::Config,
     pub compression: compress::Config,
+    pub limits: limits::Config,
 }
 
 /// `[server]`: listeners and process settings.
@@ -361,6 +364,7 @@ impl Config {
             .validate(&route_names)
             .map_err(|e| e.within("ratelimit"))?;
         self.cache.validate().map_err(|e| e.within("cache"))?;
+        self.limits.validate().map_err(|e| e.within("limits"))?;
         Ok(())
     }
 
@@ -422,6 +426,17 @@ impl Config {
         }
         if self.metrics.enabled != running.metrics.enabled {
             kept.push("metrics.enabled");
+        }
+        // The connection gate is built once, in front of Pingora's parser: its sizes, timers and
+        // connection caps change on restart; body sizes and in-flight limits apply at once.
+        let gate = |l: &crate::limits::Config| crate::limits::Config {
+            max_body_size: crate::types::ByteSize(0),
+            max_inflight_per_client: 0,
+            max_inflight_per_upstream: 0,
+            ..l.clone()
+        };
+        if gate(&self.limits) != gate(&running.limits) {
+            kept.push("limits (head sizes, timeouts, connection caps)");
         }
         kept
     }
@@ -639,5 +654,17 @@ types = ["application/*+json", "*/*"]
         env.insert("RAMPART_LISTEN".into(), "nonsense".into());
         let e = parse("t.toml", "", &env).expect_err("bad listen");
         assert!(e.to_string().contains("server.listen"), "{e}");
+    }
+
+    /// The gate's keys wait for a restart (and a reload says so); body sizes and in-flight
+    /// limits do not.
+    #[test]
+    fn connection_level_limits_are_kept_until_restart() {
+        let running = parse("t.toml", "", &env()).expect("valid");
+        let timers = parse("t.toml", "[limits]\nheader_timeout = \"5s\"\n", &env()).expect("valid");
+        let body = parse("t.toml", "[limits]\nmax_body_size = \"2m\"\n", &env()).expect("valid");
+        let gate = "limits (head sizes, timeouts, connection caps)";
+        assert!(timers.kept_until_restart(&running).contains(&gate));
+        assert!(!body.kept_until_restart(&running).contains(&gate));
     }
 }

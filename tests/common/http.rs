@@ -58,6 +58,38 @@ impl HttpConn {
         self.stream.write_all(raw)
     }
 
+    /// Wait up to `within` for the peer to close the connection (end of stream or reset),
+    /// reading and dropping whatever else arrives: how long that took, `None` if it is still
+    /// open. The bytes that arrived are kept in the buffer (a response before the close).
+    pub fn closed_within(&mut self, within: Duration) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        let _ = self
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(50)));
+        let closed = loop {
+            match self.fill() {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break true,
+            }
+            if started.elapsed() > within {
+                break false;
+            }
+        };
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(10)));
+        closed.then(|| started.elapsed())
+    }
+
+    /// The bytes received and not parsed yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Send `METHOD path HTTP/1.1` with `headers` (plus `Host: rampart.test` when they have
     /// none), `body` with its `Content-Length`, and `Connection: close` when `close`.
     pub fn send(
@@ -374,22 +406,39 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 }
 
 /// One keep-alive connection for many requests (responses must carry a length or be chunked).
+/// Like a browser, it opens a new connection after a response that said `Connection: close`
+/// (Rampart closes after `[limits] max_requests_per_connection` requests).
 pub struct KeepAlive {
+    addr: SocketAddr,
     conn: HttpConn,
+    /// Connections opened so far.
+    pub connections: usize,
+    closed: bool,
 }
 
 impl KeepAlive {
     pub fn connect(addr: SocketAddr) -> Self {
         Self {
+            addr,
             conn: HttpConn::connect(addr).expect("connect"),
+            connections: 1,
+            closed: false,
         }
     }
 
     pub fn get(&mut self, path: &str) -> Response {
+        if self.closed {
+            self.conn = HttpConn::connect(self.addr).expect("reconnect");
+            self.connections += 1;
+        }
         self.conn
             .send("GET", path, &[], None, false)
             .expect("write");
-        self.conn.read_response(false).expect("response")
+        let resp = self.conn.read_response(false).expect("response");
+        self.closed = resp
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        resp
     }
 }
 

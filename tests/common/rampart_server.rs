@@ -334,3 +334,126 @@ impl Drop for RampartProcess {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The real `rampart` binary on free ports with `server_extra` in its `[server]` table, its
+/// stderr (log lines, access log) kept in a file; killed on drop. For the hardening tests:
+/// timers, limits and what the log says about refusals.
+pub struct LoggedBinary {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl LoggedBinary {
+    /// `server_extra` goes into the generated `[server]` table, `body` after it.
+    pub fn start(body: &str, server_extra: &str) -> Self {
+        use std::process::{Command, Stdio};
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        for _ in 0..5 {
+            let (port, admin_port) = (free_port(), free_port());
+            let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("rampart-proc-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let file = dir.join("rampart.toml");
+            let grace = if server_extra.contains("grace_period") {
+                ""
+            } else {
+                "grace_period = \"0s\"\n"
+            };
+            std::fs::write(
+                &file,
+                format!(
+                    "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nthreads = 2\n{grace}{server_extra}\n{body}"
+                ),
+            )
+            .expect("write config");
+            let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
+            let child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+                .arg("run")
+                .arg("--config")
+                .arg(&file)
+                .env_remove("RAMPART_CONFIG")
+                .env_remove("RAMPART_REDIS_URL")
+                .env_remove("RAMPART_LISTEN")
+                .env_remove("RAMPART_ADMIN_LISTEN")
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("spawn rampart");
+            let mut p = Self {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+                child,
+                dir,
+            };
+            let deadline = Instant::now() + READY;
+            loop {
+                if let Ok(Some(_)) = p.child.try_wait() {
+                    break; // exited: most likely a lost port race; try fresh ports
+                }
+                let up = try_request(p.admin, "GET", "/healthz", &[("Host", "a")], None)
+                    .is_ok_and(|r| r.status == 200);
+                if up && TcpStream::connect(p.addr).is_ok() {
+                    return p;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "rampart did not start: {}",
+                    p.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let log = p.log();
+            assert!(log.contains("cannot listen"), "rampart exited: {log}");
+        }
+        panic!("no free ports for rampart after 5 tries")
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Wait until the log has a line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let mut log = String::new();
+        eventually(&format!("a log line with {needle:?}"), || {
+            log = self.log();
+            log.contains(needle)
+        });
+        log
+    }
+
+    /// SIGTERM (graceful shutdown), then wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let deadline = Instant::now() + READY;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rampart did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        get(self.admin, "/metrics").text()
+    }
+}
+
+impl Drop for LoggedBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -5,6 +5,7 @@
 //! lives here. Everything built from the config file is read from `ctx.runtime`, the
 //! generation the request started on (`new_ctx`), never from the current one: a reload in the
 //! middle of a request does not change its route, policies or headers.
+mod steps;
 
 use std::sync::Arc;
 
@@ -18,15 +19,16 @@ use pingora::ErrorSource;
 
 use crate::accesslog;
 use crate::cache;
-use crate::client::Client;
-use crate::cors;
 use crate::ctx::Ctx;
 use crate::headers;
+use crate::limits;
 use crate::metrics::{self, Metrics};
 use crate::path;
 use crate::respond::{self, LocalResponse};
-use crate::runtime::{Live, Runtime};
-use crate::tls;
+use crate::runtime::Live;
+
+pub use steps::CLIENT_CLOSED_REQUEST;
+use steps::{client_gone, error_status, failed_after_connect};
 
 /// The request path: the current configuration generation and the process's metrics; built
 /// once by `app`, shared by all workers.
@@ -45,19 +47,58 @@ impl ProxyHttp for Proxy {
     }
 
     /// identify -> canonical path (400) -> public metrics? -> route (none: 404) -> the route's
-    /// compression -> CORS preflight (204/403) -> rate limits (429, or 503 under `deny`).
+    /// compression -> body size and client in-flight limits (413, 503) -> CORS preflight
+    /// (204/403) -> rate limits (429, or 503 under `deny`).
     /// Each step may decide the answer itself; it is sent here, in one place.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.identify(session, ctx);
         let local = match path::canonicalize(session.req_header_mut()) {
             Err(reason) => Some(LocalResponse::problem(400, reason, &ctx.request_id)),
-            Ok(()) => self.local_response(session.req_header(), ctx).await,
+            Ok(original) => {
+                ctx.upstream.original_target = original;
+                self.local_response(session.req_header(), ctx).await
+            }
         };
         let Some(local) = local else {
             return Ok(false);
         };
         respond::send(session, &ctx.runtime.headers, ctx, local).await?;
         Ok(true)
+    }
+
+    /// A body growing past the route's limit is cut with 413.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let len = body.as_ref().map_or(0, |b| b.len());
+        ctx.runtime
+            .limits
+            .body(len, &mut ctx.limits)
+            .or_else(|r| Error::e_explain(ErrorType::HTTPStatus(r.status), r.detail))
+    }
+
+    /// Cache missed (or no cache): a slot among the upstream group's requests in flight,
+    /// else 503.
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(true);
+        };
+        let (group, max) = (&route.upstream.name, route.upstream.config.max_inflight);
+        let Err(full) = ctx
+            .runtime
+            .limits
+            .admit_upstream(group, max, &mut ctx.limits)
+        else {
+            return Ok(true);
+        };
+        let local = LocalResponse::problem(full.status, full.detail, &ctx.request_id)
+            .with_headers(full.retry_after_header());
+        respond::send(session, &ctx.runtime.headers, ctx, local).await?;
+        Ok(false)
     }
 
     /// Cacheable method, no credentials, store reachable: enable the cache.
@@ -207,7 +248,16 @@ impl ProxyHttp for Proxy {
             .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str());
-        if let Some(path) = route.upstream_path(original) {
+        if let (true, Some(target)) = (
+            route.forward_original_path,
+            ctx.upstream.original_target.as_deref(),
+        ) {
+            let uri = target.parse::<http::Uri>().or_err(
+                ErrorType::InvalidHTTPHeader,
+                "the original target is not a valid URI",
+            )?;
+            upstream_request.set_uri(uri);
+        } else if let Some(path) = route.upstream_path(original) {
             let uri = path.parse::<http::Uri>().or_err(
                 ErrorType::InvalidHTTPHeader,
                 "rewritten path is not a valid URI",
@@ -302,7 +352,9 @@ impl ProxyHttp for Proxy {
 
     /// Every request ends here, answered or not: metrics, then the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.unfinished.finish();
         ctx.runtime.cache.release_claim(&ctx.cache).await;
+        let body_done = session.is_body_done();
         let elapsed = ctx.started.elapsed();
         let status = match session.response_written() {
             Some(r) => r.status.as_u16(),
@@ -313,20 +365,27 @@ impl ProxyHttp for Proxy {
         let route = ctx.route.as_ref().map(|r| r.name.as_str());
         self.metrics
             .request_done(&req.method, route, status, elapsed.as_secs_f64());
-        if let (Some(e), Some(r)) = (e, ctx.route.as_ref()) {
-            if matches!(
-                e.etype(),
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            ) && e.esource() == &ErrorSource::Upstream
-            {
-                self.metrics.upstream_error(&r.upstream.name, "timeout");
+        if let Some(e) = e {
+            if let Some(reason) = limits::blame_client(e.etype(), e.esource(), body_done) {
+                ctx.limits.rejected.get_or_insert(reason);
+            } else if let Some(r) = ctx.route.as_ref() {
+                if let Some(kind) = metrics::upstream_error_kind(e) {
+                    self.metrics.upstream_error(&r.upstream.name, kind);
+                }
+                // An upstream that timed out, closed early or sent garbage after the connect
+                // (connect failures were counted in `fail_to_connect`).
+                if let (true, Some(backend)) = (failed_after_connect(e), ctx.upstream.tried.last())
+                {
+                    let why = format!("{} from the upstream", e.etype().as_str());
+                    r.upstream.health.request_failed(backend, &why);
+                }
             }
-            // An upstream that timed out, closed early or sent garbage after the connect
-            // (connect failures were counted in `fail_to_connect`).
-            if let (true, Some(backend)) = (failed_after_connect(e), ctx.upstream.tried.last()) {
-                let why = format!("{} from the upstream", e.etype().as_str());
-                r.upstream.health.request_failed(backend, &why);
-            }
+        }
+        if let Some(reason) = ctx.limits.rejected {
+            self.metrics.rejected(reason.label());
+            let client = ctx.client.as_ref().and_then(|c| c.ip);
+            let what = format!("{} {}", req.method, req.uri.path().escape_debug());
+            limits::log_refusal(status, reason, client, &what);
         }
         let access_log = &ctx.runtime.access_log;
         if !access_log.wants(req.uri.path()) {
@@ -349,14 +408,23 @@ impl ProxyHttp for Proxy {
             upstream: ctx.upstream.tried.last().map(|b| b.addr.to_string()),
             cache: ctx.cache.x_cache,
             limit: ctx.ratelimit.as_ref().map(|d| d.outcome()),
+            error: ctx
+                .limits
+                .rejected
+                .map(|r| r.label())
+                .or(e.and_then(metrics::upstream_error_kind)),
         });
     }
 
     /// Pingora logs every failed request at ERROR. A client that went away, or sent something
     /// malformed or too slowly, is nothing an operator must act on: such errors are logged
     /// here instead, at debug (went away) or info (other client errors), as nginx logs them at
-    /// info. Upstream and internal failures keep Pingora's ERROR line.
+    /// info; a request refused by a limit is logged once by `logging` (`limits::log_refusal`).
+    /// Upstream and internal failures keep Pingora's ERROR line.
     fn suppress_error_log(&self, session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        if ctx.limits.rejected.is_some() {
+            return true;
+        }
         if e.esource() != &ErrorSource::Downstream {
             return false;
         }
@@ -374,7 +442,11 @@ impl ProxyHttp for Proxy {
     /// client connection is closed afterwards (Pingora does not reuse it after a proxy
     /// failure), so the answer says `Connection: close`.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let (code, detail) = error_status(e);
+        let body_done = session.is_body_done();
+        if let Some(reason) = limits::blame_client(e.etype(), e.esource(), body_done) {
+            ctx.limits.rejected.get_or_insert(reason);
+        }
+        let (code, detail) = error_status(e, body_done);
         session.set_keepalive(None);
         if code > 0 {
             let problem = LocalResponse::problem(code, detail, &ctx.request_id);
@@ -387,202 +459,5 @@ impl ProxyHttp for Proxy {
             error_code: code,
             can_reuse_downstream: false,
         }
-    }
-}
-
-/// The steps of `request_filter`: each returns the answer when it decides one itself.
-impl Proxy {
-    /// Request id, TLS, client identity and the client's `Accept-Encoding`.
-    fn identify(&self, session: &Session, ctx: &mut Ctx) {
-        let req = session.req_header();
-        ctx.request_id = headers::request_id(req);
-        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.compress.request(&ctx.runtime.compression, req);
-        ctx.client = Some(Client::identify(
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
-            req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
-            ctx.tls,
-            &ctx.runtime.trusted,
-        ));
-    }
-
-    /// public metrics -> HTTPS redirect (308) -> no route (404) -> preflight -> rate limits,
-    /// on the canonical path.
-    async fn local_response(&self, req: &RequestHeader, ctx: &mut Ctx) -> Option<LocalResponse> {
-        let rt: &Runtime = &ctx.runtime;
-        if let Some(public) = rt.public_metrics.as_ref() {
-            if public.path == req.uri.path() {
-                return Some(self.public_metrics(public, ctx));
-            }
-        }
-        if let Some(port) = rt.https_redirect {
-            if ctx.client.as_ref().is_some_and(|c| c.scheme == "http") {
-                return Some(match tls::https_location(req, port) {
-                    Some(location) => LocalResponse::redirect(location),
-                    None => LocalResponse::problem(
-                        400,
-                        "a Host header is needed to redirect to HTTPS",
-                        &ctx.request_id,
-                    ),
-                });
-            }
-        }
-        let Some(route) = rt.router.route(req.uri.path()).cloned() else {
-            let detail = "no route matches this path";
-            return Some(LocalResponse::problem(404, detail, &ctx.request_id));
-        };
-        ctx.compress.use_route(route.compression.as_ref());
-        ctx.route = Some(route.clone());
-        if let Some(policy) = route.cors.as_ref() {
-            if let Some(answer) = preflight(policy, req, &ctx.request_id) {
-                return Some(answer);
-            }
-        }
-        let decision = rt
-            .ratelimit
-            .check(req, &route.name, ctx.client.as_ref())
-            .await?;
-        let refusal = decision.refusal.as_ref().map(|r| {
-            LocalResponse::problem(r.status, &r.detail, &ctx.request_id)
-                .with_header(r.retry_after())
-        });
-        ctx.ratelimit = Some(decision);
-        refusal
-    }
-
-    /// `[metrics] public_path`: the metrics for allowed clients, 403 for the others.
-    fn public_metrics(&self, public: &metrics::PublicEndpoint, ctx: &Ctx) -> LocalResponse {
-        if public.allows(ctx.client.as_ref()) {
-            let body = self.metrics.render();
-            LocalResponse::content(http::StatusCode::OK, metrics::CONTENT_TYPE, body)
-        } else {
-            LocalResponse::problem(403, "metrics not readable here", &ctx.request_id)
-        }
-    }
-}
-
-/// A CORS preflight on a route with a policy is answered by Rampart, never proxied or limited:
-/// 204 with the policy's headers, or 403 for an origin it does not allow.
-fn preflight(
-    policy: &cors::Policy,
-    req: &RequestHeader,
-    request_id: &str,
-) -> Option<LocalResponse> {
-    match policy.classify(req) {
-        cors::Request::Preflight { allowed: true } => {
-            Some(LocalResponse::preflight(policy.preflight_headers()))
-        }
-        cors::Request::Preflight { allowed: false } => Some(LocalResponse::problem(
-            403,
-            "origin not allowed",
-            request_id,
-        )),
-        cors::Request::Actual | cors::Request::None => None,
-    }
-}
-
-/// An upstream's own failure after the connection was made (timeout, early close, invalid
-/// response); connect failures are not, they are counted in `fail_to_connect`.
-fn failed_after_connect(e: &Error) -> bool {
-    use ErrorType::*;
-    e.esource() == &ErrorSource::Upstream
-        && !matches!(
-            e.etype(),
-            ConnectTimedout
-                | ConnectRefused
-                | ConnectNoRoute
-                | ConnectError
-                | TLSHandshakeFailure
-                | TLSHandshakeTimedout
-                | HTTPStatus(_)
-        )
-}
-
-/// The status counted and logged for a request whose client went away before a response
-/// header was sent (nginx's 499 "client closed request"). After the header, the status sent
-/// is counted, as nginx does.
-pub const CLIENT_CLOSED_REQUEST: u16 = 499;
-
-/// The client closed its connection (or it broke) before the response was complete.
-fn client_gone(e: &Error) -> bool {
-    use ErrorType::*;
-    e.esource() == &ErrorSource::Downstream
-        && matches!(e.etype(), WriteError | ReadError | ConnectionClosed)
-}
-
-/// The status a client sees for a failed request, and the sentence explaining it.
-/// `0`: the client is gone, nothing to send.
-fn error_status(e: &Error) -> (u16, &'static str) {
-    use ErrorType::*;
-    match (e.etype(), e.esource()) {
-        (HTTPStatus(code), _) => (*code, "request rejected"),
-        (ConnectTimedout | TLSHandshakeTimedout, _) => (504, "upstream connect timed out"),
-        (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
-            (504, "upstream did not answer in time")
-        }
-        (ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure, _) => {
-            (502, "upstream unreachable")
-        }
-        (_, ErrorSource::Upstream) => (502, "upstream failed"),
-        _ if client_gone(e) => (0, ""),
-        (ReadTimedout | WriteTimedout, ErrorSource::Downstream) => (408, "request timed out"),
-        (_, ErrorSource::Downstream) => (400, "malformed request"),
-        _ => (500, "internal error"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn status(e: Box<Error>) -> u16 {
-        error_status(&e).0
-    }
-
-    /// Who caused the failure decides the status: the upstream's side is 502/504, the
-    /// client's is 400/408 or nothing at all when it is gone.
-    #[test]
-    fn errors_map_to_the_side_that_caused_them() {
-        use ErrorType::*;
-        assert_eq!(status(Error::new_up(ConnectTimedout)), 504);
-        assert_eq!(status(Error::new_up(ReadTimedout)), 504);
-        assert_eq!(status(Error::new_up(ConnectRefused)), 502);
-        assert_eq!(status(Error::new_up(ConnectNoRoute)), 502);
-        assert_eq!(status(Error::new_up(TLSHandshakeFailure)), 502);
-        assert_eq!(status(Error::new_up(ConnectionClosed)), 502);
-        assert_eq!(status(Error::new_down(ReadTimedout)), 408);
-        assert_eq!(status(Error::new_down(InvalidHTTPHeader)), 400);
-        assert_eq!(status(Error::new_down(ConnectionClosed)), 0);
-        assert_eq!(status(Error::new_down(WriteError)), 0);
-        assert_eq!(status(Error::new_in(HTTPStatus(413))), 413);
-        assert_eq!(status(Error::new_in(InternalError)), 500);
-    }
-
-    #[test]
-    fn preflights_are_answered_locally() {
-        let policy = cors::Policy::new(&cors::Config::default());
-        let mut req = RequestHeader::build("OPTIONS", b"/api/x", None).expect("request");
-        req.insert_header("origin", "https://app.example")
-            .expect("h");
-        assert!(
-            preflight(&policy, &req, "id").is_none(),
-            "no ACRM: an actual request"
-        );
-        req.insert_header("access-control-request-method", "GET")
-            .expect("h");
-        let answer = preflight(&policy, &req, "id").expect("answered");
-        assert_eq!(answer.status, http::StatusCode::NO_CONTENT);
-        assert!(answer.body.is_empty());
-        assert_eq!(answer.headers.len(), 3);
-        let only = cors::Config {
-            allow_origins: vec![cors::Origin::Exact("https://other.example".into())],
-            ..cors::Config::default()
-        };
-        let refused = preflight(&cors::Policy::new(&only), &req, "id").expect("answered");
-        assert_eq!(refused.status, http::StatusCode::FORBIDDEN);
     }
 }

@@ -1,0 +1,242 @@
+//! The steps of `request_filter` (each decides the answer itself or lets the request go on)
+//! and how a failure maps to what the client sees; called from the phases in `proxy/mod.rs`.
+
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::ErrorSource;
+
+use crate::client::Client;
+use crate::cors;
+use crate::ctx::Ctx;
+use crate::headers;
+use crate::metrics::{self};
+use crate::respond::LocalResponse;
+use crate::runtime::Runtime;
+use crate::tls;
+
+use super::Proxy;
+
+/// The steps of `request_filter`: each returns the answer when it decides one itself.
+impl Proxy {
+    /// Request id, TLS, client identity and the client's `Accept-Encoding`.
+    pub(super) fn identify(&self, session: &Session, ctx: &mut Ctx) {
+        let req = session.req_header();
+        ctx.request_id = headers::request_id(req);
+        let (method, path) = (req.method.as_str(), req.uri.path());
+        ctx.unfinished
+            .begin(&ctx.request_id, method, path, ctx.started);
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.compress.request(&ctx.runtime.compression, req);
+        ctx.client = Some(Client::identify(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+            req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+            ctx.tls,
+            &ctx.runtime.trusted,
+        ));
+    }
+
+    /// public metrics -> HTTPS redirect (308) -> no route (404) -> preflight -> rate limits,
+    /// on the canonical path.
+    pub(super) async fn local_response(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Option<LocalResponse> {
+        let rt: &Runtime = &ctx.runtime;
+        if let Some(public) = rt.public_metrics.as_ref() {
+            if public.path == req.uri.path() {
+                return Some(self.public_metrics(public, ctx));
+            }
+        }
+        if let Some(port) = rt.https_redirect {
+            if ctx.client.as_ref().is_some_and(|c| c.scheme == "http") {
+                return Some(match tls::https_location(req, port) {
+                    Some(location) => LocalResponse::redirect(location),
+                    None => LocalResponse::problem(
+                        400,
+                        "a Host header is needed to redirect to HTTPS",
+                        &ctx.request_id,
+                    ),
+                });
+            }
+        }
+        let Some(route) = rt.router.route(req.uri.path()).cloned() else {
+            let detail = "no route matches this path";
+            return Some(LocalResponse::problem(404, detail, &ctx.request_id));
+        };
+        ctx.compress.use_route(route.compression.as_ref());
+        ctx.route = Some(route.clone());
+        let length = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .map(|v| v.as_bytes());
+        let client = ctx.client.as_ref().and_then(|c| c.ip);
+        if let Err(r) =
+            ctx.runtime
+                .limits
+                .admit(length, route.max_body_size, client, &mut ctx.limits)
+        {
+            let local = LocalResponse::problem(r.status, r.detail, &ctx.request_id);
+            return Some(local.with_headers(r.retry_after_header()));
+        }
+        if let Some(policy) = route.cors.as_ref() {
+            if let Some(answer) = preflight(policy, req, &ctx.request_id) {
+                return Some(answer);
+            }
+        }
+        let decision = rt
+            .ratelimit
+            .check(req, &route.name, ctx.client.as_ref())
+            .await?;
+        let refusal = decision.refusal.as_ref().map(|r| {
+            LocalResponse::problem(r.status, &r.detail, &ctx.request_id)
+                .with_header(r.retry_after())
+        });
+        ctx.ratelimit = Some(decision);
+        refusal
+    }
+
+    /// `[metrics] public_path`: the metrics for allowed clients, 403 for the others.
+    fn public_metrics(&self, public: &metrics::PublicEndpoint, ctx: &Ctx) -> LocalResponse {
+        if public.allows(ctx.client.as_ref()) {
+            let body = self.metrics.render();
+            LocalResponse::content(http::StatusCode::OK, metrics::CONTENT_TYPE, body)
+        } else {
+            LocalResponse::problem(403, "metrics not readable here", &ctx.request_id)
+        }
+    }
+}
+
+/// A CORS preflight on a route with a policy is answered by Rampart, never proxied or limited:
+/// 204 with the policy's headers, or 403 for an origin it does not allow.
+pub(super) fn preflight(
+    policy: &cors::Policy,
+    req: &RequestHeader,
+    request_id: &str,
+) -> Option<LocalResponse> {
+    match policy.classify(req) {
+        cors::Request::Preflight { allowed: true } => {
+            Some(LocalResponse::preflight(policy.preflight_headers()))
+        }
+        cors::Request::Preflight { allowed: false } => Some(LocalResponse::problem(
+            403,
+            "origin not allowed",
+            request_id,
+        )),
+        cors::Request::Actual | cors::Request::None => None,
+    }
+}
+
+/// An upstream's own failure after the connection was made (timeout, early close, invalid
+/// response); connect failures are not, they are counted in `fail_to_connect`.
+pub(super) fn failed_after_connect(e: &Error) -> bool {
+    use ErrorType::*;
+    e.esource() == &ErrorSource::Upstream
+        && !matches!(
+            e.etype(),
+            ConnectTimedout
+                | ConnectRefused
+                | ConnectNoRoute
+                | ConnectError
+                | TLSHandshakeFailure
+                | TLSHandshakeTimedout
+                | HTTPStatus(_)
+        )
+}
+
+/// The status counted and logged for a request whose client went away before a response
+/// header was sent (nginx's 499 "client closed request"). After the header, the status sent
+/// is counted, as nginx does.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The client closed its connection (or it broke) before the response was complete.
+pub(super) fn client_gone(e: &Error) -> bool {
+    use ErrorType::*;
+    e.esource() == &ErrorSource::Downstream
+        && matches!(e.etype(), WriteError | ReadError | ConnectionClosed)
+}
+
+/// The status a client sees for a failed request, and the sentence explaining it.
+/// `0`: the client is gone, nothing to send. `body_done`: the client sent its whole body (an
+/// upstream that timed out waiting while it had not is not to blame).
+pub(super) fn error_status(e: &Error, body_done: bool) -> (u16, &'static str) {
+    use ErrorType::*;
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(code), _) => (*code, "request rejected"),
+        (ReadTimedout, ErrorSource::Upstream) if !body_done => {
+            (408, "request body not received in time")
+        }
+        (ConnectTimedout | TLSHandshakeTimedout, _) => (504, "upstream connect timed out"),
+        (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
+            (504, "upstream did not answer in time")
+        }
+        (ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure, _) => {
+            (502, "upstream unreachable")
+        }
+        (_, ErrorSource::Upstream) => (502, "upstream failed"),
+        _ if client_gone(e) => (0, ""),
+        (ReadTimedout | WriteTimedout, ErrorSource::Downstream) => (408, "request timed out"),
+        (_, ErrorSource::Downstream) => (400, "malformed request"),
+        _ => (500, "internal error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(e: Box<Error>) -> u16 {
+        error_status(&e, true).0
+    }
+
+    /// Who caused the failure decides the status: the upstream's side is 502/504, the
+    /// client's is 400/408 or nothing at all when it is gone.
+    #[test]
+    fn errors_map_to_the_side_that_caused_them() {
+        use ErrorType::*;
+        assert_eq!(status(Error::new_up(ConnectTimedout)), 504);
+        assert_eq!(status(Error::new_up(ReadTimedout)), 504);
+        assert_eq!(status(Error::new_up(ConnectRefused)), 502);
+        assert_eq!(status(Error::new_up(ConnectNoRoute)), 502);
+        assert_eq!(status(Error::new_up(TLSHandshakeFailure)), 502);
+        assert_eq!(status(Error::new_up(ConnectionClosed)), 502);
+        assert_eq!(status(Error::new_down(ReadTimedout)), 408);
+        assert_eq!(status(Error::new_down(InvalidHTTPHeader)), 400);
+        assert_eq!(status(Error::new_down(ConnectionClosed)), 0);
+        assert_eq!(status(Error::new_down(WriteError)), 0);
+        assert_eq!(status(Error::new_in(HTTPStatus(413))), 413);
+        assert_eq!(status(Error::new_in(InternalError)), 500);
+        // An upstream that timed out waiting for a body the client never finished: the
+        // client's doing (408), not the upstream's.
+        assert_eq!(error_status(&Error::new_up(ReadTimedout), false).0, 408);
+        assert_eq!(error_status(&Error::new_up(WriteTimedout), false).0, 504);
+    }
+
+    #[test]
+    fn preflights_are_answered_locally() {
+        let policy = cors::Policy::new(&cors::Config::default());
+        let mut req = RequestHeader::build("OPTIONS", b"/api/x", None).expect("request");
+        req.insert_header("origin", "https://app.example")
+            .expect("h");
+        assert!(
+            preflight(&policy, &req, "id").is_none(),
+            "no ACRM: an actual request"
+        );
+        req.insert_header("access-control-request-method", "GET")
+            .expect("h");
+        let answer = preflight(&policy, &req, "id").expect("answered");
+        assert_eq!(answer.status, http::StatusCode::NO_CONTENT);
+        assert!(answer.body.is_empty());
+        assert_eq!(answer.headers.len(), 3);
+        let only = cors::Config {
+            allow_origins: vec![cors::Origin::Exact("https://other.example".into())],
+            ..cors::Config::default()
+        };
+        let refused = preflight(&cors::Policy::new(&only), &req, "id").expect("answered");
+        assert_eq!(refused.status, http::StatusCode::FORBIDDEN);
+    }
+}
