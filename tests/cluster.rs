@@ -46,29 +46,6 @@ fn three(config: &str) -> Vec<Process> {
         .collect()
 }
 
-fn get_as(addr: SocketAddr, path: &str, ip: &str) -> Response {
-    request(addr, "GET", path, &[("X-Forwarded-For", ip)], None)
-}
-
-/// `n` requests at once, one thread each, spread round-robin over `addrs`; the statuses.
-fn burst(addrs: &[SocketAddr], path: &str, ip: &str, n: usize) -> Vec<u16> {
-    let threads: Vec<_> = (0..n)
-        .map(|i| {
-            let addr = addrs[i % addrs.len()];
-            let (path, ip) = (path.to_string(), ip.to_string());
-            std::thread::spawn(move || get_as(addr, &path, &ip).status)
-        })
-        .collect();
-    threads
-        .into_iter()
-        .map(|t| t.join().expect("request thread"))
-        .collect()
-}
-
-fn count(statuses: &[u16], status: u16) -> usize {
-    statuses.iter().filter(|s| **s == status).count()
-}
-
 fn bucket_key(ip: &str, policy: &str) -> String {
     format!("rampart:rl:{{ip:{ip}}}:{policy}")
 }

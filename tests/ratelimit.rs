@@ -23,30 +23,6 @@ fn body(up: &Upstream, redis_url: Option<&str>, rest: &str) -> String {
     )
 }
 
-/// GET `path` as client `ip` (through the trusted-proxy header).
-fn get_as(addr: SocketAddr, path: &str, ip: &str) -> Response {
-    request(addr, "GET", path, &[("X-Forwarded-For", ip)], None)
-}
-
-/// `n` requests at once, one thread each; the statuses.
-fn burst(addrs: &[SocketAddr], path: &str, ip: &str, n: usize) -> Vec<u16> {
-    let threads: Vec<_> = (0..n)
-        .map(|i| {
-            let addr = addrs[i % addrs.len()];
-            let (path, ip) = (path.to_string(), ip.to_string());
-            std::thread::spawn(move || get_as(addr, &path, &ip).status)
-        })
-        .collect();
-    threads
-        .into_iter()
-        .map(|t| t.join().expect("request thread"))
-        .collect()
-}
-
-fn count(statuses: &[u16], status: u16) -> usize {
-    statuses.iter().filter(|s| **s == status).count()
-}
-
 fn metrics(r: &Rampart) -> String {
     r.admin_get("/metrics").text()
 }

@@ -471,3 +471,28 @@ fn http_conn_parses_split_messages() {
     let rest = conn.read_response(false).expect("close-delimited");
     assert_eq!((rest.status, rest.text().as_str()), (200, "until close"));
 }
+
+/// GET `path` as client `ip` (through `X-Forwarded-For`, for a proxy that trusts the caller).
+pub fn get_as(addr: SocketAddr, path: &str, ip: &str) -> Response {
+    request(addr, "GET", path, &[("X-Forwarded-For", ip)], None)
+}
+
+/// `n` requests at once, one thread each, spread round-robin over `addrs`; their statuses.
+pub fn burst(addrs: &[SocketAddr], path: &str, ip: &str, n: usize) -> Vec<u16> {
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let addr = addrs[i % addrs.len()];
+            let (path, ip) = (path.to_string(), ip.to_string());
+            std::thread::spawn(move || get_as(addr, &path, &ip).status)
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("request thread"))
+        .collect()
+}
+
+/// How many of `statuses` are `status`.
+pub fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}

@@ -73,20 +73,12 @@ impl RedisCluster {
         let dir = self.dir.path().display().to_string();
         let conf = format!("{dir}/nodes-{port}.conf");
         let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
             &conf,
             "--cluster-node-timeout",
             &NODE_TIMEOUT_MS.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
             "--dir",
             &dir,
         ]
@@ -101,14 +93,7 @@ impl RedisCluster {
                 pw.clone(),
             ]);
         }
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): apt-get install redis-server")
-            });
+        let child = super::redis_server::spawn_redis_server(port, &args);
         ClusterNode {
             port,
             child: Some(child),

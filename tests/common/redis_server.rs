@@ -69,19 +69,7 @@ impl Redis {
     }
 
     fn start_with(port: u16, tls_port: Option<u16>, options: RedisOptions) -> Self {
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+        let mut args: Vec<String> = Vec::new();
         if let Some(pw) = &options.password {
             args.extend(["--requirepass".into(), pw.clone()]);
         }
@@ -100,14 +88,7 @@ impl Redis {
                 if tls.auth_clients { "yes" } else { "no" }.into(),
             ]);
         }
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): the tests need it on PATH (apt-get install redis-server)")
-            });
+        let child = spawn_redis_server(port, &args);
         let redis = Self {
             port,
             tls_port,
@@ -188,4 +169,18 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `redis-server` on loopback `port` that keeps nothing on disk, with `extra` arguments.
+pub(super) fn spawn_redis_server(port: u16, extra: &[String]) -> Child {
+    let port = port.to_string();
+    Command::new("redis-server")
+        .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start redis-server ({e}): the tests need it on PATH (apt-get install redis-server)")
+        })
 }
