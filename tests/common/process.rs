@@ -24,13 +24,20 @@ pub struct BinarySetup {
 }
 
 impl BinarySetup {
-    /// Free ports and a directory; the config file is `header` + `body`.
+    /// Free ports and a directory; the config file is `header` + `body`. No shutdown grace
+    /// period, so the tests that stop the process do not wait for one.
     pub fn new(body: &str) -> Self {
+        Self::with_grace_period(body, "0s")
+    }
+
+    /// [`BinarySetup::new`] with `server.grace_period` set: how long a stopping process goes on
+    /// serving the requests it has already accepted before they are cut.
+    pub fn with_grace_period(body: &str, grace_period: &str) -> Self {
         let dir = TempDir::new("bin");
         let (port, admin) = (free_port(), free_port());
         let pid_file = dir.join("rampart.pid");
         let header = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\ngrace_period = \"0s\"\npid_file = \"{}\"\nupgrade_sock = \"{}\"\n\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\ngrace_period = \"{grace_period}\"\npid_file = \"{}\"\nupgrade_sock = \"{}\"\n\n",
             pid_file.display(),
             dir.join("upgrade.sock").display()
         );
@@ -62,7 +69,7 @@ impl BinarySetup {
         let child = self
             .command()
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,rampart::gate=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
             .spawn()
