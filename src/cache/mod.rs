@@ -16,6 +16,7 @@
 //! on a fill or revalidation longer than it takes (waiters are released when it is stored or
 //! given up), bounded by `lock_timeout`.
 
+mod config;
 mod key;
 mod memory;
 mod policy;
@@ -39,12 +40,13 @@ use crate::redis::Redis;
 use crate::routing::RouteConfig;
 use crate::types::Name;
 
+pub use config::{Config, PolicyConfig};
 use key::{host_key, request_host, UrlKey};
 pub use key::{request_key, variance};
 pub use memory::MemoryStorage;
 pub use policy::cacheable;
+pub use policy::Policy;
 use policy::TARGETED;
-pub use policy::{Config, Policy, PolicyConfig};
 pub use redis::RedisStorage;
 use storage::FillTicket;
 pub use storage::{CacheStorage, Stored};

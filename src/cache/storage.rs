@@ -24,8 +24,8 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta};
 use pingora::prelude::*;
 
+use super::config::HARD_MAX_TTL;
 use super::memory::MemoryStorage;
-use super::policy::HARD_MAX_TTL;
 use super::redis::RedisStorage;
 use super::PurgeError;
 
