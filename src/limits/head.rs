@@ -1,6 +1,6 @@
 //! HTTP/1.x request heads as RFC 9112 wants them, checked before Pingora parses them.
 //!
-//! Phase: the connection gate (`gate.rs`) feeds the bytes of each request head to a
+//! Phase: the connection gate (`gate/`) feeds the bytes of each request head to a
 //! [`Scanner`] as they arrive and hands the complete head to [`check`]; Pingora only ever
 //! sees heads that passed both. Pingora parses with the same `httparse` defaults, so a head
 //! accepted here is accepted there.

@@ -1,7 +1,7 @@
 //! Limits for hostile clients: how big a request may be, how long each part of an exchange may
 //! take, and how many connections and requests one client (and one upstream group) may hold.
 //!
-//! Phases: the connection gate (`gate.rs`) applies the head limits ([`head`]), the header and
+//! Phases: the connection gate (`gate/`) applies the head limits ([`head`]), the header and
 //! idle timers and the connection counts before Pingora parses anything; then
 //! `request_filter` ([`Limits::admit`]: a declared body too large -> 413, too many requests of
 //! this client in flight -> 503), `proxy_upstream_filter` ([`Limits::admit_upstream`]: the
