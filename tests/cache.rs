@@ -70,10 +70,6 @@ fn purge(r: &Rampart, body: &str) -> Response {
     )
 }
 
-pub(crate) fn metrics(r: &Rampart) -> String {
-    r.admin_get("/metrics").text()
-}
-
 fn hits_are_served_from_cache(store: Store) {
     let up = kpi_origin();
     let (r, redis) = start(store, &up, "ttl = \"60s\"");
@@ -134,7 +130,7 @@ fn hits_are_served_from_cache(store: Store) {
     assert_eq!(plain.header("x-cache"), None);
     assert_eq!(up.count(), 3);
 
-    let m = metrics(&r);
+    let m = r.metrics();
     assert!(
         m.contains(r#"rampart_cache_lookups_total{result="hit",route="kpis"} 51"#),
         "{m}"
@@ -546,7 +542,7 @@ fn redis_outage_becomes_misses_and_caching_resumes() {
         assert!(started.elapsed() < Duration::from_secs(3), "bounded");
     }
     assert_eq!(up.count(), 11, "every request went to the origin");
-    let m = metrics(&r);
+    let m = r.metrics();
     assert!(m.contains("rampart_store_up{backend=\"redis\"} 0"), "{m}");
     assert!(m.contains("rampart_store_errors_total{backend=\"redis\",op=\"cache_"));
 

@@ -68,16 +68,6 @@ impl Silent {
     }
 }
 
-/// The value of one sample line, `name{labels}`, if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
-}
-
 fn rejections(r: &LoggedBinary, reason: &str) -> f64 {
     sample(
         &r.metrics(),

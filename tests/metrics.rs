@@ -23,16 +23,6 @@ fn scrape(r: &Rampart) -> String {
     resp.text()
 }
 
-/// The value of one sample line, `name{labels}`, if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn counters_and_histograms_match_known_traffic() {
     let up = Upstream::start(|req| match req.target.as_str() {

@@ -23,10 +23,6 @@ fn body(up: &Upstream, redis_url: Option<&str>, rest: &str) -> String {
     )
 }
 
-fn metrics(r: &Rampart) -> String {
-    r.admin_get("/metrics").text()
-}
-
 #[test]
 fn concurrent_burst_admits_exactly_the_limit_in_memory() {
     let up = Upstream::named("ok");
@@ -317,7 +313,8 @@ fn headers_for_accepted_last_token_and_rejected() {
         3,
         "the rejected request never reached the upstream"
     );
-    assert!(metrics(&r)
+    assert!(r
+        .metrics()
         .contains("rampart_ratelimit_decisions_total{outcome=\"limited\",policy=\"p\"} 1"));
 }
 
@@ -347,7 +344,7 @@ fn two_policies_report_only_and_no_legacy_headers() {
         assert_eq!(resp.header("ratelimit"), Some(expected.as_str()));
         assert_eq!(resp.header("x-ratelimit-limit"), None);
     }
-    let text = metrics(&r);
+    let text = r.metrics();
     assert!(
         text.contains(
             "rampart_ratelimit_decisions_total{outcome=\"report_only_limited\",policy=\"trial\"} 2"
@@ -393,7 +390,7 @@ fn redis_outage_falls_back_locally_and_recovers() {
         [200, 200, 200, 429, 429, 429],
         "local buckets limit"
     );
-    let text = metrics(&r);
+    let text = r.metrics();
     assert!(
         text.contains("rampart_store_fallback_active{feature=\"ratelimit\"} 1"),
         "{text}"
@@ -427,7 +424,9 @@ fn redis_outage_falls_back_locally_and_recovers() {
             .is_some(),
         "the bucket is in Redis again"
     );
-    assert!(metrics(&r).contains("rampart_store_fallback_active{feature=\"ratelimit\"} 0"));
+    assert!(r
+        .metrics()
+        .contains("rampart_store_fallback_active{feature=\"ratelimit\"} 0"));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cache::{config, metrics, start, x_cache, Store, KPIS};
+use crate::cache::{config, start, x_cache, Store, KPIS};
 use crate::common::*;
 
 const STORES: [Store; 2] = [Store::Redis, Store::Memory];
@@ -139,7 +139,7 @@ fn racing_origin(how: Dropped) -> (SocketAddr, Arc<Seen>) {
 
 /// The counter line of `rampart_upstream_retries_total` for `reason`, or 0.
 fn retries(r: &Rampart, reason: &str) -> u64 {
-    let m = metrics(r);
+    let m = r.metrics();
     let prefix = format!("rampart_upstream_retries_total{{reason=\"{reason}\",upstream=\"u\"}} ");
     m.lines()
         .find_map(|l| l.strip_prefix(&prefix))

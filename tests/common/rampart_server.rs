@@ -215,6 +215,11 @@ impl Rampart {
     pub fn admin_get(&self, path: &str) -> Response {
         get(self.admin, path)
     }
+
+    /// The admin listener's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.admin_get("/metrics").text()
+    }
 }
 
 impl Drop for Rampart {
@@ -456,4 +461,14 @@ impl Drop for LoggedBinary {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The value of one sample line of a metrics text, `name{labels}`, if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
 }
