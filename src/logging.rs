@@ -1,13 +1,17 @@
 //! The binary's logger: `RUST_LOG` through env_logger, one line per record, access lines bare.
 //!
-//! Not a phase: `main` installs it once. One correction to Pingora's own records: when a client
-//! closes its connection (or breaks it) while still sending the request head, Pingora logs
-//! `Fail to proxy: Downstream ...` at ERROR from a place no `ProxyHttp` hook reaches. That is
-//! a client going away, as `proxy::suppress_error_log` treats the ones it can reach: the record
-//! is demoted to DEBUG here. Every other record passes unchanged.
+//! Not a phase: `main` installs it once. Two corrections to Pingora's own records, logged
+//! from places no `ProxyHttp` hook reaches:
+//! - a client that closes (or breaks) its connection while still sending the request head, or
+//!   while a cache hit is written to it, makes Pingora log `Fail to proxy: Downstream ...` or
+//!   `Fail to serve cache: Downstream ...` at ERROR. That is a client going away, as
+//!   `proxy::suppress_error_log` treats the ones it can reach: demoted to DEBUG (the request is
+//!   still counted);
+//! - pingora-cache's one-time WARN that no header compression dictionary is loaded (Rampart
+//!   does not use one; nothing to act on): demoted to INFO.
 //!
-//! Invariant: only records of target `pingora_proxy` at ERROR whose error is the client's
-//! (`Downstream`) are touched, and they are demoted, never dropped.
+//! Invariant: only those records are touched, and they are demoted, never dropped; every other
+//! record passes unchanged, so at `RUST_LOG=warn` the log shows what an operator must act on.
 
 use std::io::Write;
 
@@ -36,39 +40,57 @@ pub fn init() {
     })
     .build();
     let max = logger.filter();
-    if log::set_boxed_logger(Box::new(ClientErrorsDemoted(logger))).is_ok() {
+    if log::set_boxed_logger(Box::new(PingoraDemoted(logger))).is_ok() {
         log::set_max_level(max);
     }
 }
 
-/// env_logger with Pingora's client-disconnect errors demoted (see the module header).
-struct ClientErrorsDemoted(env_logger::Logger);
+/// env_logger with some of Pingora's records demoted (see the module header).
+struct PingoraDemoted(env_logger::Logger);
 
-/// Pingora's line for a request head that could not be read (`pingora_proxy`'s
-/// `handle_new_request`): the error's source comes first in its text.
-fn is_client_error(record: &Record<'_>) -> bool {
-    record.level() == Level::Error
-        && record.target() == "pingora_proxy"
-        && record
-            .args()
-            .to_string()
-            .starts_with("Fail to proxy: Downstream ")
+/// The level a record is logged at: its own, or the lower one it is demoted to.
+fn level_for(record: &Record<'_>) -> Level {
+    // Pingora's lines for a request head that could not be read (`handle_new_request`) and a
+    // cache hit that could not be written (`proxy_cache`): the error's source comes first.
+    const CLIENT_GONE: [&str; 2] = [
+        "Fail to proxy: Downstream ",
+        "Fail to serve cache: Downstream ",
+    ];
+    const NO_DICTIONARY: &str = "no header compression dictionary loaded";
+    let target = record.target();
+    match record.level() {
+        Level::Error if target == "pingora_proxy" || target.starts_with("pingora_proxy::") => {
+            let text = record.args().to_string();
+            if CLIENT_GONE.iter().any(|prefix| text.starts_with(prefix)) {
+                return Level::Debug;
+            }
+        }
+        Level::Warn
+            if target == "pingora_cache::meta"
+                && record.args().to_string().starts_with(NO_DICTIONARY) =>
+        {
+            return Level::Info;
+        }
+        _ => {}
+    }
+    record.level()
 }
 
-impl Log for ClientErrorsDemoted {
+impl Log for PingoraDemoted {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         self.0.enabled(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !is_client_error(record) {
+        let level = level_for(record);
+        if level == record.level() {
             self.0.log(record);
             return;
         }
         self.0.log(
             &Record::builder()
                 .args(*record.args())
-                .level(Level::Debug)
+                .level(level)
                 .target(record.target())
                 .module_path(record.module_path())
                 .file(record.file())
@@ -86,8 +108,8 @@ impl Log for ClientErrorsDemoted {
 mod tests {
     use super::*;
 
-    fn record_is_client_error(level: Level, target: &str, text: &str) -> bool {
-        is_client_error(
+    fn level(level: Level, target: &str, text: &str) -> Level {
+        level_for(
             &Record::builder()
                 .args(format_args!("{text}"))
                 .level(level)
@@ -97,16 +119,22 @@ mod tests {
     }
 
     #[test]
-    fn only_pingoras_downstream_errors_are_demoted() {
+    fn only_pingoras_client_errors_and_dictionary_notice_are_demoted() {
+        use Level::*;
         let gone = "Fail to proxy: Downstream ConnectionClosed context: while reading request headers, bytes already read: 26, downstream session type: h1";
-        assert!(record_is_client_error(Level::Error, "pingora_proxy", gone));
-        assert!(!record_is_client_error(Level::Warn, "pingora_proxy", gone));
-        assert!(!record_is_client_error(Level::Error, "rampart", gone));
+        assert_eq!(level(Error, "pingora_proxy", gone), Debug);
+        assert_eq!(level(Warn, "pingora_proxy", gone), Warn);
+        assert_eq!(level(Error, "rampart", gone), Error);
+        assert_eq!(level(Error, "pingora_proxy_other", gone), Error);
         let upstream = "Fail to proxy: Upstream ConnectRefused context: Peer: addr: 127.0.0.1:1";
-        assert!(!record_is_client_error(
-            Level::Error,
-            "pingora_proxy",
-            upstream
-        ));
+        assert_eq!(level(Error, "pingora_proxy", upstream), Error);
+        // Seen in the soak: a client leaving while a cache hit is written to it.
+        let hit_gone = "Fail to serve cache: Downstream WriteError context: while writing body cause: Broken pipe (os error 32), GET /cached/kpis.json, Host: 127.0.0.1:49115";
+        assert_eq!(level(Error, "pingora_proxy::proxy_cache", hit_gone), Debug);
+        let storage = "Fail to serve cache: Internal StorageError context: redis down";
+        assert_eq!(level(Error, "pingora_proxy::proxy_cache", storage), Error);
+        let dictionary = "no header compression dictionary loaded - use set_compression_dict_content() or set_compression_dict_path() to set one";
+        assert_eq!(level(Warn, "pingora_cache::meta", dictionary), Info);
+        assert_eq!(level(Warn, "pingora_cache::meta", "other"), Warn);
     }
 }
