@@ -2,6 +2,7 @@
 """Chart of ../shared/bench results: one SVG from one or more of the harness's rows.tsv files.
 
     python3 scripts/bench_chart.py -o docs/bench.svg run/results/A/rows.tsv run/results/B/rows.tsv
+    python3 scripts/bench_chart.py --markdown run/results/A/rows.tsv   # the medians as a table
 
 For each scenario and target it takes the median over the rounds of req/s and of cpu/kreq
 (CPU ms per 1000 requests) and draws two grouped bar panels: req/s relative to nginx in the
@@ -55,10 +56,12 @@ def merge(paths, exclude):
             if (s, t) in data:
                 continue
             nginx = rows.get((s, "nginx"), {}).get("rps")
+            floor = rows.get((s, "floor"), {}).get("rps")
             rps = statistics.median(cell["rps"]) if cell["rps"] else None
             data[(s, t)] = {
                 "rps": rps,
                 "vs": rps / statistics.median(nginx) if rps and nginx else None,
+                "vs_floor": rps / statistics.median(floor) if rps and floor else None,
                 "cpu": statistics.median(cell["cpu"]) if cell["cpu"] else None,
             }
     return data, sorted(scenarios), targets
@@ -88,6 +91,23 @@ def panel(out, data, scenarios, targets, key, title, x0, y0, w, h, fmt):
                        f'text-anchor="middle">{fmt(v)}</text>')
 
 
+def markdown(data, scenarios, targets):
+    """The same medians as a Markdown table: req/s, vs nginx, cpu/kreq per scenario and target."""
+    lines = ["| scenario | target | req/s | vs nginx | vs floor | cpu ms/kreq |",
+             "|---|---|---|---|---|---|"]
+    for s in scenarios:
+        for t in targets:
+            d = data.get((s, t))
+            if d is None:
+                continue
+            rps = f"{d['rps']:,.0f}" if d["rps"] is not None else "-"
+            vs = f"{d['vs']:.2f}" if d["vs"] is not None else "-"
+            vf = f"{d['vs_floor']:.2f}" if d["vs_floor"] is not None else "-"
+            cpu = f"{d['cpu']:.1f}" if d["cpu"] is not None else "-"
+            lines.append(f"| {s} | {t} | {rps} | {vs} | {vf} | {cpu} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(data, scenarios, targets, title):
     width, ph = 980, 230
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{2 * ph + 170}" '
@@ -115,11 +135,12 @@ def main():
     ap.add_argument("--title", default="Rampart vs nginx and the Pingora floor (../shared/bench)")
     # The origin alone serves g ~60x faster than any proxy gzips: it would flatten every bar.
     ap.add_argument("--exclude", default="direct", help="comma-separated targets left out (default: direct)")
+    ap.add_argument("--markdown", action="store_true", help="print the medians as a Markdown table instead")
     args = ap.parse_args()
     data, scenarios, targets = merge(args.rows, set(filter(None, args.exclude.split(","))))
     if not data:
         sys.exit("bench_chart: no OK rows in " + ", ".join(args.rows))
-    svg = render(data, scenarios, targets, args.title)
+    svg = (markdown if args.markdown else lambda *a: render(*a, args.title))(data, scenarios, targets)
     if args.output == "-":
         sys.stdout.write(svg)
     else:
