@@ -104,25 +104,24 @@ impl Config {
 
 /// A request in progress: dropped before [`Unfinished::finish`] (the runtime cut it when
 /// the grace period after SIGTERM ended), it logs the request as cut, at warn.
+///
+/// It keeps the method and the URI as they are (both share the request's bytes, no copy) and
+/// formats the line only when it is logged: every request passes here, few are ever cut.
 #[derive(Debug, Default)]
 pub struct Unfinished {
-    request: Option<(String, String, std::time::Instant)>,
+    request: Option<(String, http::Method, http::Uri, std::time::Instant)>,
 }
 
 impl Unfinished {
-    /// The request started: its id and `METHOD path`.
+    /// The request started: its id, method and target.
     pub fn begin(
         &mut self,
         request_id: &str,
-        method: &str,
-        path: &str,
+        method: &http::Method,
+        uri: &http::Uri,
         started: std::time::Instant,
     ) {
-        self.request = Some((
-            request_id.to_string(),
-            format!("{method} {}", path.escape_debug()),
-            started,
-        ));
+        self.request = Some((request_id.to_string(), method.clone(), uri.clone(), started));
     }
 
     /// The request reached `logging`: nothing to report.
@@ -133,9 +132,10 @@ impl Unfinished {
 
 impl Drop for Unfinished {
     fn drop(&mut self) {
-        if let Some((id, request, started)) = self.request.take() {
+        if let Some((id, method, uri, started)) = self.request.take() {
+            let path = uri.path().escape_debug();
             log::warn!(
-                "request cut before it finished: \"{request}\" id={id} after {:.3}s (the shutdown grace period ended, or its task was dropped)",
+                "request cut before it finished: \"{method} {path}\" id={id} after {:.3}s (the shutdown grace period ended, or its task was dropped)",
                 started.elapsed().as_secs_f64()
             );
         }

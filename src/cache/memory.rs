@@ -84,8 +84,12 @@ impl MemoryStorage {
             header: slot.header.clone(),
             body: slot.body.clone(),
         };
-        inner.lru.remove(&old);
-        inner.lru.insert(tick, (tag.to_string(), entry.to_string()));
+        // A hit moves the entry's names to the new tick instead of copying them again.
+        let names = inner
+            .lru
+            .remove(&old)
+            .unwrap_or_else(|| (tag.to_string(), entry.to_string()));
+        inner.lru.insert(tick, names);
         Some(stored)
     }
 

@@ -22,9 +22,8 @@ impl Proxy {
     pub(super) fn identify(&self, session: &Session, ctx: &mut Ctx) {
         let req = session.req_header();
         ctx.request_id = headers::request_id(req);
-        let (method, path) = (req.method.as_str(), req.uri.path());
         ctx.unfinished
-            .begin(&ctx.request_id, method, path, ctx.started);
+            .begin(&ctx.request_id, &req.method, &req.uri, ctx.started);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.compress.request(&ctx.runtime.compression, req);
         ctx.client = Some(Client::identify(

@@ -5,6 +5,8 @@
 //! limited). [`Limiter::check`] charges one token from every policy that applies, in one
 //! step: one atomic Lua script on Redis ([`redis`]), or one locked section of the fixed-size
 //! in-process table ([`memory`]); the arithmetic is in `bucket`, the headers in `headers`.
+//! On Redis, a client the script just refused is answered on this replica until its bucket
+//! can admit again, without a round trip (`refused`: why that keeps admissions exact).
 //! A request passes only if every enforcing policy admits it; then each is charged, otherwise
 //! none is. Report-only policies are charged by their own verdict and never reject.
 //!
@@ -18,6 +20,7 @@ mod config;
 mod headers;
 pub mod memory;
 pub mod redis;
+mod refused;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,6 +42,8 @@ pub struct Limiter {
     legacy_headers: bool,
     memory: memory::MemoryBuckets,
     redis: Option<redis::RedisBuckets>,
+    /// Clients Redis refused, answered here until their bucket can admit (Redis store only).
+    refused: refused::Refused,
     metrics: Arc<Metrics>,
     /// Running on the fallback (logged and gauged once per outage).
     fallback: AtomicBool,
@@ -77,6 +82,7 @@ impl Limiter {
         Self {
             memory,
             redis: redis.map(|r| redis::RedisBuckets::new(r, cluster)),
+            refused: Default::default(),
             policies,
             on_store_error: config.on_store_error,
             legacy_headers: config.legacy_headers,
@@ -115,9 +121,22 @@ impl Limiter {
         let outcome = match &self.redis {
             None => self.memory.charge(&policies, &charges),
             Some(store) => {
-                let shared = if store.should_try() {
+                // A client Redis refused a moment ago, still over every limit that applies:
+                // the same answer without the round trip (`refused` says why that is exact).
+                let known = if self.fallback.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    self.refused.answer(&policies, &charges)
+                };
+                let shared = if known.is_some() {
+                    known
+                } else if store.should_try() {
+                    let sent = std::time::Instant::now();
                     match store.charge(&policies, &charges).await {
-                        Ok(v) => Some(v),
+                        Ok(v) => {
+                            self.refused.learn(sent, &policies, &charges, &v);
+                            Some(v)
+                        }
                         Err(e) => {
                             log::debug!("ratelimit: {e}");
                             None
@@ -201,6 +220,8 @@ impl Limiter {
     }
 
     fn fell_back(&self) {
+        // A Redis that comes back empty has forgotten the debts the deadlines came from.
+        self.refused.clear();
         if !self.fallback.swap(true, Ordering::Relaxed) {
             let how = match self.on_store_error {
                 OnStoreError::Local => "deciding on this replica's in-process buckets",

@@ -1,0 +1,208 @@
+//! Clients known to be over a shared limit: answered on this replica, without a Redis round
+//! trip, until their bucket can admit again.
+//!
+//! Phase: `request_filter`, inside [`super::Limiter::check`], on the Redis store only. When the
+//! script refuses a charge on an enforcing policy, the bucket's debt `D` at Redis's clock says
+//! when it can next admit: `D + cost - capacity` microseconds-times-refill from then. That
+//! instant is measured here from the moment the script was *sent*, which is no later than the
+//! moment Redis read its clock, so the local deadline is never after the real one.
+//!
+//! Invariant (exactness across replicas): until the deadline no replica can be admitted on that
+//! bucket (debt only falls with time; other replicas only add to it), and a refused request
+//! charges nothing on any enforcing policy, so answering it here changes no shared state. A
+//! request is answered here only when *every* policy that applies to it is enforcing and known
+//! refusing: a report-only policy is charged even when another refuses, so such a request
+//! always goes to Redis. The table is bounded (`CAPACITY` entries, expired ones swept on
+//! insert), never grows with traffic beyond that, and starts empty on every reload. A store
+//! outage empties it, since a Redis that restarts empty forgets the debts the deadlines
+//! were computed from.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Charge, Charged, Policy};
+
+/// At most this many (policy, client) entries; beyond that new refusals simply go to Redis.
+const CAPACITY: usize = 16_384;
+
+/// What Redis said about a refused bucket, in this process's clock.
+#[derive(Clone, Copy)]
+struct Known {
+    /// When the script was sent: Redis's `now` is no earlier.
+    base: Instant,
+    /// The debt Redis read then (after its own settle).
+    debt: u64,
+    /// From this instant the bucket may admit again: ask Redis.
+    until: Instant,
+}
+
+/// Policy index -> client identity -> the last refusal Redis gave (nested so a lookup
+/// borrows the identity instead of building a key).
+#[derive(Default)]
+pub struct Refused {
+    known: Mutex<HashMap<usize, HashMap<String, Known>>>,
+}
+
+impl Refused {
+    /// The outcome of every charge when each is on an enforcing policy whose bucket is known
+    /// refusing now; `None` (ask Redis) otherwise.
+    pub fn answer(&self, policies: &[&Policy], charges: &[Charge]) -> Option<Vec<Charged>> {
+        if policies.iter().any(|p| p.report_only) {
+            return None;
+        }
+        let now = Instant::now();
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.is_empty() {
+            return None;
+        }
+        policies
+            .iter()
+            .zip(charges)
+            .map(|(p, c)| {
+                let k = known.get(&c.policy)?.get(c.identity.as_str())?;
+                (now < k.until).then(|| Charged {
+                    admitted: false,
+                    charged: false,
+                    // A lower bound of the debt now (other replicas may have added to it).
+                    debt: p.settle(k.debt, micros(now.saturating_duration_since(k.base))),
+                })
+            })
+            .collect()
+    }
+
+    /// Record what Redis answered for a script sent at `sent`: every enforcing policy that
+    /// refused is known refusing until its bucket can admit; one that admitted is forgotten.
+    pub fn learn(&self, sent: Instant, policies: &[&Policy], charges: &[Charge], out: &[Charged]) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for ((p, c), o) in policies.iter().zip(charges).zip(out) {
+            if p.report_only {
+                continue;
+            }
+            if o.admitted {
+                if let Some(clients) = known.get_mut(&c.policy) {
+                    clients.remove(c.identity.as_str());
+                    if clients.is_empty() {
+                        known.remove(&c.policy);
+                    }
+                }
+                continue;
+            }
+            let wait_us = o
+                .debt
+                .saturating_add(p.cost)
+                .saturating_sub(p.capacity)
+                .div_ceil(p.refill.max(1));
+            let Some(until) = sent.checked_add(Duration::from_micros(wait_us)) else {
+                continue;
+            };
+            let entries: usize = known.values().map(HashMap::len).sum();
+            if entries >= CAPACITY {
+                let now = Instant::now();
+                for clients in known.values_mut() {
+                    clients.retain(|_, k| k.until > now);
+                }
+                known.retain(|_, clients| !clients.is_empty());
+                if known.values().map(HashMap::len).sum::<usize>() >= CAPACITY {
+                    continue;
+                }
+            }
+            known.entry(c.policy).or_default().insert(
+                c.identity.clone(),
+                Known {
+                    base: sent,
+                    debt: o.debt,
+                    until,
+                },
+            );
+        }
+    }
+
+    /// Forget everything (the store failed: its debts may be gone when it returns).
+    pub fn clear(&self) {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::{PolicyConfig, Rate};
+
+    fn policy(report_only: bool) -> Policy {
+        let c = PolicyConfig {
+            rate: "10/s".parse::<Rate>().expect("rate"),
+            burst: Some(2),
+            key: Default::default(),
+            routes: Vec::new(),
+            report_only,
+        };
+        Policy::new("p", &c)
+    }
+
+    fn charge(id: &str) -> Charge {
+        Charge {
+            policy: 0,
+            identity: id.into(),
+        }
+    }
+
+    /// A refusal is answered locally until the bucket can admit, and only then.
+    #[test]
+    fn refused_until_the_bucket_can_admit() {
+        let p = policy(false);
+        let refused = Refused::default();
+        // Full bucket: debt = capacity; the next token is one cost (100 ms at 10/s) away.
+        let out = [Charged {
+            admitted: false,
+            charged: false,
+            debt: p.capacity,
+        }];
+        let sent = Instant::now();
+        refused.learn(sent, &[&p], &[charge("a")], &out);
+        let local = refused
+            .answer(&[&p], &[charge("a")])
+            .expect("known refusing");
+        assert!(!local[0].admitted && !local[0].charged);
+        assert!(local[0].debt <= p.capacity);
+        assert!(
+            refused.answer(&[&p], &[charge("b")]).is_none(),
+            "another client"
+        );
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(
+            refused.answer(&[&p], &[charge("a")]).is_none(),
+            "past the deadline: ask Redis"
+        );
+        // An admission forgets the client; an outage forgets everyone.
+        refused.learn(Instant::now(), &[&p], &[charge("a")], &out);
+        let admitted = [Charged {
+            admitted: true,
+            charged: true,
+            debt: p.cost,
+        }];
+        refused.learn(Instant::now(), &[&p], &[charge("a")], &admitted);
+        assert!(refused.answer(&[&p], &[charge("a")]).is_none());
+        refused.learn(Instant::now(), &[&p], &[charge("a")], &out);
+        refused.clear();
+        assert!(refused.answer(&[&p], &[charge("a")]).is_none());
+    }
+
+    /// Report-only policies are charged even when another refuses: never answered here.
+    #[test]
+    fn report_only_policies_always_go_to_the_store() {
+        let p = policy(true);
+        let refused = Refused::default();
+        let out = [Charged {
+            admitted: false,
+            charged: false,
+            debt: p.capacity,
+        }];
+        refused.learn(Instant::now(), &[&p], &[charge("a")], &out);
+        assert!(refused.answer(&[&p], &[charge("a")]).is_none());
+    }
+}
