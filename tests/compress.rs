@@ -604,3 +604,110 @@ fn cache_hits_are_encoded_per_client_in_any_order() {
         }
     }
 }
+
+/// Encoded copies (issue 10, scenario g): the first hit that wants a coding is encoded once and
+/// kept beside the identity entry; later hits in that coding are served from the copy with no
+/// compression at all (the compression counters stand still) and the same header fields, while
+/// identity clients still get the identity body. A purged URL's copies are never served for
+/// its new content, and ranges are still cut from the identity body. Both stores.
+#[test]
+fn cache_hits_keep_their_encoding() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let version = Arc::new(AtomicUsize::new(1));
+    let content = |v: usize| {
+        let mut b = body(40_000);
+        b[1..3].copy_from_slice(format!("{v:02}").as_bytes());
+        b
+    };
+    let served = version.clone();
+    let up = Upstream::start(move |_| Reply::json(content(served.load(Ordering::SeqCst))));
+    let redis = Redis::start();
+    for store in [
+        String::new(),
+        format!("[store]\nredis_url = \"{}\"\n", redis.url()),
+    ] {
+        version.store(1, Ordering::SeqCst);
+        let r = Rampart::start(&format!(
+            "{}[[routes]]\nname = \"kpis\"\nprefix = \"/api/\"\nupstream = \"u\"\ncache = \"kpis\"\n{store}[cache.policies.kpis]\nttl = \"60s\"\n",
+            upstream_toml("u", &[&up.addr])
+        ));
+        let gzip_in = |r: &Rampart| {
+            sample(
+                &r.metrics(),
+                r#"rampart_compression_bytes_in_total{encoding="gzip"}"#,
+            )
+            .unwrap_or(0.0)
+        };
+        let path = "/api/v1/dashboard/kpis";
+        let before = up.count();
+        let miss = get_with(&r, path, "gzip");
+        assert_eq!(miss.header("x-cache"), Some("MISS"), "{store}");
+        let first_hit = get_with(&r, path, "gzip");
+        assert_eq!(first_hit.header("x-cache"), Some("HIT"));
+        assert_eq!(decode(&first_hit), content(1));
+        let compressed = gzip_in(&r);
+        assert!(
+            compressed >= 40_000.0,
+            "{store}: the first hit was compressed"
+        );
+        for _ in 0..3 {
+            let hit = get_with(&r, path, "gzip");
+            assert_eq!(hit.header("x-cache"), Some("HIT"), "{store}");
+            assert_eq!(hit.header("content-encoding"), Some("gzip"));
+            assert_eq!(
+                hit.body, first_hit.body,
+                "{store}: the copy is the first hit's bytes"
+            );
+            assert_eq!(
+                hit.header("content-length"),
+                Some(hit.body.len().to_string().as_str()),
+                "{store}: the copy's exact length"
+            );
+            assert!(varies(&hit), "{store}");
+            assert_eq!(hit.header("accept-ranges"), None);
+            assert_eq!(hit.header("x-frame-options"), Some("SAMEORIGIN"));
+        }
+        assert_eq!(
+            gzip_in(&r),
+            compressed,
+            "{store}: hits on the copy compress nothing"
+        );
+        let identity = get_with(&r, path, "identity");
+        assert_eq!(identity.header("content-encoding"), None);
+        assert_eq!(identity.body, content(1));
+        let range = r.request(
+            "GET",
+            path,
+            &[("Accept-Encoding", "gzip"), ("Range", "bytes=0-9")],
+            None,
+        );
+        assert_eq!(range.status, 206, "{store}");
+        assert_eq!(range.body, content(1)[..10]);
+        assert_eq!(
+            up.count() - before,
+            1,
+            "{store}: one upstream fetch for all of it"
+        );
+
+        // New content, purged: the old copy is never served for it.
+        version.store(2, Ordering::SeqCst);
+        let purge = request(
+            r.admin,
+            "POST",
+            "/cache/purge",
+            &[("Content-Type", "application/json")],
+            Some(format!(r#"{{"url": "http://rampart.test{path}"}}"#).as_bytes()),
+        );
+        assert_eq!(purge.status, 200, "{}", purge.text());
+        for expect in ["MISS", "HIT", "HIT"] {
+            let resp = get_with(&r, path, "gzip");
+            assert_eq!(resp.header("x-cache"), Some(expect), "{store}");
+            assert_eq!(
+                decode(&resp),
+                content(2),
+                "{store}: {expect} after the purge"
+            );
+        }
+    }
+}

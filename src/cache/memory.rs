@@ -8,6 +8,9 @@
 //!
 //! Layout: `BTreeMap<tag, HashMap<entry, Slot>>` where tag is `route:urlhash` (ordered, so a
 //! route's entries are one range) and an LRU index `BTreeMap<tick, (tag, entry)>`.
+//! A slot also keeps the encoded copies of its body (`encoded.rs`), counted in its weight and
+//! dropped with it, or when a revalidation replaces its meta.
+//!
 //! Invariant: `bytes` is the sum of the weights of the slots present, and never exceeds the
 //! budget after an insert returns.
 
@@ -17,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::encoded::Source;
 use super::Stored;
+use crate::compress::Coding;
 use crate::metrics::Metrics;
 
 pub struct MemoryStorage {
@@ -38,6 +43,8 @@ struct Slot {
     internal: Vec<u8>,
     header: Vec<u8>,
     body: Bytes,
+    /// The body in other codings, made from `body` on hits that wanted them.
+    copies: Vec<(Coding, Bytes)>,
     expires: Instant,
     tick: u64,
     weight: usize,
@@ -63,7 +70,8 @@ impl MemoryStorage {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(&self, tag: &str, entry: &str) -> Option<Stored> {
+    /// The entry; its body is the copy in `want` when the entry has one.
+    pub fn get(&self, tag: &str, entry: &str, want: Option<Coding>) -> Option<Stored> {
         let mut inner = self.lock();
         let now = Instant::now();
         let expired = inner
@@ -79,10 +87,12 @@ impl MemoryStorage {
         let tick = inner.tick;
         let slot = inner.groups.get_mut(tag).and_then(|g| g.get_mut(entry))?;
         let old = std::mem::replace(&mut slot.tick, tick);
+        let copy = want.and_then(|c| slot.copies.iter().find(|(have, _)| *have == c));
         let stored = Stored {
             internal: slot.internal.clone(),
             header: slot.header.clone(),
-            body: slot.body.clone(),
+            body: copy.map_or_else(|| slot.body.clone(), |(_, b)| b.clone()),
+            encoded: copy.is_some(),
         };
         // A hit moves the entry's names to the new tick instead of copying them again.
         let names = inner
@@ -122,6 +132,7 @@ impl MemoryStorage {
                 internal: stored.internal,
                 header: stored.header,
                 body: stored.body,
+                copies: Vec::new(),
                 expires: Instant::now() + ttl,
                 tick,
                 weight,
@@ -148,13 +159,54 @@ impl MemoryStorage {
         let Some(slot) = inner.groups.get_mut(tag).and_then(|g| g.get_mut(entry)) else {
             return false;
         };
-        let old = slot.internal.len() + slot.header.len();
+        // A revalidation may change what the copies' headers would say: they go, and the
+        // next hits make them again.
+        let copies: usize = slot.copies.drain(..).map(|(_, b)| copy_weight(&b)).sum();
+        let old = slot.internal.len() + slot.header.len() + copies;
         let new = internal.len() + header.len();
         slot.internal = internal;
         slot.header = header;
         slot.expires = Instant::now() + ttl;
         slot.weight = slot.weight + new - old;
         inner.bytes = inner.bytes + new - old;
+        true
+    }
+
+    /// Keep `body` as the copy in `coding` of the entry `source` names, when that entry is
+    /// still the one it was made from (same internal meta) and has none yet; least recently
+    /// used entries make room.
+    pub(super) fn put_copy(&self, source: &Source, coding: Coding, body: Bytes) -> bool {
+        let weight = copy_weight(&body);
+        let mut inner = self.lock();
+        let Some(slot) = inner
+            .groups
+            .get_mut(&source.tag)
+            .and_then(|g| g.get_mut(&source.entry))
+        else {
+            return false;
+        };
+        if slot.internal != source.internal
+            || slot.copies.iter().any(|(have, _)| *have == coding)
+            || slot.weight + weight > self.budget
+        {
+            return false;
+        }
+        slot.copies.push((coding, body));
+        slot.weight += weight;
+        let tick = slot.tick;
+        inner.bytes += weight;
+        while inner.bytes > self.budget {
+            // Never the entry that just grew: it was used a moment ago.
+            let Some((&oldest, _)) = inner.lru.first_key_value() else {
+                break;
+            };
+            if oldest == tick {
+                break;
+            }
+            if let Some((_, (t, e))) = inner.lru.pop_first() {
+                inner.remove(&t, &e);
+            }
+        }
         true
     }
 
@@ -186,6 +238,11 @@ impl MemoryStorage {
     }
 }
 
+/// What a copy counts in the budget: its body and its place in the slot.
+fn copy_weight(body: &Bytes) -> usize {
+    body.len() + 16
+}
+
 impl Inner {
     fn remove(&mut self, tag: &str, entry: &str) -> bool {
         let Some(group) = self.groups.get_mut(tag) else {
@@ -212,6 +269,7 @@ mod tests {
             internal: vec![1; 10],
             header: vec![2; 10],
             body: Bytes::from(vec![3; n]),
+            encoded: false,
         }
     }
 
@@ -222,14 +280,14 @@ mod tests {
         let ttl = Duration::from_secs(60);
         assert!(m.put("r:a", "1", stored(900), ttl));
         assert!(m.put("r:b", "1", stored(900), ttl));
-        assert!(m.get("r:a", "1").is_some()); // a is now more recent than b
+        assert!(m.get("r:a", "1", None).is_some()); // a is now more recent than b
         assert!(m.put("r:c", "1", stored(900), ttl));
         assert!(m.put("r:d", "1", stored(900), ttl));
         assert!(
-            m.get("r:b", "1").is_none(),
+            m.get("r:b", "1", None).is_none(),
             "least recently used went first"
         );
-        assert!(m.get("r:a", "1").is_some());
+        assert!(m.get("r:a", "1", None).is_some());
         assert!(m.lock().bytes <= 3000);
         assert!(
             !m.put("r:e", "1", stored(5000), ttl),
@@ -244,7 +302,43 @@ mod tests {
         let metrics = Arc::new(Metrics::new(&Default::default()).expect("m"));
         let m = MemoryStorage::new(3000, metrics);
         assert!(m.put("r:a", "1", stored(10), Duration::ZERO));
-        assert!(m.get("r:a", "1").is_none());
+        assert!(m.get("r:a", "1", None).is_none());
         assert_eq!(m.lock().bytes, 0);
+    }
+
+    /// A copy is served to the coding that wants it, counts in the budget, and goes with its
+    /// entry's revalidation; a copy of an entry that was replaced meanwhile is refused.
+    #[test]
+    fn copies_belong_to_the_entry_they_were_made_from() {
+        let metrics = Arc::new(Metrics::new(&Default::default()).expect("m"));
+        let m = MemoryStorage::new(3000, metrics);
+        let ttl = Duration::from_secs(60);
+        assert!(m.put("r:a", "1", stored(900), ttl));
+        let source = Source {
+            tag: "r:a".into(),
+            entry: "1".into(),
+            internal: vec![1; 10],
+        };
+        let before = m.lock().bytes;
+        assert!(m.put_copy(&source, Coding::Gzip, Bytes::from_static(b"gz")));
+        assert!(
+            !m.put_copy(&source, Coding::Gzip, Bytes::from_static(b"gz")),
+            "one per coding"
+        );
+        assert_eq!(m.lock().bytes, before + 2 + 16);
+        let hit = m.get("r:a", "1", Some(Coding::Gzip)).expect("hit");
+        assert!(hit.encoded);
+        assert_eq!(&hit.body[..], b"gz");
+        let other = m.get("r:a", "1", Some(Coding::Br)).expect("hit");
+        assert!(!other.encoded);
+        assert_eq!(other.body.len(), 900);
+
+        assert!(m.put_meta("r:a", "1", vec![4; 10], vec![2; 10], ttl));
+        assert!(!m.get("r:a", "1", Some(Coding::Gzip)).expect("hit").encoded);
+        assert_eq!(m.lock().bytes, before, "the copy's bytes went with it");
+        assert!(
+            !m.put_copy(&source, Coding::Gzip, Bytes::from_static(b"gz")),
+            "made from the entry before its revalidation"
+        );
     }
 }

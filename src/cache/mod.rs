@@ -17,6 +17,7 @@
 //! given up), bounded by `lock_timeout`.
 
 mod config;
+mod encoded;
 mod key;
 mod memory;
 mod policy;
@@ -35,6 +36,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
+use crate::compress::Coding;
 use crate::metrics::Metrics;
 use crate::redis::Redis;
 use crate::routing::RouteConfig;
@@ -71,6 +73,8 @@ pub struct RequestState {
     not_modified: Option<ResponseHeader>,
     /// What `X-Cache` said (HIT, MISS, ...), for the access log.
     pub x_cache: Option<&'static str>,
+    /// The encoded copy this request wants, and the one it is making (`encoded.rs`).
+    copy: encoded::Collector,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,11 +203,25 @@ impl Cache {
 
     /// `cache_key_callback`: the key, carrying the policy's bounds and (Redis store) this
     /// request's claim ticket to the storage.
-    pub fn key(&self, session: &Session, state: &mut RequestState) -> Result<CacheKey> {
+    /// `coding`: what compression would encode a full response to this request in; a hit
+    /// gets the entry's copy in it when there is one (never for a range request: ranges are
+    /// cut from the identity body).
+    pub fn key(
+        &self,
+        session: &Session,
+        state: &mut RequestState,
+        coding: Option<Coding>,
+    ) -> Result<CacheKey> {
         let Some((route, policy)) = state.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "cache key without a policy");
         };
-        let mut key = request_key(route, session.req_header(), policy);
+        let req = session.req_header();
+        let mut key = request_key(route, req, policy);
+        if let (Some(coding), false) = (coding, req.headers.contains_key(http::header::RANGE)) {
+            let wanted = Arc::new(encoded::Wanted::new(coding));
+            key.extensions.insert(wanted.clone());
+            state.copy.wanted = Some(wanted);
+        }
         if matches!(self.store, CacheStorage::Redis(_)) {
             let n = self.claims.fetch_add(1, Ordering::Relaxed);
             let ticket = Arc::new(FillTicket::new(
@@ -322,6 +340,43 @@ impl Cache {
         let _ = resp.insert_header("x-cache", x_cache);
         let _ = resp.append_header("cache-status", status);
         state.x_cache = Some(x_cache);
+    }
+
+    /// `response_filter`, before compression: a response served from a stored copy gets the
+    /// header that describes the copy.
+    pub fn serve_copy(&self, session: &Session, resp: &mut ResponseHeader, state: &RequestState) {
+        let from_store = matches!(
+            session.cache.phase(),
+            CachePhase::Hit
+                | CachePhase::Stale
+                | CachePhase::StaleUpdating
+                | CachePhase::Revalidated
+                | CachePhase::RevalidatedNoCache(_)
+        );
+        if let (true, Some(wanted)) = (from_store, state.copy.wanted.as_ref()) {
+            wanted.apply(resp);
+        }
+    }
+
+    /// `response_filter`, after compression decided: an identity hit encoded in the wanted
+    /// coding is collected as the entry's copy.
+    pub fn begin_copy(&self, resp: &ResponseHeader, state: &mut RequestState) {
+        if let Some((_, policy)) = state.route.as_ref() {
+            let limit = policy.max_body_bytes;
+            state.copy.begin(resp, limit);
+        }
+    }
+
+    /// `response_body_filter`, after compression encoded the chunk.
+    pub fn copy_chunk(&self, body: Option<&bytes::Bytes>, end: bool, state: &mut RequestState) {
+        state.copy.chunk(body, end);
+    }
+
+    /// `logging`: a copy this request made is stored beside its entry.
+    pub async fn save_copy(&self, state: &mut RequestState) {
+        if let Some((source, coding, body)) = state.copy.take() {
+            self.store.put_copy(&source, coding, body).await;
+        }
     }
 
     /// The admin endpoint: how many entries went.

@@ -7,6 +7,14 @@
 //! (every variant and vary-header combination of it) one `UNLINK`, and purging a route or
 //! everything a `SCAN MATCH` under the prefix (never `KEYS`) with `UNLINK`, node by node.
 //!
+//! Encoded copies (`encoded.rs`) live in a second hash, `{store.key_prefix}cache-copy:{ROUTE:URLHASH}`
+//! (same slot), field `ENTRY:CODING:SHA1(meta and header)`: a copy is bound to the exact entry
+//! it was made from, so a fill or revalidation of the entry makes its copies unreachable at
+//! once without touching them, and the hash expires with the entry's retention; purges unlink
+//! the copy hashes with the entries. The lookup
+//! script returns the copy instead of the identity body when the request wants one and it is
+//! there.
+//!
 //! Replicas coordinate fills: a lookup runs one Lua script that reads the entry and, when it
 //! is absent, claims `{prefix}cache-fill:{ROUTE:URLHASH}:ENTRY` for this request (the value is
 //! the request's token, `PX lock_timeout`). The claimer fetches from the upstream; every other
@@ -45,8 +53,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redis::{Script, Value};
 
+use super::encoded::Source;
 use super::storage::FillTicket;
 use super::{PurgeError, Stored};
+use crate::compress::Coding;
 use crate::metrics::Metrics;
 use crate::redis::{Node, Redis};
 
@@ -60,9 +70,18 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 /// Read the entry; when absent, claim its fill for token ARGV[5] (or renew this request's own
 /// claim). Returns the three fields (a hit), 1 (claimed: this request fetches) or 0 (another
 /// request is fetching).
+/// With ARGV[6] a coding, the entry's copy in it (KEYS[3]) replaces the body, marked by a
+/// fourth element.
 const LOOKUP_OR_CLAIM: &str = r#"
-local v = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
-if v[1] and v[2] and v[3] then return v end
+local v = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2])
+if v[1] and v[2] then
+  if ARGV[6] ~= '' then
+    local c = redis.call('HGET', KEYS[3], ARGV[6] .. ':' .. redis.sha1hex(v[1] .. v[2]))
+    if c then return {v[1], v[2], c, 1} end
+  end
+  local b = redis.call('HGET', KEYS[1], ARGV[3])
+  if b then return {v[1], v[2], b} end
+end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[5] then return 0 end
 redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
@@ -76,6 +95,18 @@ if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4], ARGV[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('DEL', KEYS[2])
+return 1
+"#;
+
+/// Keep copy ARGV[4] of the entry whose meta field ARGV[1] still holds ARGV[2] (header field
+/// ARGV[5]), under coding ARGV[3], for as long as the entry is kept. Returns 1, or 0 when the entry changed or went.
+const PUT_COPY: &str = r#"
+local v = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[5])
+if not v[1] or not v[2] or v[1] ~= ARGV[2] then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[3] .. ':' .. redis.sha1hex(v[1] .. v[2]), ARGV[4])
+if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 1
 "#;
 
@@ -101,6 +132,7 @@ pub struct RedisStorage {
     metrics: Arc<Metrics>,
     lookup_or_claim: Script,
     update_meta: Script,
+    put_copy: Script,
     release: Script,
 }
 
@@ -111,6 +143,7 @@ impl RedisStorage {
             metrics,
             lookup_or_claim: Script::new(LOOKUP_OR_CLAIM),
             update_meta: Script::new(UPDATE_META),
+            put_copy: Script::new(PUT_COPY),
             release: Script::new(RELEASE),
         }
     }
@@ -122,6 +155,10 @@ impl RedisStorage {
 
     fn key(&self, tag: &str) -> String {
         self.redis.key(&format!("cache:{{{tag}}}"))
+    }
+
+    fn copy_key(&self, tag: &str) -> String {
+        self.redis.key(&format!("cache-copy:{{{tag}}}"))
     }
 
     fn fill_key(&self, tag: &str, entry: &str) -> String {
@@ -143,11 +180,15 @@ impl RedisStorage {
         entry: &str,
         wait: Duration,
         ticket: Option<&FillTicket>,
+        want: Option<Coding>,
     ) -> Option<Stored> {
         let Some(ticket) = ticket else {
             return self.read(tag, entry).await;
         };
-        match self.lookup_or_claim(tag, entry, wait, &ticket.token).await {
+        match self
+            .lookup_or_claim(tag, entry, wait, &ticket.token, want)
+            .await
+        {
             Found::Entry(stored) => return Some(stored),
             Found::Claimed => {
                 ticket.claimed(entry);
@@ -207,10 +248,19 @@ impl RedisStorage {
         stored(got)
     }
 
-    async fn lookup_or_claim(&self, tag: &str, entry: &str, wait: Duration, token: &str) -> Found {
+    async fn lookup_or_claim(
+        &self,
+        tag: &str,
+        entry: &str,
+        wait: Duration,
+        token: &str,
+        want: Option<Coding>,
+    ) -> Found {
         let key = self.key(tag);
         let fill = self.fill_key(tag, entry);
+        let copies = self.copy_key(tag);
         let fields = fields(entry);
+        let copy = want.map_or(String::new(), |c| copy_field(entry, c));
         let script = &self.lookup_or_claim;
         let found: Result<Value, _> = self
             .redis
@@ -218,15 +268,18 @@ impl RedisStorage {
                 script
                     .key(&key)
                     .key(&fill)
+                    .key(&copies)
                     .arg(&fields[..])
                     .arg(wait.as_millis().max(1) as u64)
                     .arg(token)
+                    .arg(&copy)
                     .invoke_async(&mut c)
                     .await
             })
             .await;
         match found {
             Ok(Value::Array(values)) => {
+                let encoded = values.len() == 4;
                 let got = values
                     .into_iter()
                     .map(|v| match v {
@@ -234,12 +287,40 @@ impl RedisStorage {
                         _ => None,
                     })
                     .collect();
-                stored(got).map_or(Found::Fetch, Found::Entry)
+                stored(got).map_or(Found::Fetch, |mut s| {
+                    s.encoded = encoded;
+                    Found::Entry(s)
+                })
             }
             Ok(Value::Int(0)) => Found::Busy,
             Ok(Value::Int(1)) => Found::Claimed,
             _ => Found::Fetch,
         }
+    }
+
+    /// Keep `body` as the copy in `coding` of the entry `source` names, if that entry is still
+    /// the one it was made from (PUT_COPY).
+    pub(super) async fn put_copy(&self, source: &Source, coding: Coding, body: Bytes) -> bool {
+        let key = self.key(&source.tag);
+        let copies = self.copy_key(&source.tag);
+        let [m, h, _] = fields(&source.entry);
+        let field = copy_field(&source.entry, coding);
+        let script = &self.put_copy;
+        self.redis
+            .call("cache_put_copy", |mut c| async move {
+                script
+                    .key(&key)
+                    .key(&copies)
+                    .arg(&m)
+                    .arg(&source.internal[..])
+                    .arg(&field)
+                    .arg(&body[..])
+                    .arg(&h)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await
+            .is_ok_and(|stored| stored == 1)
     }
 
     /// Give up the claim `token` holds (its request stored nothing), so waiters move on at
@@ -351,6 +432,7 @@ impl RedisStorage {
     /// Every entry of one URL: one `HLEN` + `UNLINK`, atomically.
     pub async fn purge_url(&self, tag: &str) -> Result<u64, PurgeError> {
         let key = self.key(tag);
+        let copies = self.copy_key(tag);
         let (fields, _): (u64, u64) = self
             .redis
             .call("cache_purge", |mut c| async move {
@@ -360,6 +442,7 @@ impl RedisStorage {
                     .arg(&key)
                     .cmd("UNLINK")
                     .arg(&key)
+                    .arg(&copies)
                     .query_async(&mut c)
                     .await
             })
@@ -371,16 +454,20 @@ impl RedisStorage {
     /// Every entry of one route (`Some`) or of the whole cache (`None`): `SCAN` + `UNLINK` on
     /// every node that holds keys (each cluster primary in turn).
     pub async fn purge_route(&self, route: Option<&str>) -> Result<u64, PurgeError> {
-        // Entries are `PREFIXcache:{ROUTE:HASH}`; fill claims (`PREFIXcache-fill:...`) are
-        // short-lived and left alone.
-        let pattern = format!(
-            "{}{}",
-            glob_escape(&self.redis.key("cache:")),
-            match route {
-                Some(r) => format!("{{{}:*", glob_escape(r)),
-                None => "*".into(),
-            }
-        );
+        // Entries are `PREFIXcache:{ROUTE:HASH}`, their copies `PREFIXcache-copy:{ROUTE:HASH}`
+        // (unlinked, not counted); fill claims (`PREFIXcache-fill:...`) are short-lived and
+        // left alone.
+        let pattern = |kind: &str| {
+            format!(
+                "{}{}",
+                glob_escape(&self.redis.key(kind)),
+                match route {
+                    Some(r) => format!("{{{}:*", glob_escape(r)),
+                    None => "*".into(),
+                }
+            )
+        };
+        let (entries, copies) = (pattern("cache:"), pattern("cache-copy:"));
         let nodes = self
             .redis
             .nodes()
@@ -388,7 +475,8 @@ impl RedisStorage {
             .map_err(|e| PurgeError::Store(e.to_string()))?;
         let mut purged = 0;
         for node in nodes {
-            purged += self.purge_node(&node, &pattern).await?;
+            purged += self.purge_node(&node, &entries).await?;
+            self.purge_node(&node, &copies).await?;
         }
         Ok(purged)
     }
@@ -447,6 +535,12 @@ fn fields(entry: &str) -> [String; 3] {
     ]
 }
 
+/// The start of the field of an entry's copy in `coding` (the script appends the SHA-1 of the
+/// entry's meta).
+fn copy_field(entry: &str, coding: Coding) -> String {
+    format!("{entry}:{}", coding.token())
+}
+
 /// The three fields of an entry, when all are there.
 fn stored(got: Vec<Option<Vec<u8>>>) -> Option<Stored> {
     let mut it = got.into_iter();
@@ -459,6 +553,7 @@ fn stored(got: Vec<Option<Vec<u8>>>) -> Option<Stored> {
         internal,
         header,
         body: Bytes::from(body),
+        encoded: false,
     })
 }
 

@@ -25,9 +25,11 @@ use pingora::cache::{CacheKey, CacheMeta};
 use pingora::prelude::*;
 
 use super::config::HARD_MAX_TTL;
+use super::encoded::{Source, Wanted};
 use super::memory::MemoryStorage;
 use super::redis::RedisStorage;
 use super::PurgeError;
+use crate::compress::Coding;
 
 /// The route policy's limits, carried in the cache key's extensions for the storage: how much
 /// body a fill may buffer, how long a lookup may wait for another request's fill, how long an
@@ -120,6 +122,9 @@ pub struct Stored {
     pub internal: Vec<u8>,
     pub header: Vec<u8>,
     pub body: Bytes,
+    /// A lookup's answer only: `body` is the entry's copy in the coding the request wanted
+    /// (see `encoded.rs`), not its identity body.
+    pub encoded: bool,
 }
 
 impl CacheStorage {
@@ -144,15 +149,31 @@ impl CacheStorage {
         }
     }
 
-    pub(super) async fn find(&self, key: &CacheKey) -> Option<Stored> {
+    /// The entry, with its copy in `want` as body when it has one.
+    pub(super) async fn find(&self, key: &CacheKey, want: Option<Coding>) -> Option<Stored> {
         let (tag, entry) = (&key.user_tag, key.combined());
         match self {
             CacheStorage::Redis(r) => {
                 let ticket = FillTicket::of(key);
-                r.find(tag, &entry, FillBounds::of(key).wait, ticket.as_deref())
-                    .await
+                r.find(
+                    tag,
+                    &entry,
+                    FillBounds::of(key).wait,
+                    ticket.as_deref(),
+                    want,
+                )
+                .await
             }
-            CacheStorage::Memory(m) => m.get(tag, &entry),
+            CacheStorage::Memory(m) => m.get(tag, &entry, want),
+        }
+    }
+
+    /// Keep `body`, the entry's body encoded in `coding`, beside the entry `source` names, if
+    /// that entry is still the one it was made from.
+    pub(super) async fn put_copy(&self, source: &Source, coding: Coding, body: Bytes) -> bool {
+        match self {
+            CacheStorage::Redis(r) => r.put_copy(source, coding, body).await,
+            CacheStorage::Memory(m) => m.put_copy(source, coding, body),
         }
     }
 
@@ -247,9 +268,21 @@ impl Storage for CacheStorage {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(stored) = self.find(key).await else {
+        let wanted = Wanted::of(key);
+        let Some(stored) = self.find(key, wanted.as_ref().map(|w| w.coding)).await else {
             return Ok(None);
         };
+        if let Some(wanted) = wanted {
+            if stored.encoded {
+                wanted.served_copy(stored.body.len());
+            } else {
+                wanted.served_identity(Source {
+                    tag: key.user_tag.clone(),
+                    entry: key.combined(),
+                    internal: stored.internal.clone(),
+                });
+            }
+        }
         match CacheMeta::deserialize(&stored.internal, &stored.header) {
             Ok(meta) => {
                 let end = stored.body.len();
@@ -427,6 +460,7 @@ impl HandleMiss for Fill {
             internal: self.internal,
             header: self.header,
             body: Bytes::from(self.body),
+            encoded: false,
         };
         if self
             .store

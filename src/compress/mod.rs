@@ -72,6 +72,16 @@ impl RequestState {
         }
     }
 
+    /// The coding a whole response to this request is encoded in when its type and size
+    /// qualify (what a cached copy of it must be in); `None` for HEAD and when the client
+    /// accepts none of the route's codings.
+    pub fn preferred(&self) -> Option<Coding> {
+        if self.head {
+            return None;
+        }
+        self.policy.as_ref()?.preferred(&self.accept)
+    }
+
     /// `response_filter`: decide, add `Vary`, rewrite the header, prepare the encoder.
     pub fn response(&mut self, resp: &mut ResponseHeader) {
         self.active = None;
@@ -155,4 +165,13 @@ impl RequestState {
             None => body,
         }
     }
+}
+
+/// The header of a body already encoded in `coding`, `len` bytes long (a cache hit served from
+/// an encoded copy): rewritten as a response compressed while it streams, with its exact
+/// length instead of chunked framing.
+pub fn encoded_header(resp: &mut ResponseHeader, coding: Coding, len: usize) {
+    rewrite_header(resp, Action::Compress(coding), false);
+    let _ = resp.insert_header(header::CONTENT_LENGTH, len);
+    add_vary(resp, "Accept-Encoding");
 }

@@ -239,6 +239,14 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The coding a client accepting `accept` gets a compressible response in, if any.
+    pub(super) fn preferred(&self, accept: &Accept) -> Option<Coding> {
+        if !self.enabled {
+            return None;
+        }
+        accept.choose(&self.order)
+    }
+
     pub fn new(c: &Config) -> Self {
         Self {
             enabled: c.enabled,

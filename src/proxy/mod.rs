@@ -112,7 +112,8 @@ impl ProxyHttp for Proxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        ctx.runtime.cache.key(session, &mut ctx.cache)
+        let coding = ctx.compress.preferred();
+        ctx.runtime.cache.key(session, &mut ctx.cache, coding)
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
@@ -317,17 +318,18 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// cache status and targeted cache fields -> security, CORS and request-id headers ->
-    /// compression decision (cache hits pass here too).
+    /// cache status and targeted cache fields -> a stored copy's header -> security, CORS and
+    /// request-id headers -> compression decision (cache hits pass here too) -> an identity
+    /// hit's encoding kept as the entry's copy.
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.runtime
-            .cache
-            .status_headers(session, upstream_response, &mut ctx.cache);
+        let cache = &ctx.runtime.cache;
+        cache.status_headers(session, upstream_response, &mut ctx.cache);
+        cache.serve_copy(session, upstream_response, &ctx.cache);
         respond::finish_headers(
             &ctx.runtime.headers,
             session.req_header(),
@@ -335,10 +337,14 @@ impl ProxyHttp for Proxy {
             upstream_response,
         );
         ctx.compress.response(upstream_response);
+        ctx.runtime
+            .cache
+            .begin_copy(upstream_response, &mut ctx.cache);
         Ok(())
     }
 
-    /// Encode the body chunk by chunk (synchronous; cache hits pass here too).
+    /// Encode the body chunk by chunk (synchronous; cache hits pass here too), collecting an
+    /// identity hit's encoding for the entry's copy.
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -347,6 +353,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         ctx.compress.body(body, end_of_stream, &self.metrics)?;
+        ctx.runtime
+            .cache
+            .copy_chunk(body.as_ref(), end_of_stream, &mut ctx.cache);
         Ok(None)
     }
 
@@ -354,6 +363,7 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.unfinished.finish();
         ctx.runtime.cache.release_claim(&ctx.cache).await;
+        ctx.runtime.cache.save_copy(&mut ctx.cache).await;
         let body_done = session.is_body_done();
         let elapsed = ctx.started.elapsed();
         let status = match session.response_written() {
