@@ -172,15 +172,21 @@ impl UrlKey {
         frame(&mut framed, path.as_bytes());
         frame(&mut framed, query.as_bytes());
         let hash = pingora::cache::key::hash_key(&framed);
-        Self {
-            query,
-            tag: format!("{route}:{}", hex(&hash)),
-        }
+        let mut tag = String::with_capacity(route.len() + 1 + 2 * hash.len());
+        tag.push_str(route);
+        tag.push(':');
+        push_hex(&mut tag, &hash);
+        Self { query, tag }
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Lower-case hex of `bytes` appended to `out` (on every cached request: no `format!` per byte).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +194,15 @@ mod tests {
     use super::*;
     use crate::cache::policy::tests::policy;
     use pingora::cache::key::CacheHashKey;
+
+    #[test]
+    fn hex_is_two_lower_case_digits_per_byte() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut out = String::new();
+        push_hex(&mut out, &bytes);
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(out, expected);
+    }
 
     #[test]
     fn query_is_normalised() {

@@ -19,8 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use pingora::http::ResponseHeader;
 
 use super::encoded::Source;
+use super::storage::decode_header;
 use super::Stored;
 use crate::compress::Coding;
 use crate::metrics::Metrics;
@@ -41,7 +43,10 @@ struct Inner {
 
 struct Slot {
     internal: Vec<u8>,
-    header: Vec<u8>,
+    /// Decoded once, when stored: a hit clones it instead of decoding Pingora's serialized form.
+    header: ResponseHeader,
+    /// The serialized header's length, as weighed.
+    header_len: usize,
     body: Bytes,
     /// The body in other codings, made from `body` on hits that wanted them.
     copies: Vec<(Coding, Bytes)>,
@@ -90,7 +95,8 @@ impl MemoryStorage {
         let copy = want.and_then(|c| slot.copies.iter().find(|(have, _)| *have == c));
         let stored = Stored {
             internal: slot.internal.clone(),
-            header: slot.header.clone(),
+            header: Vec::new(),
+            decoded: Some(Box::new(slot.header.clone())),
             body: copy.map_or_else(|| slot.body.clone(), |(_, b)| b.clone()),
             encoded: copy.is_some(),
         };
@@ -113,7 +119,11 @@ impl MemoryStorage {
         if weight > self.budget {
             return false;
         }
+        let Some(header) = decode_header(&stored.internal, &stored.header) else {
+            return false;
+        };
         let size = stored.body.len();
+        let header_len = stored.header.len();
         let mut inner = self.lock();
         inner.remove(tag, entry);
         while inner.bytes + weight > self.budget {
@@ -130,7 +140,8 @@ impl MemoryStorage {
             entry.to_string(),
             Slot {
                 internal: stored.internal,
-                header: stored.header,
+                header,
+                header_len,
                 body: stored.body,
                 copies: Vec::new(),
                 expires: Instant::now() + ttl,
@@ -155,6 +166,9 @@ impl MemoryStorage {
         header: Vec<u8>,
         ttl: Duration,
     ) -> bool {
+        let Some(decoded) = decode_header(&internal, &header) else {
+            return false;
+        };
         let mut inner = self.lock();
         let Some(slot) = inner.groups.get_mut(tag).and_then(|g| g.get_mut(entry)) else {
             return false;
@@ -162,10 +176,11 @@ impl MemoryStorage {
         // A revalidation may change what the copies' headers would say: they go, and the
         // next hits make them again.
         let copies: usize = slot.copies.drain(..).map(|(_, b)| copy_weight(&b)).sum();
-        let old = slot.internal.len() + slot.header.len() + copies;
+        let old = slot.internal.len() + slot.header_len + copies;
         let new = internal.len() + header.len();
         slot.internal = internal;
-        slot.header = header;
+        slot.header = decoded;
+        slot.header_len = header.len();
         slot.expires = Instant::now() + ttl;
         slot.weight = slot.weight + new - old;
         inner.bytes = inner.bytes + new - old;
@@ -264,10 +279,21 @@ impl Inner {
 mod tests {
     use super::*;
 
+    /// A real serialized meta (the store decodes the header when it stores it).
+    fn meta() -> (Vec<u8>, Vec<u8>) {
+        let now = std::time::SystemTime::now();
+        let header = ResponseHeader::build(200, None).expect("header");
+        pingora::cache::CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
+            .serialize()
+            .expect("serialize")
+    }
+
     fn stored(n: usize) -> Stored {
+        let (internal, header) = meta();
         Stored {
-            internal: vec![1; 10],
-            header: vec![2; 10],
+            internal,
+            header,
+            decoded: None,
             body: Bytes::from(vec![3; n]),
             encoded: false,
         }
@@ -278,11 +304,11 @@ mod tests {
         let metrics = Arc::new(Metrics::new(&Default::default()).expect("m"));
         let m = MemoryStorage::new(3000, metrics);
         let ttl = Duration::from_secs(60);
-        assert!(m.put("r:a", "1", stored(900), ttl));
-        assert!(m.put("r:b", "1", stored(900), ttl));
+        assert!(m.put("r:a", "1", stored(800), ttl));
+        assert!(m.put("r:b", "1", stored(800), ttl));
         assert!(m.get("r:a", "1", None).is_some()); // a is now more recent than b
-        assert!(m.put("r:c", "1", stored(900), ttl));
-        assert!(m.put("r:d", "1", stored(900), ttl));
+        assert!(m.put("r:c", "1", stored(800), ttl));
+        assert!(m.put("r:d", "1", stored(800), ttl));
         assert!(
             m.get("r:b", "1", None).is_none(),
             "least recently used went first"
@@ -313,12 +339,13 @@ mod tests {
         let metrics = Arc::new(Metrics::new(&Default::default()).expect("m"));
         let m = MemoryStorage::new(3000, metrics);
         let ttl = Duration::from_secs(60);
-        assert!(m.put("r:a", "1", stored(900), ttl));
+        let entry = stored(900);
         let source = Source {
             tag: "r:a".into(),
             entry: "1".into(),
-            internal: vec![1; 10],
+            internal: entry.internal.clone(),
         };
+        assert!(m.put("r:a", "1", entry, ttl));
         let before = m.lock().bytes;
         assert!(m.put_copy(&source, Coding::Gzip, Bytes::from_static(b"gz")));
         assert!(
@@ -333,7 +360,10 @@ mod tests {
         assert!(!other.encoded);
         assert_eq!(other.body.len(), 900);
 
-        assert!(m.put_meta("r:a", "1", vec![4; 10], vec![2; 10], ttl));
+        std::thread::sleep(Duration::from_millis(1100)); // a new `created` second
+        let (internal, header) = meta();
+        assert_ne!(internal, source.internal);
+        assert!(m.put_meta("r:a", "1", internal, header, ttl));
         assert!(!m.get("r:a", "1", Some(Coding::Gzip)).expect("hit").encoded);
         assert_eq!(m.lock().bytes, before, "the copy's bytes went with it");
         assert!(

@@ -552,6 +552,7 @@ fn stored(got: Vec<Option<Vec<u8>>>) -> Option<Stored> {
     Some(Stored {
         internal,
         header,
+        decoded: None,
         body: Bytes::from(body),
         encoded: false,
     })

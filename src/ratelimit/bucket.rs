@@ -35,6 +35,9 @@ pub struct Policy {
     pub refill: u64,
     /// `burst * cost`.
     pub capacity: u64,
+    /// This policy's item of `RateLimit-Policy` (`"name";q=burst;w=window`), made once: it is
+    /// the same on every response.
+    pub header_item: String,
 }
 
 impl Policy {
@@ -45,13 +48,15 @@ impl Policy {
         let burst = c.burst.unwrap_or(c.rate.count).max(1);
         let refill = c.rate.count.max(1);
         let capacity = burst.saturating_mul(cost);
+        let window_secs = capacity.div_ceil(refill).div_ceil(1_000_000).max(1);
         Self {
+            header_item: format!("\"{name}\";q={burst};w={window_secs}"),
             name: name.to_string(),
             key: c.key.clone(),
             routes: c.routes.clone(),
             report_only: c.report_only,
             burst,
-            window_secs: capacity.div_ceil(refill).div_ceil(1_000_000).max(1),
+            window_secs,
             cost,
             refill,
             capacity,

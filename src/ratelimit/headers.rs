@@ -5,6 +5,8 @@
 //! Phase: written from `finish_headers` (`response_filter` and `respond`), after the cache
 //! stored a response, so limit headers are never cached.
 
+use std::fmt::Write;
+
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 
@@ -56,24 +58,24 @@ impl Decision {
         if self.verdicts.is_empty() {
             return;
         }
-        let policy: Vec<String> = self
-            .verdicts
-            .iter()
-            .map(|v| {
-                format!(
-                    "\"{}\";q={};w={}",
-                    v.policy.name, v.policy.burst, v.policy.window_secs
-                )
-            })
-            .collect();
-        let state: Vec<String> = self
-            .verdicts
-            .iter()
-            .map(|v| format!("\"{}\";r={};t={}", v.policy.name, v.remaining, v.reset_secs))
-            .collect();
+        // One string per header, written in place (on every response of a limited route).
+        let mut policy = String::with_capacity(48 * self.verdicts.len());
+        let mut state = String::with_capacity(48 * self.verdicts.len());
+        for (i, v) in self.verdicts.iter().enumerate() {
+            if i > 0 {
+                policy.push_str(", ");
+                state.push_str(", ");
+            }
+            policy.push_str(&v.policy.header_item);
+            let _ = write!(
+                state,
+                "\"{}\";r={};t={}",
+                v.policy.name, v.remaining, v.reset_secs
+            );
+        }
         // Values are built from validated names and integers: always valid header values.
-        let _ = resp.insert_header("ratelimit-policy", policy.join(", "));
-        let _ = resp.insert_header("ratelimit", state.join(", "));
+        let _ = resp.insert_header("ratelimit-policy", policy);
+        let _ = resp.insert_header("ratelimit", state);
         if self.legacy_headers {
             let tightest = self
                 .verdicts
