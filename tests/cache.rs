@@ -138,10 +138,12 @@ fn hits_are_served_from_cache(store: Store) {
     assert!(m.contains(r#"rampart_cache_stored_bytes_total{route="kpis"}"#));
 
     if let Some(redis) = redis {
-        // Redis round trips: one HMGET per lookup (51 GETs + 1 HEAD), one MULTI per fill.
+        // Redis round trips: one MULTI per fill; one lookup script for the miss and one for
+        // the first hit, which the near tier keeps: the other 49 GETs, the HEAD and the range
+        // are answered in process (cache::near_tier_* below).
         assert!(
             m.contains(
-                r#"rampart_store_command_duration_seconds_count{backend="redis",op="cache_get"} 52"#
+                r#"rampart_store_command_duration_seconds_count{backend="redis",op="cache_get"} 2"#
             ),
             "{m}"
         );
@@ -528,7 +530,12 @@ fn redis_outage_becomes_misses_and_caching_resumes() {
     let up = kpi_origin();
     let mut redis = Redis::start();
     let port = redis.port;
-    let r = Rampart::start(&config(&up, Some(&redis), "ttl = \"60s\""));
+    // The Redis path itself, without the near tier (whose outage is near_tier_*'s).
+    let without_near = config(&up, Some(&redis), "ttl = \"60s\"").replace(
+        "[cache.policies.kpis]",
+        "[cache]\nlocal_bytes = 0\n[cache.policies.kpis]",
+    );
+    let r = Rampart::start(&without_near);
     r.get(KPIS);
     assert_eq!(x_cache(&r.get(KPIS)), "HIT");
     assert_eq!(up.count(), 1);
@@ -758,4 +765,83 @@ fn replicas_coordinate_fills_through_redis() {
         started.elapsed()
     );
     assert!(up.count() > 2, "uncacheable: each request fetched");
+}
+
+/// The near tier in front of Redis: a hot entry is served in process after its first hit (no
+/// round trip), a purge or an unsafe request through one replica reaches the other's tier
+/// within its epoch poll (100 ms; asserted within 1 s), and a Redis outage empties it (every
+/// request answered, misses within 1 s).
+#[test]
+fn near_tier_serves_hot_entries_and_purges_reach_every_replica() {
+    let up = kpi_origin();
+    let mut redis = Redis::start();
+    let conf = config(&up, Some(&redis), "ttl = \"60s\"");
+    let (a, b) = (Rampart::start(&conf), Rampart::start(&conf));
+    let n = |resp: &Response| resp.json()["n"].as_u64().unwrap_or(0);
+    let round_trips = |r: &Rampart| {
+        sample(
+            &r.metrics(),
+            r#"rampart_store_command_duration_seconds_count{backend="redis",op="cache_get"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+
+    assert_eq!(x_cache(&b.get(KPIS)), "MISS");
+    for _ in 0..21 {
+        let hit = b.get(KPIS);
+        assert_eq!(x_cache(&hit), "HIT");
+        assert_eq!(n(&hit), 1);
+    }
+    assert_eq!(
+        round_trips(&b),
+        2.0,
+        "the miss and the first hit; 20 from the near tier"
+    );
+    let hit = a.get(KPIS);
+    assert_eq!((x_cache(&hit), n(&hit)), ("HIT", 1), "shared through Redis");
+    assert_eq!(up.count(), 1);
+
+    // Purged through a: b's tier forgets it at its next epoch poll.
+    let purged = request(
+        a.admin,
+        "POST",
+        "/cache/purge",
+        &[("Content-Type", "application/json")],
+        Some(format!(r#"{{"url": "http://rampart.test{KPIS}"}}"#).as_bytes()),
+    );
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    let reached = |r: &Rampart, old: u64| {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if n(&r.get(KPIS)) != old {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    assert!(reached(&b, 1), "the purge reached b's near tier within 1 s");
+    let now = n(&a.get(KPIS));
+    assert!(now > 1, "a refilled after its own purge");
+
+    // An unsafe request through a invalidates the URL on b too.
+    let before = n(&b.get(KPIS));
+    let post = a.request("POST", KPIS, &[], Some(b"{}"));
+    assert_eq!(post.status, 200);
+    assert!(reached(&b, before), "the invalidation reached b within 1 s");
+
+    // Redis gone: answered, and misses once the outage is seen.
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut missed = false;
+    while Instant::now() < deadline && !missed {
+        let resp = b.get(KPIS);
+        assert_eq!(resp.status, 200);
+        missed = x_cache(&resp) == "MISS";
+    }
+    assert!(missed, "the near tier emptied within 1 s of the outage");
+    for _ in 0..5 {
+        let resp = b.get(KPIS);
+        assert_eq!((resp.status, x_cache(&resp)), (200, "MISS"));
+    }
 }

@@ -161,6 +161,8 @@ fn cache_entries_are_shared_and_purges_reach_every_primary() {
         "{}",
         resp.text()
     );
+    // procs[1]'s near tier learns of it at its next epoch poll (100 ms).
+    std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(x_cache(&get(procs[1].addr, &format!("{KPIS}?q=0"))), "MISS");
 
     // A route purge through one process removes that route's entries on every primary, and
@@ -168,6 +170,8 @@ fn cache_entries_are_shared_and_purges_reach_every_primary() {
     let resp = purge(&procs[1], r#"{"route": "kpis"}"#);
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.json()["purged"], 24, "{}", resp.text());
+    // The other processes' near tiers learn of it at their next epoch poll (100 ms).
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let left = cluster.keys("rampart:cache:*");
     assert!(
         left.keys()

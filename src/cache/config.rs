@@ -25,6 +25,10 @@ pub struct Config {
     /// Budget of the in-process store (used without `store.redis_url`), in bytes of bodies,
     /// headers and keys; least recently used entries go first.
     pub memory_bytes: usize,
+    /// With `store.redis_url`: budget of the near tier, fresh entries of the Redis store kept
+    /// in process so hot entries cost no round trip (purges reach every replica's within
+    /// 100 ms); 0 turns it off.
+    pub local_bytes: usize,
     /// `[cache.policies.NAME]`, referred to by `[[routes]] cache = "NAME"`.
     pub policies: BTreeMap<Name, PolicyConfig>,
 }
@@ -33,6 +37,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             memory_bytes: 64 * 1024 * 1024,
+            local_bytes: 16 * 1024 * 1024,
             policies: BTreeMap::new(),
         }
     }

@@ -30,7 +30,8 @@ use crate::metrics::Metrics;
 pub struct MemoryStorage {
     budget: usize,
     inner: Mutex<Inner>,
-    metrics: Arc<Metrics>,
+    /// `None`: the near tier in front of Redis (its bytes were counted when Redis stored them).
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Default)]
@@ -60,7 +61,17 @@ impl MemoryStorage {
         Self {
             budget,
             inner: Mutex::new(Inner::default()),
-            metrics,
+            metrics: Some(metrics),
+        }
+    }
+
+    /// A store whose writes are not counted in `rampart_cache_stored_bytes_total` (the near
+    /// tier: what it keeps was counted when Redis stored it).
+    pub(super) fn uncounted(budget: usize) -> Self {
+        Self {
+            budget,
+            inner: Mutex::new(Inner::default()),
+            metrics: None,
         }
     }
 
@@ -150,11 +161,13 @@ impl MemoryStorage {
             },
         );
         drop(inner);
-        let route = tag.split(':').next().unwrap_or("");
-        self.metrics
-            .cache_stored_bytes
-            .with_label_values(&[route])
-            .inc_by(size as u64);
+        if let Some(metrics) = &self.metrics {
+            let route = tag.split(':').next().unwrap_or("");
+            metrics
+                .cache_stored_bytes
+                .with_label_values(&[route])
+                .inc_by(size as u64);
+        }
         true
     }
 

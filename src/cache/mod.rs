@@ -20,6 +20,7 @@ mod config;
 mod encoded;
 mod key;
 mod memory;
+mod near;
 mod policy;
 mod redis;
 mod storage;
@@ -140,12 +141,13 @@ impl Cache {
         prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         let kept_store = running
             .map(|c| c.store)
-            .filter(|s| s.built_from(redis.as_ref(), config.memory_bytes));
+            .filter(|s| s.built_from(redis.as_ref(), config.memory_bytes, config.local_bytes));
         let store: &'static CacheStorage = match (kept_store, redis) {
             (Some(kept), _) => kept,
             (None, Some(r)) => Box::leak(Box::new(CacheStorage::Redis(RedisStorage::new(
                 r,
                 metrics.clone(),
+                config.local_bytes,
             )))),
             (None, None) => Box::leak(Box::new(CacheStorage::Memory(MemoryStorage::new(
                 config.memory_bytes,

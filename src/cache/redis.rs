@@ -54,6 +54,7 @@ use bytes::Bytes;
 use redis::{Script, Value};
 
 use super::encoded::Source;
+use super::near::Near;
 use super::storage::FillTicket;
 use super::{PurgeError, Stored};
 use crate::compress::Coding;
@@ -129,6 +130,8 @@ enum Found {
 
 pub struct RedisStorage {
     redis: Arc<Redis>,
+    /// Fresh entries kept in process (`[cache] local_bytes`; `None` when 0).
+    near: Option<Arc<Near>>,
     metrics: Arc<Metrics>,
     lookup_or_claim: Script,
     update_meta: Script,
@@ -137,8 +140,9 @@ pub struct RedisStorage {
 }
 
 impl RedisStorage {
-    pub fn new(redis: Arc<Redis>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(redis: Arc<Redis>, metrics: Arc<Metrics>, local_bytes: usize) -> Self {
         Self {
+            near: Near::new(local_bytes, redis.clone()),
             redis,
             metrics,
             lookup_or_claim: Script::new(LOOKUP_OR_CLAIM),
@@ -151,6 +155,11 @@ impl RedisStorage {
     /// The Redis store it uses.
     pub fn redis(&self) -> &Arc<Redis> {
         &self.redis
+    }
+
+    /// The near tier's budget (0: off).
+    pub fn local_bytes(&self) -> usize {
+        self.near.as_ref().map_or(0, |n| n.budget())
     }
 
     fn key(&self, tag: &str) -> String {
@@ -174,7 +183,31 @@ impl RedisStorage {
     /// A request's lookup: the entry; or, while another request (on any replica) fills it,
     /// the entry once it appears (waiting at most `wait`); or nothing: go upstream. Without a
     /// ticket (no claim token) the request never claims and never waits.
+    /// A fresh entry in the near tier is served from there; what Redis returns is offered to
+    /// it.
     pub(super) async fn find(
+        &self,
+        tag: &str,
+        entry: &str,
+        wait: Duration,
+        ticket: Option<&FillTicket>,
+        want: Option<Coding>,
+    ) -> Option<Stored> {
+        let Some(near) = self.near.as_ref() else {
+            return self.find_in_redis(tag, entry, wait, ticket, want).await;
+        };
+        if let Some(stored) = near.get(tag, entry, want) {
+            return Some(stored);
+        }
+        let snapshot = near.snapshot().await;
+        let found = self.find_in_redis(tag, entry, wait, ticket, want).await;
+        if let Some(stored) = found.as_ref() {
+            near.offer(tag, entry, want, stored, snapshot);
+        }
+        found
+    }
+
+    async fn find_in_redis(
         &self,
         tag: &str,
         entry: &str,
@@ -306,7 +339,9 @@ impl RedisStorage {
         let [m, h, _] = fields(&source.entry);
         let field = copy_field(&source.entry, coding);
         let script = &self.put_copy;
-        self.redis
+        let copy = body.clone();
+        let stored = self
+            .redis
             .call("cache_put_copy", |mut c| async move {
                 script
                     .key(&key)
@@ -314,13 +349,19 @@ impl RedisStorage {
                     .arg(&m)
                     .arg(&source.internal[..])
                     .arg(&field)
-                    .arg(&body[..])
+                    .arg(&copy[..])
                     .arg(&h)
                     .invoke_async::<i64>(&mut c)
                     .await
             })
             .await
-            .is_ok_and(|stored| stored == 1)
+            .is_ok_and(|stored| stored == 1);
+        if stored {
+            if let Some(near) = &self.near {
+                near.put_copy(source, coding, body);
+            }
+        }
+        stored
     }
 
     /// Give up the claim `token` holds (its request stored nothing), so waiters move on at
@@ -417,7 +458,8 @@ impl RedisStorage {
     pub async fn delete(&self, tag: &str, entry: &str) -> bool {
         let key = self.key(tag);
         let fields = fields(entry);
-        self.redis
+        let deleted = self
+            .redis
             .call("cache_delete", |mut c| async move {
                 redis::cmd("HDEL")
                     .arg(&key)
@@ -426,7 +468,33 @@ impl RedisStorage {
                     .await
             })
             .await
-            .is_ok_and(|n| n > 0)
+            .is_ok_and(|n| n > 0);
+        if deleted {
+            self.purged(|near| near.forget_url(tag)).await;
+        }
+        deleted
+    }
+
+    /// After a purge or invalidation: this replica's near tier forgets at once, the others
+    /// when they read the moved epoch ([`super::near::EPOCH_POLL`]).
+    async fn purged(&self, forget: impl FnOnce(&Near)) {
+        let Some(near) = self.near.as_ref() else {
+            return;
+        };
+        forget(near);
+        let key = Near::epoch_key(&self.redis);
+        let key = &key;
+        let bumped = self
+            .redis
+            .call("cache_epoch", |mut c| async move {
+                redis::cmd("INCR").arg(key).query_async::<u64>(&mut c).await
+            })
+            .await;
+        if let Err(e) = bumped {
+            // The others keep what they hold until it is no longer fresh (or their poll
+            // fails and empties their tier): say so.
+            log::warn!("cache purge could not reach the other replicas' near tiers: {e}");
+        }
     }
 
     /// Every entry of one URL: one `HLEN` + `UNLINK`, atomically.
@@ -448,6 +516,7 @@ impl RedisStorage {
             })
             .await
             .map_err(|e| PurgeError::Store(e.to_string()))?;
+        self.purged(|near| near.forget_url(tag)).await;
         Ok(fields / 3)
     }
 
@@ -478,6 +547,8 @@ impl RedisStorage {
             purged += self.purge_node(&node, &entries).await?;
             self.purge_node(&node, &copies).await?;
         }
+        let prefix = route.map_or(String::new(), |r| format!("{r}:"));
+        self.purged(|near| near.forget_prefix(&prefix)).await;
         Ok(purged)
     }
 

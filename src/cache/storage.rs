@@ -138,9 +138,12 @@ impl CacheStorage {
         &self,
         redis: Option<&Arc<crate::redis::Redis>>,
         memory_bytes: usize,
+        local_bytes: usize,
     ) -> bool {
         match (self, redis) {
-            (CacheStorage::Redis(r), Some(redis)) => Arc::ptr_eq(r.redis(), redis),
+            (CacheStorage::Redis(r), Some(redis)) => {
+                Arc::ptr_eq(r.redis(), redis) && r.local_bytes() == local_bytes
+            }
             (CacheStorage::Memory(m), None) => m.budget() == memory_bytes,
             _ => false,
         }
