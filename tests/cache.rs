@@ -60,7 +60,8 @@ pub(crate) fn x_cache(resp: &Response) -> &str {
     resp.header("x-cache").unwrap_or("(none)")
 }
 
-fn purge(r: &Rampart, body: &str) -> Response {
+/// `POST /cache/purge` on the admin listener.
+pub(crate) fn purge(r: &Rampart, body: &str) -> Response {
     request(
         r.admin,
         "POST",
@@ -802,13 +803,7 @@ fn near_tier_serves_hot_entries_and_purges_reach_every_replica() {
     assert_eq!(up.count(), 1);
 
     // Purged through a: b's tier forgets it at its next epoch poll.
-    let purged = request(
-        a.admin,
-        "POST",
-        "/cache/purge",
-        &[("Content-Type", "application/json")],
-        Some(format!(r#"{{"url": "http://rampart.test{KPIS}"}}"#).as_bytes()),
-    );
+    let purged = purge(&a, &format!(r#"{{"url": "http://rampart.test{KPIS}"}}"#));
     assert_eq!(purged.status, 200, "{}", purged.text());
     let reached = |r: &Rampart, old: u64| {
         let deadline = Instant::now() + Duration::from_secs(1);

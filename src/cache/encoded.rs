@@ -196,6 +196,13 @@ mod tests {
         assert!(not_modified.headers.get("content-encoding").is_none());
     }
 
+    fn collector(wanted: &Arc<Wanted>) -> Collector {
+        Collector {
+            wanted: Some(wanted.clone()),
+            ..Collector::default()
+        }
+    }
+
     /// Only a whole 200 in the wanted coding, made from an identity hit, becomes a copy, and
     /// never one past the limit.
     #[test]
@@ -206,10 +213,7 @@ mod tests {
         let chunk = Bytes::from_static(b"0123456789");
 
         // Not an identity hit (a miss, or the copy was served): nothing collected.
-        let mut c = Collector {
-            wanted: Some(wanted.clone()),
-            ..Collector::default()
-        };
+        let mut c = collector(&wanted);
         c.begin(&gz, 100);
         c.chunk(Some(&chunk), true);
         assert!(c.take().is_none());
@@ -218,37 +222,25 @@ mod tests {
         // Another coding than the wanted one: nothing.
         let mut br = gz.clone();
         br.insert_header("content-encoding", "br").expect("h");
-        let mut c = Collector {
-            wanted: Some(wanted.clone()),
-            ..Collector::default()
-        };
+        let mut c = collector(&wanted);
         c.begin(&br, 100);
         c.chunk(Some(&chunk), true);
         assert!(c.take().is_none());
 
         // Unfinished: nothing.
-        let mut c = Collector {
-            wanted: Some(wanted.clone()),
-            ..Collector::default()
-        };
+        let mut c = collector(&wanted);
         c.begin(&gz, 100);
         c.chunk(Some(&chunk), false);
         assert!(c.take().is_none());
 
         // Over the limit: nothing.
-        let mut c = Collector {
-            wanted: Some(wanted.clone()),
-            ..Collector::default()
-        };
+        let mut c = collector(&wanted);
         c.begin(&gz, 15);
         c.chunk(Some(&chunk), false);
         c.chunk(Some(&chunk), true);
         assert!(c.take().is_none());
 
-        let mut c = Collector {
-            wanted: Some(wanted),
-            ..Collector::default()
-        };
+        let mut c = collector(&wanted);
         c.begin(&gz, 100);
         c.chunk(Some(&chunk), false);
         c.chunk(None, true);

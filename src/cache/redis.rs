@@ -180,11 +180,8 @@ impl RedisStorage {
         !self.redis.should_try()
     }
 
-    /// A request's lookup: the entry; or, while another request (on any replica) fills it,
-    /// the entry once it appears (waiting at most `wait`); or nothing: go upstream. Without a
-    /// ticket (no claim token) the request never claims and never waits.
-    /// A fresh entry in the near tier is served from there; what Redis returns is offered to
-    /// it.
+    /// A request's lookup: a fresh entry in the near tier, else Redis's answer (offered to
+    /// the near tier).
     pub(super) async fn find(
         &self,
         tag: &str,
@@ -207,6 +204,9 @@ impl RedisStorage {
         found
     }
 
+    /// The entry in Redis; or, while another request (on any replica) fills it, the entry
+    /// once it appears (waiting at most `wait`); or nothing: go upstream. Without a ticket (no
+    /// claim token) the request never claims and never waits.
     async fn find_in_redis(
         &self,
         tag: &str,
