@@ -152,7 +152,14 @@ impl Limiter {
                     }
                     None => {
                         fallback = true;
-                        self.fell_back();
+                        if store.is_down() {
+                            self.fell_back();
+                        } else {
+                            // One slow answer, Redis still up: this request alone is decided
+                            // as configured; no outage is declared or logged, and the local
+                            // refusals stay (Redis has not forgotten its debts).
+                            log::debug!("ratelimit: one call past store.timeout; decided as on_store_error says");
+                        }
                         match self.on_store_error {
                             OnStoreError::Local => self.memory.charge(&policies, &charges),
                             OnStoreError::Allow | OnStoreError::Deny => {

@@ -88,6 +88,11 @@ impl RedisBuckets {
         }
     }
 
+    /// Whether Redis is in an outage (not merely slow on one call).
+    pub fn is_down(&self) -> bool {
+        self.redis.is_down()
+    }
+
     /// See [`Redis::should_try`].
     pub fn should_try(&self) -> bool {
         self.redis.should_try()
