@@ -138,6 +138,8 @@ pub struct Metrics {
     pub cache_lookups: IntCounterVec,
     /// `rampart_cache_stored_bytes_total{route}`.
     pub cache_stored_bytes: IntCounterVec,
+    /// `rampart_cache_near_hits_total{route}`.
+    pub cache_near_hits: IntCounterVec,
     /// `rampart_ratelimit_decisions_total{policy,outcome}`:
     /// allowed | limited | report_only_limited | fallback.
     pub ratelimit_decisions: IntCounterVec,
@@ -260,6 +262,11 @@ impl Metrics {
             cache_stored_bytes: counter(
                 "rampart_cache_stored_bytes_total",
                 "Response bytes written to the cache, by route.",
+                &["route"],
+            )?,
+            cache_near_hits: counter(
+                "rampart_cache_near_hits_total",
+                "Cache hits answered by the near tier in front of Redis (no round trip), by route.",
                 &["route"],
             )?,
             ratelimit_decisions: counter(

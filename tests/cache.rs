@@ -798,6 +798,14 @@ fn near_tier_serves_hot_entries_and_purges_reach_every_replica() {
         2.0,
         "the miss and the first hit; 20 from the near tier"
     );
+    assert_eq!(
+        sample(
+            &b.metrics(),
+            r#"rampart_cache_near_hits_total{route="kpis"}"#
+        ),
+        Some(20.0),
+        "counted as near hits"
+    );
     let hit = a.get(KPIS);
     assert_eq!((x_cache(&hit), n(&hit)), ("HIT", 1), "shared through Redis");
     assert_eq!(up.count(), 1);

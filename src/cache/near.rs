@@ -30,6 +30,7 @@ use super::encoded::Source;
 use super::memory::MemoryStorage;
 use super::Stored;
 use crate::compress::Coding;
+use crate::metrics::Metrics;
 use crate::redis::Redis;
 
 /// How often each replica reads the purge epoch: a purge on one replica reaches the others'
@@ -50,6 +51,7 @@ const UNKNOWN: u64 = u64::MAX;
 pub(super) struct Near {
     store: MemoryStorage,
     redis: Arc<Redis>,
+    metrics: Arc<Metrics>,
     /// The purge epoch last read from Redis, or [`UNKNOWN`].
     epoch: AtomicU64,
     polling: AtomicBool,
@@ -60,11 +62,16 @@ pub(super) struct Near {
 
 impl Near {
     /// `None` when `budget` is 0 (the tier is off).
-    pub(super) fn new(budget: usize, redis: Arc<Redis>) -> Option<Arc<Self>> {
+    pub(super) fn new(
+        budget: usize,
+        redis: Arc<Redis>,
+        metrics: Arc<Metrics>,
+    ) -> Option<Arc<Self>> {
         (budget > 0).then(|| {
             Arc::new(Self {
                 store: MemoryStorage::uncounted(budget),
                 redis,
+                metrics,
                 epoch: AtomicU64::new(UNKNOWN),
                 polling: AtomicBool::new(false),
                 used_ms: AtomicU64::new(0),
@@ -94,6 +101,18 @@ impl Near {
         if !self.polling.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().poll());
         }
+        let found = self.find(tag, entry, want);
+        if found.is_some() {
+            let route = tag.split(':').next().unwrap_or("");
+            self.metrics
+                .cache_near_hits
+                .with_label_values(&[route])
+                .inc();
+        }
+        found
+    }
+
+    fn find(&self, tag: &str, entry: &str, want: Option<Coding>) -> Option<Stored> {
         let found = self.store.get(tag, entry, want);
         let Some(coding) = want else {
             return found;
@@ -267,7 +286,7 @@ mod tests {
         let redis = Redis::from_config(&config, metrics.clone())
             .expect("redis")
             .expect("configured");
-        Near::new(1 << 20, redis).expect("on")
+        Near::new(1 << 20, redis, metrics).expect("on")
     }
 
     /// Only fresh entries, only while the epoch is known and unmoved since the read.
@@ -313,7 +332,7 @@ mod tests {
 
     #[test]
     fn off_at_zero_bytes() {
-        let redis = near().redis.clone();
-        assert!(Near::new(0, redis).is_none());
+        let n = near();
+        assert!(Near::new(0, n.redis.clone(), n.metrics.clone()).is_none());
     }
 }

@@ -142,7 +142,7 @@ pub struct RedisStorage {
 impl RedisStorage {
     pub fn new(redis: Arc<Redis>, metrics: Arc<Metrics>, local_bytes: usize) -> Self {
         Self {
-            near: Near::new(local_bytes, redis.clone()),
+            near: Near::new(local_bytes, redis.clone(), metrics.clone()),
             redis,
             metrics,
             lookup_or_claim: Script::new(LOOKUP_OR_CLAIM),
