@@ -130,7 +130,13 @@ impl MemoryStorage {
         if weight > self.budget {
             return false;
         }
-        let Some(header) = decode_header(&stored.internal, &stored.header) else {
+        // Decoded once here, unless the caller has already (the near tier decoded it to read
+        // its freshness).
+        let decoded = match stored.decoded {
+            Some(header) => Some(*header),
+            None => decode_header(&stored.internal, &stored.header),
+        };
+        let Some(header) = decoded else {
             return false;
         };
         let size = stored.body.len();

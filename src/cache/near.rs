@@ -96,9 +96,13 @@ impl Near {
         entry: &str,
         want: Option<Coding>,
     ) -> Option<Stored> {
+        // Reads first: both workers look up here on every hit, and a write per lookup would
+        // bounce the cache line between them (the value changes once per millisecond).
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.used_ms.store(now, Ordering::Relaxed);
-        if !self.polling.swap(true, Ordering::AcqRel) {
+        if self.used_ms.load(Ordering::Relaxed) != now {
+            self.used_ms.store(now, Ordering::Relaxed);
+        }
+        if !self.polling.load(Ordering::Acquire) && !self.polling.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().poll());
         }
         let found = self.find(tag, entry, want);
@@ -205,7 +209,7 @@ impl Near {
         let copy = Stored {
             internal: stored.internal.clone(),
             header: stored.header.clone(),
-            decoded: None,
+            decoded: Some(Box::new(meta.response_header_copy())),
             body: stored.body.clone(),
             encoded: false,
         };

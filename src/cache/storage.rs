@@ -157,21 +157,26 @@ impl CacheStorage {
     }
 
     /// The entry, with its copy in `want` as body when it has one.
-    pub(super) async fn find(&self, key: &CacheKey, want: Option<Coding>) -> Option<Stored> {
-        let (tag, entry) = (&key.user_tag, key.combined());
+    pub(super) async fn find(
+        &self,
+        key: &CacheKey,
+        entry: &str,
+        want: Option<Coding>,
+    ) -> Option<Stored> {
+        let tag = &key.user_tag;
         match self {
             CacheStorage::Redis(r) => {
                 let ticket = FillTicket::of(key);
                 r.find(
                     tag,
-                    &entry,
+                    entry,
                     FillBounds::of(key).wait,
                     ticket.as_deref(),
                     want,
                 )
                 .await
             }
-            CacheStorage::Memory(m) => m.get(tag, &entry, want),
+            CacheStorage::Memory(m) => m.get(tag, entry, want),
         }
     }
 
@@ -301,20 +306,12 @@ impl Storage for CacheStorage {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let wanted = Wanted::of(key);
-        let Some(stored) = self.find(key, wanted.as_ref().map(|w| w.coding)).await else {
+        // The entry's name, made once: the store's lookup and a copy's source both need it.
+        let entry = key.combined();
+        let want = wanted.as_ref().map(|w| w.coding);
+        let Some(stored) = self.find(key, &entry, want).await else {
             return Ok(None);
         };
-        if let Some(wanted) = wanted {
-            if stored.encoded {
-                wanted.served_copy(stored.body.len());
-            } else {
-                wanted.served_identity(Source {
-                    tag: key.user_tag.clone(),
-                    entry: key.combined(),
-                    internal: stored.internal.clone(),
-                });
-            }
-        }
         let meta = match stored.decoded {
             Some(header) => meta_with_header(&stored.internal, *header),
             None => CacheMeta::deserialize(&stored.internal, &stored.header),
@@ -322,6 +319,17 @@ impl Storage for CacheStorage {
         match meta {
             Ok(meta) => {
                 let end = stored.body.len();
+                if let Some(wanted) = wanted {
+                    if stored.encoded {
+                        wanted.served_copy(end);
+                    } else {
+                        wanted.served_identity(Source {
+                            tag: key.user_tag.clone(),
+                            entry,
+                            internal: stored.internal,
+                        });
+                    }
+                }
                 let hit: HitHandler = Box::new(Hit {
                     body: stored.body,
                     done: false,

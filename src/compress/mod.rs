@@ -158,8 +158,7 @@ impl RequestState {
         };
         match encode_once(c, policy.levels[c.index()], &body) {
             Some(out) => {
-                rewrite_header(resp, action, false);
-                let _ = resp.insert_header(header::CONTENT_LENGTH, out.len());
+                encoded_header(resp, c, out.len());
                 out
             }
             None => body,
@@ -167,9 +166,9 @@ impl RequestState {
     }
 }
 
-/// The header of a body already encoded in `coding`, `len` bytes long (a cache hit served from
-/// an encoded copy): rewritten as a response compressed while it streams, with its exact
-/// length instead of chunked framing.
+/// The header of a whole body encoded in `coding`, `len` bytes long (Rampart's own responses,
+/// and cache hits served from an encoded copy): rewritten as a response compressed while it
+/// streams, with its exact length instead of chunked framing.
 pub fn encoded_header(resp: &mut ResponseHeader, coding: Coding, len: usize) {
     rewrite_header(resp, Action::Compress(coding), false);
     let _ = resp.insert_header(header::CONTENT_LENGTH, len);

@@ -348,25 +348,12 @@ impl Redis {
             .store_duration
             .with_label_values(&[BACKEND, op])
             .observe(started.elapsed().as_secs_f64());
-        if !matches!(result, Err(Error::Timeout(_)))
-            && self.timeouts_in_a_row.load(Ordering::Relaxed) != 0
-        {
-            self.timeouts_in_a_row.store(0, Ordering::Relaxed);
-        }
         match &result {
-            Ok(_) if ends_outage => self.mark_up(),
-            Ok(_) => {}
-            Err(Error::Timeout(_))
-                if !self.is_down()
-                    && self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1
-                        < TIMEOUTS_FOR_OUTAGE =>
-            {
-                // A single slow answer: this call falls back, the store stays up.
-                log::debug!("redis {op} timed out (store still up)");
-                self.metrics
-                    .store_errors
-                    .with_label_values(&[BACKEND, op])
-                    .inc();
+            Ok(_) => {
+                self.reset_timeouts();
+                if ends_outage {
+                    self.mark_up();
+                }
             }
             Err(e) => {
                 log::debug!("redis {op} failed: {e}");
@@ -376,13 +363,36 @@ impl Redis {
                     .inc();
                 // A call that began before the last outage ended failed in that outage (it
                 // was in flight when a probe found Redis back): not the start of a new one.
-                if began_ms >= self.up_since_ms.load(Ordering::Relaxed) {
+                if self.starts_outage(e) && began_ms >= self.up_since_ms.load(Ordering::Relaxed) {
                     self.mark_down(op, e);
                 }
                 self.maybe_reconnect(RECONNECT_AFTER);
             }
         }
         result
+    }
+
+    /// The run of timeouts is over (Redis answered, or the failure is an outage of its own): a
+    /// read first, so answers do not write the shared counter each time.
+    fn reset_timeouts(&self) {
+        if self.timeouts_in_a_row.load(Ordering::Relaxed) != 0 {
+            self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this failure makes (or continues) an outage: any error, or the
+    /// [`TIMEOUTS_FOR_OUTAGE`]th timeout in a row; a single slow answer falls back for its
+    /// own call only.
+    fn starts_outage(&self, e: &Error) -> bool {
+        match e {
+            Error::Timeout(_) if !self.is_down() => {
+                self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_FOR_OUTAGE
+            }
+            Error::Timeout(_) | Error::Redis(_) => {
+                self.reset_timeouts();
+                true
+            }
+        }
     }
 
     /// The connection: the live one, or the outcome of making one (started here if no task is
@@ -523,5 +533,34 @@ impl BackgroundService for Redis {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the third timeout in a row, or any error, makes an outage; an answer or an error
+    /// ends the run of timeouts.
+    #[test]
+    fn an_outage_takes_three_timeouts_in_a_row_or_one_error() {
+        let metrics = Arc::new(Metrics::new(&Default::default()).expect("metrics"));
+        let config = Config {
+            redis_url: Some(RedisUrl::try_from("redis://127.0.0.1:1".to_string()).expect("url")),
+            ..Default::default()
+        };
+        let redis = Redis::from_config(&config, metrics)
+            .expect("redis")
+            .expect("configured");
+        let timeout = || Error::Timeout(Duration::from_millis(50));
+        assert!(!redis.starts_outage(&timeout()));
+        assert!(!redis.starts_outage(&timeout()));
+        redis.reset_timeouts(); // an answer
+        assert!(!redis.starts_outage(&timeout()));
+        assert!(!redis.starts_outage(&timeout()));
+        assert!(redis.starts_outage(&timeout()), "the third in a row");
+        let refused = Error::Redis(RedisError::from((ErrorKind::IoError, "refused")));
+        assert!(redis.starts_outage(&refused));
+        assert!(!redis.starts_outage(&timeout()), "the error ended the run");
     }
 }
