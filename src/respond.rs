@@ -149,10 +149,27 @@ pub async fn send(
     if must_close(session.req_header(), body_done) {
         session.set_keepalive(None);
     }
+    send_whole(session, resp, body).await
+}
+
+/// Write a whole response: its header, then its body (none for HEAD or an empty body). Used
+/// by [`send`] and for a fresh cache hit answered in `request_filter`. A failed write is the
+/// client's side (it went away, or stopped reading): logged as such, not as Rampart's error.
+pub async fn send_whole(
+    session: &mut Session,
+    header: ResponseHeader,
+    body: Bytes,
+) -> pingora::Result<()> {
     let head = session.req_header().method == Method::HEAD || body.is_empty();
-    session.write_response_header(Box::new(resp), head).await?;
+    session
+        .write_response_header(Box::new(header), head)
+        .await
+        .map_err(|e| e.into_down())?;
     if !head {
-        session.write_response_body(Some(body), true).await?;
+        session
+            .write_response_body(Some(body), true)
+            .await
+            .map_err(|e| e.into_down())?;
     }
     Ok(())
 }

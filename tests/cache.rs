@@ -178,6 +178,72 @@ fn hits_are_served_from_cache_memory() {
     hits_are_served_from_cache(Store::Memory);
 }
 
+/// A fresh, plain GET is answered early, in `request_filter`, from what this process holds
+/// (the in-process store, or the Redis store's near tier); a conditional GET on the same entry
+/// takes pingora-cache's full path. Both answers carry the same fields, the same values (bar
+/// the per-request ones) and the same body. (HEAD and ranges, which also take the full path,
+/// are in `hits_are_served_from_cache`.)
+fn early_hits_match_full_path_hits(store: Store) {
+    let up = kpi_origin();
+    let (r, _redis) = start(store, &up, "ttl = \"60s\"");
+    assert_eq!(x_cache(&r.get(KPIS)), "MISS");
+    // Redis: the first hit comes from Redis and is kept by the near tier for the next.
+    assert_eq!(x_cache(&r.get(KPIS)), "HIT");
+    let early = r.get(KPIS);
+    let full = r.request("GET", KPIS, &[("If-None-Match", "\"not-this-one\"")], None);
+    let what = format!("{store:?}");
+    for resp in [&early, &full] {
+        assert_eq!(resp.status, 200, "{what}");
+        assert_eq!(x_cache(resp), "HIT", "{what}");
+        let status = resp.header("cache-status").unwrap_or("");
+        assert!(status.starts_with("rampart; hit; ttl="), "{what}: {status}");
+    }
+    assert_eq!(early.body, full.body, "{what}");
+    let names = |resp: &Response| {
+        let mut names: Vec<String> = resp
+            .headers
+            .iter()
+            .map(|(k, _)| k.to_ascii_lowercase())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&early), names(&full), "{what}");
+    for name in [
+        "content-type",
+        "content-length",
+        "etag",
+        "vary",
+        "x-frame-options",
+        "x-content-type-options",
+        "x-xss-protection",
+    ] {
+        assert_eq!(early.header(name), full.header(name), "{what}: {name}");
+    }
+    assert_eq!(up.count(), 1, "{what}: one upstream request");
+    let m = r.metrics();
+    assert!(
+        m.contains(r#"rampart_cache_lookups_total{result="hit",route="kpis"} 3"#),
+        "{what}: {m}"
+    );
+    if matches!(store, Store::Redis) {
+        assert!(
+            m.contains(r#"rampart_cache_near_hits_total{route="kpis"} 2"#),
+            "{what}: the early hit and the full path's lookup, both from the near tier: {m}"
+        );
+    }
+}
+
+#[test]
+fn early_hits_match_full_path_hits_redis() {
+    early_hits_match_full_path_hits(Store::Redis);
+}
+
+#[test]
+fn early_hits_match_full_path_hits_memory() {
+    early_hits_match_full_path_hits(Store::Memory);
+}
+
 #[test]
 fn the_query_string_is_part_of_the_key() {
     let up = kpi_origin();

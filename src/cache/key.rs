@@ -9,7 +9,7 @@
 //! client).
 
 use http::header::HeaderValue;
-use pingora::cache::key::HashBinary;
+use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::{CacheKey, CacheMeta, VarianceBuilder};
 use pingora::http::RequestHeader;
 
@@ -180,6 +180,15 @@ impl UrlKey {
     }
 }
 
+/// The name of a key's entry within its URL's group: the hex of pingora's combined hash, as
+/// `CacheHashKey::combined` writes it, without its per-byte `format!` (on every lookup).
+pub(super) fn entry_name(key: &impl CacheHashKey) -> String {
+    let bin = key.combined_bin();
+    let mut name = String::with_capacity(2 * bin.len());
+    push_hex(&mut name, &bin);
+    name
+}
+
 /// Lower-case hex of `bytes` appended to `out` (on every cached request: no `format!` per byte).
 fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -202,6 +211,16 @@ mod tests {
         push_hex(&mut out, &bytes);
         let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn entry_names_are_pingoras_combined_keys() {
+        let p = policy();
+        let req = RequestHeader::build("GET", b"/x?a=1", None).expect("req");
+        let mut key = request_key("r", &req, &p);
+        assert_eq!(entry_name(&key), key.combined());
+        key.set_variance_key([7; 16]);
+        assert_eq!(entry_name(&key), key.combined());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
 use super::encoded::Source;
-use super::storage::decode_header;
+use super::storage::{decode_header, Times};
 use super::Stored;
 use crate::compress::Coding;
 use crate::metrics::Metrics;
@@ -48,6 +48,8 @@ struct Slot {
     header: ResponseHeader,
     /// The serialized header's length, as weighed.
     header_len: usize,
+    /// Read from `internal` when stored.
+    times: Times,
     body: Bytes,
     /// The body in other codings, made from `body` on hits that wanted them.
     copies: Vec<(Coding, Bytes)>,
@@ -110,6 +112,7 @@ impl MemoryStorage {
             decoded: Some(Box::new(slot.header.clone())),
             body: copy.map_or_else(|| slot.body.clone(), |(_, b)| b.clone()),
             encoded: copy.is_some(),
+            times: Some(slot.times),
         };
         // A hit moves the entry's names to the new tick instead of copying them again.
         let names = inner
@@ -136,7 +139,7 @@ impl MemoryStorage {
             Some(header) => Some(*header),
             None => decode_header(&stored.internal, &stored.header),
         };
-        let Some(header) = decoded else {
+        let (Some(header), Some(times)) = (decoded, Times::of(&stored.internal)) else {
             return false;
         };
         let size = stored.body.len();
@@ -159,6 +162,7 @@ impl MemoryStorage {
                 internal: stored.internal,
                 header,
                 header_len,
+                times,
                 body: stored.body,
                 copies: Vec::new(),
                 expires: Instant::now() + ttl,
@@ -185,7 +189,9 @@ impl MemoryStorage {
         header: Vec<u8>,
         ttl: Duration,
     ) -> bool {
-        let Some(decoded) = decode_header(&internal, &header) else {
+        let (Some(decoded), Some(times)) =
+            (decode_header(&internal, &header), Times::of(&internal))
+        else {
             return false;
         };
         let mut inner = self.lock();
@@ -199,6 +205,7 @@ impl MemoryStorage {
         let new = internal.len() + header.len();
         slot.internal = internal;
         slot.header = decoded;
+        slot.times = times;
         slot.header_len = header.len();
         slot.expires = Instant::now() + ttl;
         slot.weight = slot.weight + new - old;
@@ -315,6 +322,7 @@ mod tests {
             decoded: None,
             body: Bytes::from(vec![3; n]),
             encoded: false,
+            times: None,
         }
     }
 

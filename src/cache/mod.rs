@@ -30,14 +30,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, SystemTime};
 
+use bytes::Bytes;
 use http::Method;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use crate::compress::Coding;
+use crate::compress::{encoded_header, Coding};
 use crate::metrics::Metrics;
 use crate::redis::Redis;
 use crate::routing::RouteConfig;
@@ -52,7 +53,7 @@ pub use policy::Policy;
 use policy::TARGETED;
 pub use redis::RedisStorage;
 use storage::FillTicket;
-pub use storage::{CacheStorage, Stored};
+pub use storage::{CacheStorage, Stored, Times};
 
 // ---------------------------------------------------------------------------------------------
 // Per-request state
@@ -89,6 +90,29 @@ pub enum Purge {
     Route(String),
     All,
 }
+
+/// A fresh entry answered in `request_filter` ([`Cache::fresh_hit`]).
+pub struct FreshHit {
+    /// The stored header as a hit sends it; the fields every response gets are the caller's.
+    pub header: ResponseHeader,
+    /// The whole body (the copy, when the header says so).
+    pub body: Bytes,
+}
+
+/// Request fields that make a hit more than sending the stored entry whole: pingora-cache's
+/// full path handles them (ranges, conditional requests, credentials, a request body).
+const NOT_PLAIN: [http::header::HeaderName; 10] = [
+    http::header::RANGE,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+    http::header::IF_RANGE,
+    http::header::AUTHORIZATION,
+    http::header::COOKIE,
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+];
 
 /// The response cache shared by all workers: policies per route, the store, the cache lock.
 pub struct Cache {
@@ -328,13 +352,24 @@ impl Cache {
         resp: &mut ResponseHeader,
         state: &mut RequestState,
     ) {
+        let phase = session.cache.phase();
+        let fresh_until = session.cache.maybe_cache_meta().map(|m| m.fresh_until());
+        self.write_status(resp, state, |state| outcome(phase, fresh_until, state));
+    }
+
+    fn write_status(
+        &self,
+        resp: &mut ResponseHeader,
+        state: &mut RequestState,
+        outcome: impl FnOnce(&RequestState) -> (&'static str, String, &'static str),
+    ) {
         let Some((route, _)) = state.route.as_ref() else {
             return;
         };
         for name in TARGETED {
             resp.remove_header(name);
         }
-        let (x_cache, status, result) = outcome(session, state);
+        let (x_cache, status, result) = outcome(state);
         self.metrics
             .cache_lookups
             .with_label_values(&[route.as_str(), result])
@@ -342,6 +377,69 @@ impl Cache {
         let _ = resp.insert_header("x-cache", x_cache);
         let _ = resp.append_header("cache-status", status);
         state.x_cache = Some(x_cache);
+    }
+
+    /// `request_filter`, its last step: a plain GET whose entry this process holds fresh (the
+    /// in-process store, or the Redis store's near tier) is answered there, with the header a
+    /// hit through pingora-cache gets from `cache_hit_header` and [`Cache::status_headers`]
+    /// (`Age`, `X-Cache: HIT`, `Cache-Status`, a copy's fields). Pingora's cache state machine
+    /// (key, lookup, hit handler, range and conditional filters) was the largest part of a
+    /// hit's cost in perf; a fresh, whole, unconditional hit needs none of it. Everything else
+    /// returns `None` and takes that full path: HEAD, ranges, conditional requests,
+    /// credentials, a request body, a store known down, variants (`Vary`), stale or non-200
+    /// entries, and an identity entry this client would get compressed (`keeps_identity`
+    /// false: the full path compresses it and keeps the copy for the next hit).
+    pub fn fresh_hit(
+        &self,
+        req: &RequestHeader,
+        route: &Name,
+        coding: Option<Coding>,
+        keeps_identity: impl FnOnce(&ResponseHeader) -> bool,
+        state: &mut RequestState,
+    ) -> Option<FreshHit> {
+        let policy = self.policies.get(route)?;
+        if req.method != Method::GET
+            || NOT_PLAIN.iter().any(|name| req.headers.contains_key(name))
+            || self.store.unavailable()
+        {
+            return None;
+        }
+        let cache_key = request_key(route, req, policy);
+        let tag = &cache_key.user_tag;
+        let stored = self.store.held(tag, &key::entry_name(&cache_key), coding)?;
+        let mut header = *stored.decoded?;
+        let times = match stored.times {
+            Some(times) => times,
+            None => Times::of(&stored.internal)?,
+        };
+        if times.fresh_until < SystemTime::now()
+            || header.status != http::StatusCode::OK
+            || !key::vary_names(&header.headers).is_empty()
+            || (!stored.encoded && !keeps_identity(&header))
+        {
+            return None;
+        }
+        self.store.served_held(tag);
+        state.route = Some((route.clone(), policy.clone()));
+        let _ = header.insert_header(http::header::AGE, times.age().as_secs());
+        header.set_version(http::Version::HTTP_11);
+        if header.headers.contains_key(http::header::CONTENT_LENGTH) {
+            // As pingora's range filter marks a whole 200 it could have cut (nginx does too).
+            let _ = header.insert_header(http::header::ACCEPT_RANGES, "bytes");
+        } else {
+            // Where the full path would send chunks: the whole body is here, so its length.
+            let _ = header.insert_header(http::header::CONTENT_LENGTH, stored.body.len());
+        }
+        if let (true, Some(coding)) = (stored.encoded, coding) {
+            encoded_header(&mut header, coding, stored.body.len());
+        }
+        self.write_status(&mut header, state, |state| {
+            outcome(CachePhase::Hit, Some(times.fresh_until), state)
+        });
+        Some(FreshHit {
+            header,
+            body: stored.body,
+        })
     }
 
     /// `response_filter`, before compression: a response served from a stored copy gets the
@@ -468,7 +566,11 @@ pub fn should_serve_stale(state: &RequestState, error: Option<&Error>) -> bool {
 }
 
 /// (`X-Cache`, `Cache-Status` entry, metric result) for a request on a caching route.
-fn outcome(session: &Session, state: &RequestState) -> (&'static str, String, &'static str) {
+fn outcome(
+    phase: CachePhase,
+    fresh_until: Option<SystemTime>,
+    state: &RequestState,
+) -> (&'static str, String, &'static str) {
     if let Some(why) = state.bypass {
         return (
             "BYPASS",
@@ -484,14 +586,13 @@ fn outcome(session: &Session, state: &RequestState) -> (&'static str, String, &'
         );
     }
     let now = SystemTime::now();
-    let meta = session.cache.maybe_cache_meta();
     let remaining = || {
-        meta.map_or(0, |m| match m.fresh_until().duration_since(now) {
+        fresh_until.map_or(0, |f| match f.duration_since(now) {
             Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
         })
     };
-    match session.cache.phase() {
+    match phase {
         CachePhase::Hit => ("HIT", format!("rampart; hit; ttl={}", remaining()), "hit"),
         CachePhase::StaleUpdating => (
             "STALE",

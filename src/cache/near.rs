@@ -88,9 +88,25 @@ impl Near {
         redis.key("cache-epoch")
     }
 
-    /// A fresh entry kept here, with its copy in `want` when there is one. Starts the epoch
-    /// poll when it is not running (from a request's task: the runtime is there).
+    /// A fresh entry kept here, with its copy in `want` when there is one, counted as a near
+    /// hit.
     pub(super) fn get(
+        self: &Arc<Self>,
+        tag: &str,
+        entry: &str,
+        want: Option<Coding>,
+    ) -> Option<Stored> {
+        let found = self.held(tag, entry, want);
+        if found.is_some() {
+            self.count_hit(tag);
+        }
+        found
+    }
+
+    /// [`Near::get`] without counting: a request answered early (`Cache::fresh_hit`) counts
+    /// the hit only once it is sure to serve it. Starts the epoch poll when it is not running
+    /// (from a request's task: the runtime is there).
+    pub(super) fn held(
         self: &Arc<Self>,
         tag: &str,
         entry: &str,
@@ -105,15 +121,16 @@ impl Near {
         if !self.polling.load(Ordering::Acquire) && !self.polling.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().poll());
         }
-        let found = self.find(tag, entry, want);
-        if found.is_some() {
-            let route = tag.split(':').next().unwrap_or("");
-            self.metrics
-                .cache_near_hits
-                .with_label_values(&[route])
-                .inc();
-        }
-        found
+        self.find(tag, entry, want)
+    }
+
+    /// One hit served from the tier (`rampart_cache_near_hits_total{route}`).
+    pub(super) fn count_hit(&self, tag: &str) {
+        let route = tag.split(':').next().unwrap_or("");
+        self.metrics
+            .cache_near_hits
+            .with_label_values(&[route])
+            .inc();
     }
 
     fn find(&self, tag: &str, entry: &str, want: Option<Coding>) -> Option<Stored> {
@@ -212,6 +229,7 @@ impl Near {
             decoded: Some(Box::new(meta.response_header_copy())),
             body: stored.body.clone(),
             encoded: false,
+            times: None,
         };
         self.store.put(tag, entry, copy, fresh);
         // A purge that landed while this was stored: forget it.
@@ -275,6 +293,7 @@ mod tests {
             decoded: None,
             body: bytes::Bytes::from_static(b"body"),
             encoded: false,
+            times: None,
         }
     }
 

@@ -180,6 +180,18 @@ impl RedisStorage {
         !self.redis.should_try()
     }
 
+    /// A fresh entry of the near tier, if it holds one (not counted: see `Near::held`).
+    pub(super) fn near_held(&self, tag: &str, entry: &str, want: Option<Coding>) -> Option<Stored> {
+        self.near.as_ref()?.held(tag, entry, want)
+    }
+
+    /// One hit the near tier served (a request answered early).
+    pub(super) fn count_near_hit(&self, tag: &str) {
+        if let Some(near) = self.near.as_ref() {
+            near.count_hit(tag);
+        }
+    }
+
     /// A request's lookup: a fresh entry in the near tier, else Redis's answer (offered to
     /// the near tier).
     pub(super) async fn find(
@@ -626,6 +638,7 @@ fn stored(got: Vec<Option<Vec<u8>>>) -> Option<Stored> {
         decoded: None,
         body: Bytes::from(body),
         encoded: false,
+        times: None,
     })
 }
 

@@ -13,9 +13,9 @@
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration as StdDuration, SystemTime};
 
+use super::key::entry_name;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::cache::key::CacheHashKey;
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
     PurgeType, Storage,
@@ -129,6 +129,33 @@ pub struct Stored {
     /// A lookup's answer only: `body` is the entry's copy in the coding the request wanted
     /// (see `encoded.rs`), not its identity body.
     pub encoded: bool,
+    /// A lookup's answer from the in-process store: the entry's times, read when it was stored.
+    pub times: Option<Times>,
+}
+
+/// When a stored entry stops being fresh and the moment its age counts from: read once when
+/// the in-process store keeps the entry, so a hit answered early decodes nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Times {
+    pub fresh_until: SystemTime,
+    pub epoch: SystemTime,
+}
+
+impl Times {
+    pub(super) fn of(internal: &[u8]) -> Option<Self> {
+        let meta = meta_times(internal).ok()?;
+        Some(Self {
+            fresh_until: meta.fresh_until(),
+            epoch: meta.epoch(),
+        })
+    }
+
+    /// `Age` (RFC 9111 section 4.2.3), as pingora's `CacheMeta::age`.
+    pub fn age(&self) -> StdDuration {
+        SystemTime::now()
+            .duration_since(self.epoch)
+            .unwrap_or_default()
+    }
 }
 
 impl CacheStorage {
@@ -177,6 +204,23 @@ impl CacheStorage {
                 .await
             }
             CacheStorage::Memory(m) => m.get(tag, entry, want),
+        }
+    }
+
+    /// The entry when this process holds it, without a round trip: the in-process store's
+    /// entry, or a fresh one of the Redis store's near tier. A near-tier entry is counted as a
+    /// near hit by [`CacheStorage::served_held`], once it is served.
+    pub(super) fn held(&self, tag: &str, entry: &str, want: Option<Coding>) -> Option<Stored> {
+        match self {
+            CacheStorage::Redis(r) => r.near_held(tag, entry, want),
+            CacheStorage::Memory(m) => m.get(tag, entry, want),
+        }
+    }
+
+    /// A [`CacheStorage::held`] entry was served.
+    pub(super) fn served_held(&self, tag: &str) {
+        if let CacheStorage::Redis(r) = self {
+            r.count_near_hit(tag);
         }
     }
 
@@ -258,6 +302,14 @@ impl CacheStorage {
 /// Pingora wrote it, the header put in place without the zstd decode and parse a serialized one
 /// costs on every hit (12% of a memory-store hit's CPU in the profile, BENCHMARKS.md).
 fn meta_with_header(internal: &[u8], header: ResponseHeader) -> Result<CacheMeta> {
+    let mut meta = meta_times(internal)?;
+    *meta.response_header_mut() = header;
+    Ok(meta)
+}
+
+/// The meta of stored internal bytes with an empty header: its times (freshness, age) and
+/// stale windows, for a caller holding the decoded header already.
+pub(super) fn meta_times(internal: &[u8]) -> Result<CacheMeta> {
     static EMPTY: LazyLock<Option<Vec<u8>>> = LazyLock::new(|| {
         let now = SystemTime::now();
         let header = ResponseHeader::build(200, None).ok()?;
@@ -267,9 +319,7 @@ fn meta_with_header(internal: &[u8], header: ResponseHeader) -> Result<CacheMeta
     let Some(empty) = EMPTY.as_deref() else {
         return Error::e_explain(ErrorType::InternalError, "no serialized empty header");
     };
-    let mut meta = CacheMeta::deserialize(internal, empty)?;
-    *meta.response_header_mut() = header;
-    Ok(meta)
+    CacheMeta::deserialize(internal, empty)
 }
 
 /// The decoded header of a serialized one (the in-process store decodes once, at store time).
@@ -307,7 +357,7 @@ impl Storage for CacheStorage {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let wanted = Wanted::of(key);
         // The entry's name, made once: the store's lookup and a copy's source both need it.
-        let entry = key.combined();
+        let entry = entry_name(key);
         let want = wanted.as_ref().map(|w| w.coding);
         let Some(stored) = self.find(key, &entry, want).await else {
             return Ok(None);
@@ -357,7 +407,7 @@ impl Storage for CacheStorage {
         Ok(Box::new(Fill {
             store: self,
             tag: key.user_tag.clone(),
-            entry: key.combined(),
+            entry: entry_name(key),
             internal,
             header,
             ttl: retention(meta, bounds.keep),
@@ -375,7 +425,7 @@ impl Storage for CacheStorage {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let key = target.key();
-        Ok(if self.delete(&key.user_tag, &key.combined()).await {
+        Ok(if self.delete(&key.user_tag, &entry_name(key)).await {
             PurgeOutcome::Purged(None)
         } else {
             PurgeOutcome::NotFound
@@ -395,7 +445,7 @@ impl Storage for CacheStorage {
         Ok(self
             .put_meta(
                 &key.user_tag,
-                &key.combined(),
+                &entry_name(key),
                 internal,
                 header,
                 retention(meta, keep),
@@ -506,6 +556,7 @@ impl HandleMiss for Fill {
             decoded: None,
             body: Bytes::from(self.body),
             encoded: false,
+            times: None,
         };
         if self
             .store

@@ -82,6 +82,17 @@ impl RequestState {
         self.policy.as_ref()?.preferred(&self.accept)
     }
 
+    /// Whether a response with header `resp` goes to this client as it is (neither encoded
+    /// nor decoded).
+    pub fn keeps(&self, resp: &ResponseHeader) -> bool {
+        self.policy.as_ref().is_none_or(|policy| {
+            matches!(
+                decide(policy, &self.accept, self.head, resp).1,
+                Action::Keep
+            )
+        })
+    }
+
     /// `response_filter`: decide, add `Vary`, rewrite the header, prepare the encoder.
     pub fn response(&mut self, resp: &mut ResponseHeader) {
         self.active = None;

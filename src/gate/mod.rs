@@ -134,7 +134,12 @@ where
             self.open.fetch_sub(1, Ordering::Relaxed);
             // Over the overall limit nothing more is spent on the connection: it is closed.
             self.metrics.rejected(Reason::Connections.label());
-            limits::log_refusal(0, Reason::Connections, peer, "connection closed unanswered");
+            limits::log_refusal(
+                0,
+                Reason::Connections,
+                peer,
+                &"connection closed unanswered",
+            );
             return None;
         }
         self.metrics.connections_open.inc();
@@ -160,7 +165,7 @@ where
                     0,
                     Reason::ClientConnections,
                     peer,
-                    "HTTP/2 connection closed",
+                    &"HTTP/2 connection closed",
                 );
                 return None;
             }

@@ -412,7 +412,12 @@ const LOG_LINES_PER_SEC: u64 = 20;
 
 /// Log a refusal at info, throttled process-wide so a flood cannot flood the log too (the
 /// metric counts every one).
-pub fn log_refusal(status: u16, reason: Reason, client: Option<IpAddr>, request: &str) {
+pub fn log_refusal(
+    status: u16,
+    reason: Reason,
+    client: Option<IpAddr>,
+    request: &dyn std::fmt::Display,
+) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static WINDOW: AtomicU64 = AtomicU64::new(0);
     static LINES: AtomicU64 = AtomicU64::new(0);
@@ -431,7 +436,10 @@ pub fn log_refusal(status: u16, reason: Reason, client: Option<IpAddr>, request:
         SUPPRESSED.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let client = client.map_or_else(|| "-".to_string(), |c| c.to_string());
+    let client: &dyn std::fmt::Display = match &client {
+        Some(ip) => ip,
+        None => &"-",
+    };
     log::info!(
         "refused {status} {} from {client}: {request}",
         reason.label()

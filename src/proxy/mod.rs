@@ -48,7 +48,8 @@ impl ProxyHttp for Proxy {
 
     /// identify -> canonical path (400) -> public metrics? -> route (none: 404) -> the route's
     /// compression -> body size and client in-flight limits (413, 503) -> CORS preflight
-    /// (204/403) -> rate limits (429, or 503 under `deny`).
+    /// (204/403) -> rate limits (429, or 503 under `deny`) -> a fresh cache hit held in this
+    /// process, answered here.
     /// Each step may decide the answer itself; it is sent here, in one place.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.identify(session, ctx);
@@ -59,10 +60,14 @@ impl ProxyHttp for Proxy {
                 self.local_response(session.req_header(), ctx).await
             }
         };
-        let Some(local) = local else {
+        if let Some(local) = local {
+            respond::send(session, &ctx.runtime.headers, ctx, local).await?;
+            return Ok(true);
+        }
+        let Some(hit) = self.fresh_hit(session.req_header(), ctx) else {
             return Ok(false);
         };
-        respond::send(session, &ctx.runtime.headers, ctx, local).await?;
+        respond::send_whole(session, hit.header, hit.body).await?;
         Ok(true)
     }
 
@@ -394,7 +399,8 @@ impl ProxyHttp for Proxy {
         if let Some(reason) = ctx.limits.rejected {
             self.metrics.rejected(reason.label());
             let client = ctx.client.as_ref().and_then(|c| c.ip);
-            let what = format!("{} {}", req.method, req.uri.path().escape_debug());
+            // Formatted only when the line is written (refusals come in floods).
+            let what = format_args!("{} {}", req.method, req.uri.path().escape_debug());
             limits::log_refusal(status, reason, client, &what);
         }
         let access_log = &ctx.runtime.access_log;

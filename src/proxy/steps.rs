@@ -5,12 +5,13 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::ErrorSource;
 
+use crate::cache::FreshHit;
 use crate::client::Client;
 use crate::cors;
 use crate::ctx::Ctx;
 use crate::headers;
 use crate::metrics::{self};
-use crate::respond::LocalResponse;
+use crate::respond::{self, LocalResponse};
 use crate::runtime::Runtime;
 use crate::tls;
 
@@ -97,6 +98,25 @@ impl Proxy {
         });
         ctx.ratelimit = Some(decision);
         refusal
+    }
+
+    /// A fresh cache hit this process holds (`Cache::fresh_hit`), with what `response_filter`
+    /// adds to a hit after the cache status, in the same order: the headers every response
+    /// gets, then compression's decision (`Vary`; the body is sent as it is).
+    pub(super) fn fresh_hit(&self, req: &RequestHeader, ctx: &mut Ctx) -> Option<FreshHit> {
+        let route = ctx.route.as_ref()?;
+        let coding = ctx.compress.preferred();
+        let compress = &ctx.compress;
+        let mut hit = ctx.runtime.cache.fresh_hit(
+            req,
+            &route.name,
+            coding,
+            |header| compress.keeps(header),
+            &mut ctx.cache,
+        )?;
+        respond::finish_headers(&ctx.runtime.headers, req, ctx, &mut hit.header);
+        ctx.compress.response(&mut hit.header);
+        Some(hit)
     }
 
     /// `[metrics] public_path`: the metrics for allowed clients, 403 for the others.
