@@ -89,6 +89,60 @@ fn concurrent_burst_admits_exactly_the_limit_on_redis() {
     }
 }
 
+/// Requests that arrive while the limiter's script calls are in flight go to Redis together,
+/// and are decided as one script each would decide them. Redis is paused (`CLIENT PAUSE`)
+/// while 40 requests arrive at once: 20 clients of their own, and 20 from one client with a
+/// burst of 5. Every request is answered, exactly 5 of the one client's are admitted, and
+/// the 40 took a handful of scripts, not 40.
+#[test]
+fn concurrent_requests_share_limiter_round_trips() {
+    let redis = Redis::start();
+    let up = Upstream::named("ok");
+    let config = body(
+        &up,
+        Some(&redis.url()),
+        "[ratelimit.policies.p]\nrate = \"1/h\"\nburst = 5\n",
+    )
+    .replace("timeout = \"200ms\"", "timeout = \"3s\"");
+    let r = Rampart::start_with(&config, TRUSTED);
+    // Warm-up: connects and loads the script.
+    assert_eq!(get_as(r.addr, "/api/x", "192.0.2.200").status, 200);
+    let _: String = redis.cmd(&["CONFIG", "RESETSTAT"]);
+    let _: String = redis.cmd(&["CLIENT", "PAUSE", "500", "ALL"]);
+    let addr = r.addr;
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            let ip = if i % 2 == 0 {
+                format!("192.0.2.{}", i / 2 + 1)
+            } else {
+                "198.51.100.77".to_string()
+            };
+            std::thread::spawn(move || (i % 2 == 0, get_as(addr, "/api/x", &ip).status))
+        })
+        .collect();
+    let statuses: Vec<(bool, u16)> = threads
+        .into_iter()
+        .map(|t| t.join().expect("request thread"))
+        .collect();
+    let own: Vec<u16> = statuses.iter().filter(|s| s.0).map(|s| s.1).collect();
+    let shared: Vec<u16> = statuses.iter().filter(|s| !s.0).map(|s| s.1).collect();
+    assert_eq!(count(&own, 200), 20, "clients of their own: {own:?}");
+    assert_eq!(count(&shared, 200), 5, "one client, burst 5: {shared:?}");
+    assert_eq!(count(&shared, 429), 15, "{shared:?}");
+    let stats = redis.info("commandstats");
+    let calls: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    eprintln!("limiter scripts for 40 concurrent requests: {calls}");
+    assert!(
+        (1..=8).contains(&calls),
+        "{calls} scripts for 40 requests: {stats}"
+    );
+}
+
 fn spawn_rampart(body: &str) -> Process {
     spawn_rampart_logging(body, None)
 }

@@ -72,6 +72,20 @@ pub enum Error {
     Redis(#[from] RedisError),
 }
 
+impl Error {
+    /// The same failure again, for each of the requests one call served.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Error::Timeout(d) => Error::Timeout(*d),
+            Error::Redis(e) => Error::Redis(RedisError::from((
+                e.kind(),
+                "redis call failed",
+                e.to_string(),
+            ))),
+        }
+    }
+}
+
 /// A cheap-to-clone handle to a live connection (single node or cluster).
 #[derive(Clone)]
 pub enum Conn {
@@ -233,6 +247,11 @@ impl Redis {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// `store.timeout`: the longest any call may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Whether the last call failed (an outage is in progress).
