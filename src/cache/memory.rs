@@ -22,7 +22,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
 use super::encoded::Source;
-use super::storage::{decode_header, Times};
+use super::storage::{decode, Times};
 use super::Stored;
 use crate::compress::Coding;
 use crate::metrics::Metrics;
@@ -135,11 +135,11 @@ impl MemoryStorage {
         }
         // Decoded once here, unless the caller has already (the near tier decoded it to read
         // its freshness).
-        let decoded = match stored.decoded {
-            Some(header) => Some(*header),
-            None => decode_header(&stored.internal, &stored.header),
+        let decoded = match (stored.decoded, stored.times) {
+            (Some(header), Some(times)) => Some((*header, times)),
+            _ => decode(&stored.internal, &stored.header),
         };
-        let (Some(header), Some(times)) = (decoded, Times::of(&stored.internal)) else {
+        let Some((header, times)) = decoded else {
             return false;
         };
         let size = stored.body.len();
@@ -189,9 +189,7 @@ impl MemoryStorage {
         header: Vec<u8>,
         ttl: Duration,
     ) -> bool {
-        let (Some(decoded), Some(times)) =
-            (decode_header(&internal, &header), Times::of(&internal))
-        else {
+        let Some((decoded, times)) = decode(&internal, &header) else {
             return false;
         };
         let mut inner = self.lock();

@@ -77,6 +77,9 @@ pub struct RequestState {
     pub x_cache: Option<&'static str>,
     /// The encoded copy this request wants, and the one it is making (`encoded.rs`).
     copy: encoded::Collector,
+    /// The key [`Cache::fresh_hit`] made for a request it left to the full path, so
+    /// `cache_key_callback` does not make it again.
+    key: Option<CacheKey>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,7 +245,10 @@ impl Cache {
             return Error::e_explain(ErrorType::InternalError, "cache key without a policy");
         };
         let req = session.req_header();
-        let mut key = request_key(route, req, policy);
+        let mut key = match state.key.take() {
+            Some(key) => key,
+            None => request_key(route, req, policy),
+        };
         if let (Some(coding), false) = (coding, req.headers.contains_key(http::header::RANGE)) {
             let wanted = Arc::new(encoded::Wanted::new(coding));
             key.extensions.insert(wanted.clone());
@@ -405,21 +411,12 @@ impl Cache {
             return None;
         }
         let cache_key = request_key(route, req, policy);
-        let tag = &cache_key.user_tag;
-        let stored = self.store.held(tag, &key::entry_name(&cache_key), coding)?;
-        let mut header = *stored.decoded?;
-        let times = match stored.times {
-            Some(times) => times,
-            None => Times::of(&stored.internal)?,
-        };
-        if times.fresh_until < SystemTime::now()
-            || header.status != http::StatusCode::OK
-            || !key::vary_names(&header.headers).is_empty()
-            || (!stored.encoded && !keeps_identity(&header))
-        {
+        let Some((mut header, times, stored)) = self.held_fresh(&cache_key, coding, keeps_identity)
+        else {
+            state.key = Some(cache_key);
             return None;
-        }
-        self.store.served_held(tag);
+        };
+        self.store.served_held(&cache_key.user_tag);
         state.route = Some((route.clone(), policy.clone()));
         let _ = header.insert_header(http::header::AGE, times.age().as_secs());
         header.set_version(http::Version::HTTP_11);
@@ -440,6 +437,26 @@ impl Cache {
             header,
             body: stored.body,
         })
+    }
+
+    /// The entry this process holds for `key` when it can be sent whole as it is: fresh, a 200
+    /// without variants, and either the copy in `coding` or an identity body this client gets
+    /// as it is. Its header and times are taken out of it.
+    fn held_fresh(
+        &self,
+        key: &CacheKey,
+        coding: Option<Coding>,
+        keeps_identity: impl FnOnce(&ResponseHeader) -> bool,
+    ) -> Option<(ResponseHeader, Times, Stored)> {
+        let mut stored = self
+            .store
+            .held(&key.user_tag, &key::entry_name(key), coding)?;
+        let (header, times) = (*stored.decoded.take()?, stored.times?);
+        let sendable = times.fresh_until >= SystemTime::now()
+            && header.status == http::StatusCode::OK
+            && key::vary_names(&header.headers).is_empty()
+            && (stored.encoded || keeps_identity(&header));
+        sendable.then_some((header, times, stored))
     }
 
     /// `response_filter`, before compression: a response served from a stored copy gets the

@@ -28,7 +28,7 @@ use pingora::cache::CacheMeta;
 
 use super::encoded::Source;
 use super::memory::MemoryStorage;
-use super::Stored;
+use super::{Stored, Times};
 use crate::compress::Coding;
 use crate::metrics::Metrics;
 use crate::redis::Redis;
@@ -229,7 +229,7 @@ impl Near {
             decoded: Some(Box::new(meta.response_header_copy())),
             body: stored.body.clone(),
             encoded: false,
-            times: None,
+            times: Some(Times::of(&meta)),
         };
         self.store.put(tag, entry, copy, fresh);
         // A purge that landed while this was stored: forget it.

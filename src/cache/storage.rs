@@ -129,7 +129,8 @@ pub struct Stored {
     /// A lookup's answer only: `body` is the entry's copy in the coding the request wanted
     /// (see `encoded.rs`), not its identity body.
     pub encoded: bool,
-    /// A lookup's answer from the in-process store: the entry's times, read when it was stored.
+    /// The entry's times, with `decoded`: what the in-process store answers a lookup with,
+    /// and what the near tier hands it, having read them already.
     pub times: Option<Times>,
 }
 
@@ -142,12 +143,11 @@ pub struct Times {
 }
 
 impl Times {
-    pub(super) fn of(internal: &[u8]) -> Option<Self> {
-        let meta = meta_times(internal).ok()?;
-        Some(Self {
+    pub(super) fn of(meta: &CacheMeta) -> Self {
+        Self {
             fresh_until: meta.fresh_until(),
             epoch: meta.epoch(),
-        })
+        }
     }
 
     /// `Age` (RFC 9111 section 4.2.3), as pingora's `CacheMeta::age`.
@@ -302,14 +302,6 @@ impl CacheStorage {
 /// Pingora wrote it, the header put in place without the zstd decode and parse a serialized one
 /// costs on every hit (12% of a memory-store hit's CPU in the profile, BENCHMARKS.md).
 fn meta_with_header(internal: &[u8], header: ResponseHeader) -> Result<CacheMeta> {
-    let mut meta = meta_times(internal)?;
-    *meta.response_header_mut() = header;
-    Ok(meta)
-}
-
-/// The meta of stored internal bytes with an empty header: its times (freshness, age) and
-/// stale windows, for a caller holding the decoded header already.
-pub(super) fn meta_times(internal: &[u8]) -> Result<CacheMeta> {
     static EMPTY: LazyLock<Option<Vec<u8>>> = LazyLock::new(|| {
         let now = SystemTime::now();
         let header = ResponseHeader::build(200, None).ok()?;
@@ -319,14 +311,16 @@ pub(super) fn meta_times(internal: &[u8]) -> Result<CacheMeta> {
     let Some(empty) = EMPTY.as_deref() else {
         return Error::e_explain(ErrorType::InternalError, "no serialized empty header");
     };
-    CacheMeta::deserialize(internal, empty)
+    let mut meta = CacheMeta::deserialize(internal, empty)?;
+    *meta.response_header_mut() = header;
+    Ok(meta)
 }
 
-/// The decoded header of a serialized one (the in-process store decodes once, at store time).
-pub(super) fn decode_header(internal: &[u8], header: &[u8]) -> Option<ResponseHeader> {
-    CacheMeta::deserialize(internal, header)
-        .ok()
-        .map(|m| m.response_header_copy())
+/// The decoded header and times of a serialized meta (the in-process store decodes once, at
+/// store time).
+pub(super) fn decode(internal: &[u8], header: &[u8]) -> Option<(ResponseHeader, Times)> {
+    let meta = CacheMeta::deserialize(internal, header).ok()?;
+    Some((meta.response_header_copy(), Times::of(&meta)))
 }
 
 /// How long a store keeps an entry: freshness plus the longest of its stale windows and, when

@@ -296,7 +296,10 @@ impl RedisBuckets {
             Ok(Ok(Message::Decided(decided))) => decided,
             Ok(Ok(Message::Send { turn, earlier, own })) => self.send(turn, earlier, own).await,
             // Its batch was dropped (the request sending it was cancelled).
-            Ok(Err(_)) => Err(shape_error()),
+            Ok(Err(_)) => Err(Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "ratelimit batch dropped before it was answered",
+            )))),
             Err(_) => Err(Error::Timeout(timeout)),
         }
     }
