@@ -129,18 +129,91 @@ fn concurrent_requests_share_limiter_round_trips() {
     assert_eq!(count(&own, 200), 20, "clients of their own: {own:?}");
     assert_eq!(count(&shared, 200), 5, "one client, burst 5: {shared:?}");
     assert_eq!(count(&shared, 429), 15, "{shared:?}");
-    let stats = redis.info("commandstats");
-    let calls: usize = stats
+    let calls = script_calls(&redis);
+    eprintln!("limiter scripts for 40 concurrent requests: {calls}");
+    assert!((1..=8).contains(&calls), "{calls} scripts for 40 requests");
+}
+
+/// `EVALSHA` calls Redis counted since the last `CONFIG RESETSTAT`.
+fn script_calls(redis: &Redis) -> usize {
+    redis
+        .info("commandstats")
         .lines()
         .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    eprintln!("limiter scripts for 40 concurrent requests: {calls}");
-    assert!(
-        (1..=8).contains(&calls),
-        "{calls} scripts for 40 requests: {stats}"
+        .unwrap_or(0)
+}
+
+/// A leased policy (`lease = 10`, burst 100) on two replicas sharing Redis: tokens are taken
+/// ten at a time while the bucket is more than half full and one by one after, so 150
+/// requests alternating between the replicas admit exactly the 100 the bucket holds, with far
+/// fewer scripts than requests; both replicas refuse afterwards.
+#[test]
+fn leased_tokens_admit_exactly_the_bucket_across_replicas() {
+    let redis = Redis::start();
+    let up = Upstream::named("ok");
+    let config = body(
+        &up,
+        Some(&redis.url()),
+        "[ratelimit.policies.fast]\nrate = \"100/h\"\nburst = 100\nlease = 10\n",
     );
+    let procs: Vec<Process> = (0..2).map(|_| spawn_rampart(&config)).collect();
+    // Warm-up on another client: connects and loads the script.
+    for p in &procs {
+        assert_eq!(get_as(p.addr, "/api/x", "192.0.2.250").status, 200);
+    }
+    let _: String = redis.cmd(&["CONFIG", "RESETSTAT"]);
+    let statuses: Vec<u16> = (0..150)
+        .map(|i| get_as(procs[i % 2].addr, "/api/x", "203.0.113.60").status)
+        .collect();
+    assert_eq!(count(&statuses, 200), 100, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 50, "{statuses:?}");
+    assert!(
+        statuses[..100].iter().all(|s| *s == 200),
+        "admitted first, then refused: {statuses:?}"
+    );
+    let calls = script_calls(&redis);
+    eprintln!("limiter scripts for 150 requests with lease = 10: {calls}");
+    // Five leases below half the bucket, then one script per request to the limit, then each
+    // replica learns the refusal once: 57 (more if a lease expires unspent on a slow
+    // machine); without leases 102.
+    assert!((7..=80).contains(&calls), "{calls} scripts");
+    for p in &procs {
+        assert_eq!(get_as(p.addr, "/api/x", "203.0.113.60").status, 429);
+    }
+}
+
+/// What a lease did not spend goes back to the bucket with the replica's next call: replica
+/// A takes a lease of 10 for one request, lets it expire, and on its next request gives the
+/// 9 back (and takes a new lease). Replica B then gets exactly what is left, 100 - 2 - 9
+/// held by A = 89 (80 had the 9 not come back).
+#[test]
+fn unspent_lease_tokens_go_back_to_the_bucket() {
+    let redis = Redis::start();
+    let up = Upstream::named("ok");
+    let config = body(
+        &up,
+        Some(&redis.url()),
+        "[ratelimit.policies.fast]\nrate = \"100/h\"\nburst = 100\nlease = 10\n",
+    );
+    let (a, b) = (spawn_rampart(&config), spawn_rampart(&config));
+    let ip = "203.0.113.61";
+    assert_eq!(get_as(a.addr, "/api/x", ip).status, 200);
+    // Past the lease's lifetime (100 ms).
+    std::thread::sleep(Duration::from_millis(250));
+    let second = get_as(a.addr, "/api/x", ip);
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        second.header("ratelimit"),
+        Some("\"fast\";r=98;t=72"),
+        "remaining as if each request took one token"
+    );
+    let statuses: Vec<u16> = (0..120)
+        .map(|_| get_as(b.addr, "/api/x", ip).status)
+        .collect();
+    assert_eq!(count(&statuses, 200), 89, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 31, "{statuses:?}");
 }
 
 fn spawn_rampart(body: &str) -> Process {

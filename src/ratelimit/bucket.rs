@@ -25,6 +25,8 @@ pub struct Policy {
     /// Route names; empty: every route.
     pub routes: Vec<Name>,
     pub report_only: bool,
+    /// Tokens a replica takes at once on Redis (0: one per request); see `lease`.
+    pub lease: u64,
     /// Tokens the bucket holds (the `q` of `RateLimit-Policy`).
     pub burst: u64,
     /// Seconds a drained bucket takes to fill (the `w` of `RateLimit-Policy`).
@@ -55,6 +57,7 @@ impl Policy {
             key: c.key.clone(),
             routes: c.routes.clone(),
             report_only: c.report_only,
+            lease: c.lease,
             burst,
             window_secs,
             cost,
@@ -172,6 +175,7 @@ mod tests {
                 key: Key::Ip,
                 routes: Vec::new(),
                 report_only,
+                lease: 0,
             },
         )
     }

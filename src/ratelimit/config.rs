@@ -69,6 +69,10 @@ pub struct PolicyConfig {
     /// Count and report, never reject.
     #[serde(default)]
     pub report_only: bool,
+    /// Tokens a replica may take from the shared bucket at once and spend locally (0: every
+    /// request asks Redis). For high-rate policies only; see `ratelimit::lease`.
+    #[serde(default)]
+    pub lease: u64,
 }
 
 /// `count` tokens per `period`.
@@ -204,6 +208,16 @@ impl Config {
                     "burst times the period (in microseconds) must stay below 2^52",
                 ));
             }
+            if p.lease == 1 || p.lease > burst / 4 || (p.lease > 0 && p.report_only) {
+                return Err(Invalid::new(
+                    format!("{at}.lease"),
+                    format!(
+                        "0 (off) or 2 to a quarter of the burst ({}) tokens, on a policy that \
+                         is not report_only",
+                        burst / 4
+                    ),
+                ));
+            }
             for (i, route) in p.routes.iter().enumerate() {
                 if !route_names.contains(&route.as_str()) {
                     return Err(Invalid::new(
@@ -238,6 +252,41 @@ mod tests {
         assert_eq!(r.period.as_secs(), 60);
         for bad in ["10", "0/s", "x/s", "10/parsec", "10/0s"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    /// `lease`: off, or 2 tokens to a quarter of the burst, on an enforcing policy.
+    #[test]
+    fn leases_are_checked() {
+        let config = |lease: u64, report_only: bool| Config {
+            policies: [(
+                Name::from_static("p"),
+                PolicyConfig {
+                    rate: "1000/s".parse().expect("rate"),
+                    burst: Some(100),
+                    key: Key::Ip,
+                    routes: Vec::new(),
+                    report_only,
+                    lease,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Config::default()
+        };
+        for ok in [0, 2, 25] {
+            assert!(config(ok, false).validate(&[]).is_ok(), "lease {ok}");
+        }
+        for (lease, report_only) in [(1, false), (26, false), (10, true)] {
+            let e = config(lease, report_only)
+                .validate(&[])
+                .expect_err("refused");
+            assert_eq!(e.key, "policies.p.lease", "lease {lease}");
+            assert!(
+                e.message.contains("a quarter of the burst (25)"),
+                "{}",
+                e.message
+            );
         }
     }
 

@@ -139,6 +139,7 @@ mod tests {
                 key: Key::Ip,
                 routes: Vec::new(),
                 report_only: false,
+                lease: 0,
             },
         )
     }

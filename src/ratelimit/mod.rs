@@ -6,7 +6,9 @@
 //! step: one atomic Lua script on Redis ([`redis`]), or one locked section of the fixed-size
 //! in-process table ([`memory`]); the arithmetic is in `bucket`, the headers in `headers`.
 //! On Redis, a client the script just refused is answered on this replica until its bucket
-//! can admit again, without a round trip (`refused`: why that keeps admissions exact).
+//! can admit again, without a round trip (`refused`: why that keeps admissions exact); a
+//! policy with `lease = N` has its tokens taken N at a time and spent here (`lease`: why that
+//! never admits more than the bucket allows).
 //! A request passes only if every enforcing policy admits it; then each is charged, otherwise
 //! none is. Report-only policies are charged by their own verdict and never reject.
 //!
@@ -18,6 +20,7 @@
 mod bucket;
 mod config;
 mod headers;
+mod lease;
 pub mod memory;
 pub mod redis;
 mod refused;
@@ -44,6 +47,8 @@ pub struct Limiter {
     redis: Option<redis::RedisBuckets>,
     /// Clients Redis refused, answered here until their bucket can admit (Redis store only).
     refused: refused::Refused,
+    /// Tokens of leased policies taken from Redis and not spent yet (Redis store only).
+    leases: lease::Leases,
     metrics: Arc<Metrics>,
     /// Running on the fallback (logged and gauged once per outage).
     fallback: AtomicBool,
@@ -83,6 +88,7 @@ impl Limiter {
             memory,
             redis: redis.map(|r| redis::RedisBuckets::new(r, cluster)),
             refused: Default::default(),
+            leases: Default::default(),
             policies,
             on_store_error: config.on_store_error,
             legacy_headers: config.legacy_headers,
@@ -122,22 +128,29 @@ impl Limiter {
             None => self.memory.charge(&policies, &charges),
             Some(store) => {
                 // A client Redis refused a moment ago, still over every limit that applies:
-                // the same answer without the round trip (`refused` says why that is exact).
+                // the same answer without the round trip (`refused` says why that is exact);
+                // a request every policy of which has leased tokens here: admitted from them.
                 let known = if self.fallback.load(Ordering::Relaxed) {
                     None
                 } else {
-                    self.refused.answer(&policies, &charges)
+                    self.refused
+                        .answer(&policies, &charges)
+                        .or_else(|| self.leases.take(&policies, &charges))
                 };
                 let shared = if known.is_some() {
                     known
                 } else if store.should_try() {
                     let sent = std::time::Instant::now();
-                    match store.charge(&policies, &charges).await {
-                        Ok(v) => {
+                    let asks = self.leases.asks(&policies, &charges);
+                    match store.charge(&policies, &charges, &asks).await {
+                        Ok(granted) => {
+                            self.leases.learn(&charges, &asks, &granted);
+                            let v = as_one_token(&policies, granted);
                             self.refused.learn(sent, &policies, &charges, &v);
                             Some(v)
                         }
                         Err(e) => {
+                            self.leases.failed(&charges, &asks);
                             log::debug!("ratelimit: {e}");
                             None
                         }
@@ -227,8 +240,10 @@ impl Limiter {
     }
 
     fn fell_back(&self) {
-        // A Redis that comes back empty has forgotten the debts the deadlines came from.
+        // A Redis that comes back empty has forgotten the debts the deadlines came from (and
+        // the leases: the tokens held here are given up).
         self.refused.clear();
+        self.leases.clear();
         if !self.fallback.swap(true, Ordering::Relaxed) {
             let how = match self.on_store_error {
                 OnStoreError::Local => "deciding on this replica's in-process buckets",
@@ -254,6 +269,22 @@ impl Limiter {
                 .set(0);
         }
     }
+}
+
+/// Redis's outcomes as this request's own: a lease's debt is reported as if only this
+/// request's token were taken (the rest are spent here later, `lease::Leases::take`).
+fn as_one_token(policies: &[&Policy], granted: Vec<lease::Granted>) -> Vec<Charged> {
+    policies
+        .iter()
+        .zip(granted)
+        .map(|(p, (charged, taken))| {
+            let held = taken.saturating_sub(1).saturating_mul(p.cost);
+            Charged {
+                debt: charged.debt.saturating_sub(held),
+                ..charged
+            }
+        })
+        .collect()
 }
 
 /// The bucket name of a request within a policy. Never contains `{` or `}` (they delimit the

@@ -6,7 +6,8 @@
 //! `SET ... PX` (every key expires once it would be full again, so idle clients leave nothing
 //! behind). Redis runs a script atomically: concurrent requests from any number of replicas
 //! serialise on it, which is what makes "exactly `burst` of N simultaneous requests" hold
-//! across replicas.
+//! across replicas. On a leased policy a bucket may be asked for more than one token, and
+//! given back an expired lease's unspent tokens first (`ratelimit::lease`).
 //!
 //! Batching (group commit): a request's charge goes to Redis at once when fewer than
 //! [`MAX_IN_FLIGHT`] calls are in flight; requests arriving meanwhile queue, and the first of
@@ -39,15 +40,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use redis::Script;
 use tokio::sync::oneshot;
 
+use super::lease::{Ask, Granted};
 use super::{Charge, Charged, Policy};
 use crate::redis::{Error, Redis};
 
 /// Script calls in flight at once (single node); further requests queue and go together.
 const MAX_IN_FLIGHT: usize = 2;
 
-/// ARGV[1]: the number of requests. Then per request: its number of buckets, and four
-/// arguments per bucket (cost, refill, capacity, enforce 1/0); its buckets are the next KEYS.
-/// Returns three integers per bucket, in order: admitted, charged, debt after the request.
+/// ARGV[1]: the number of requests. Then per request: its number of buckets, and six
+/// arguments per bucket (cost, refill, capacity, enforce 1/0, tokens to take, tokens given
+/// back); its buckets are the next KEYS. Given-back tokens are returned first (never below an
+/// empty debt). More than one token is taken only while the bucket keeps half its capacity
+/// after it (`ratelimit::lease`); otherwise one. Returns four integers per bucket, in order:
+/// admitted, charged, debt after the request, tokens taken.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -69,33 +74,45 @@ local function settle(key, refill)
   end
   debt[key], stamp[key] = d, s
 end
+local function touch(key, refill)
+  if refill_of[key] == nil then written[#written + 1] = key end
+  refill_of[key] = refill
+end
 local out = {}
 local a, k = 2, 1
 for r = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
   a = a + 1
-  local ok, pass = {}, true
+  local ok, take, pass = {}, {}, true
   for i = 0, n - 1 do
-    local j = a + i * 4
+    local j = a + i * 6
     local key = KEYS[k + i]
-    settle(key, tonumber(ARGV[j + 1]))
-    ok[i] = debt[key] + tonumber(ARGV[j]) <= tonumber(ARGV[j + 2])
+    local cost, refill, cap = tonumber(ARGV[j]), tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
+    settle(key, refill)
+    local back = tonumber(ARGV[j + 5]) * cost
+    if back > 0 then
+      if back >= debt[key] then debt[key] = 0 else debt[key] = debt[key] - back end
+      touch(key, refill)
+    end
+    take[i] = tonumber(ARGV[j + 4])
+    if take[i] > 1 and debt[key] + take[i] * cost > cap / 2 then take[i] = 1 end
+    ok[i] = debt[key] + take[i] * cost <= cap
     if ARGV[j + 3] == '1' and not ok[i] then pass = false end
   end
   for i = 0, n - 1 do
-    local j = a + i * 4
+    local j = a + i * 6
     local key = KEYS[k + i]
     local charge = ok[i] and (pass or ARGV[j + 3] ~= '1')
     if charge then
-      debt[key] = debt[key] + tonumber(ARGV[j])
-      if refill_of[key] == nil then written[#written + 1] = key end
-      refill_of[key] = tonumber(ARGV[j + 1])
+      debt[key] = debt[key] + take[i] * tonumber(ARGV[j])
+      touch(key, tonumber(ARGV[j + 1]))
     end
     out[#out + 1] = ok[i] and 1 or 0
     out[#out + 1] = charge and 1 or 0
     out[#out + 1] = debt[key]
+    out[#out + 1] = charge and take[i] or 0
   end
-  a = a + n * 4
+  a = a + n * 6
   k = k + n
 end
 for _, key in ipairs(written) do
@@ -105,10 +122,11 @@ end
 return out
 ";
 
-/// One request's buckets: their keys and script arguments (cost, refill, capacity, enforce).
+/// One request's buckets: their keys and script arguments (cost, refill, capacity, enforce,
+/// take, refund).
 struct Buckets {
     keys: Vec<String>,
-    args: Vec<[u64; 4]>,
+    args: Vec<[u64; 6]>,
 }
 
 /// A queued request: its buckets, and where its outcome (or its turn to send) goes.
@@ -118,7 +136,7 @@ struct Waiting {
 }
 
 enum Message {
-    Decided(Result<Vec<Charged>, Error>),
+    Decided(Result<Vec<Granted>, Error>),
     /// Your turn: send your buckets (`own`) after those queued before you (`earlier`), in the
     /// call slot `turn`.
     Send {
@@ -205,24 +223,26 @@ impl RedisBuckets {
         self.redis.should_try()
     }
 
-    /// Charge one request; `policies[i]` is the policy of `charges[i]`.
+    /// Charge one request; `policies[i]` is the policy of `charges[i]`, `asks[i]` what to ask
+    /// of its bucket.
     pub async fn charge(
         &self,
         policies: &[&Policy],
         charges: &[Charge],
-    ) -> Result<Vec<Charged>, Error> {
+        asks: &[Ask],
+    ) -> Result<Vec<Granted>, Error> {
         if !self.cluster {
             let all: Vec<usize> = (0..charges.len()).collect();
-            return self.batched(self.buckets(policies, charges, &all)).await;
+            return self
+                .batched(self.buckets(policies, charges, asks, &all))
+                .await;
         }
-        let mut out = vec![
-            Charged {
-                admitted: true,
-                charged: false,
-                debt: 0,
-            };
-            charges.len()
-        ];
+        let none = Charged {
+            admitted: true,
+            charged: false,
+            debt: 0,
+        };
+        let mut out = vec![(none, 0); charges.len()];
         let mut done = vec![false; charges.len()];
         for i in 0..charges.len() {
             if done[i] {
@@ -231,7 +251,8 @@ impl RedisBuckets {
             let group: Vec<usize> = (i..charges.len())
                 .filter(|&j| charges[j].identity == charges[i].identity)
                 .collect();
-            for (j, charged) in group.iter().zip(self.run(policies, charges, &group).await?) {
+            let decided = self.run(policies, charges, asks, &group).await?;
+            for (j, charged) in group.iter().zip(decided) {
                 out[*j] = charged;
                 done[*j] = true;
             }
@@ -240,7 +261,13 @@ impl RedisBuckets {
     }
 
     /// The buckets `which` of one request.
-    fn buckets(&self, policies: &[&Policy], charges: &[Charge], which: &[usize]) -> Buckets {
+    fn buckets(
+        &self,
+        policies: &[&Policy],
+        charges: &[Charge],
+        asks: &[Ask],
+        which: &[usize],
+    ) -> Buckets {
         let keys = which
             .iter()
             .map(|&i| {
@@ -251,8 +278,9 @@ impl RedisBuckets {
         let args = which
             .iter()
             .map(|&i| {
-                let p = policies[i];
-                [p.cost, p.refill, p.capacity, u64::from(!p.report_only)]
+                let (p, ask) = (policies[i], asks.get(i).copied().unwrap_or(Ask::ONE));
+                let enforce = u64::from(!p.report_only);
+                [p.cost, p.refill, p.capacity, enforce, ask.take, ask.refund]
             })
             .collect();
         Buckets { keys, args }
@@ -263,16 +291,17 @@ impl RedisBuckets {
         &self,
         policies: &[&Policy],
         charges: &[Charge],
+        asks: &[Ask],
         which: &[usize],
-    ) -> Result<Vec<Charged>, Error> {
-        let buckets = self.buckets(policies, charges, which);
+    ) -> Result<Vec<Granted>, Error> {
+        let buckets = self.buckets(policies, charges, asks, which);
         let mut decided = self.call(&[&buckets]).await;
         decided.pop().unwrap_or_else(|| Err(shape_error()))
     }
 
     /// Send now when a call may start, else queue until decided or handed the turn, at most
     /// `store.timeout` in all.
-    async fn batched(&self, buckets: Buckets) -> Result<Vec<Charged>, Error> {
+    async fn batched(&self, buckets: Buckets) -> Result<Vec<Granted>, Error> {
         let queued = {
             let mut queue = lock(&self.queue);
             if queue.in_flight < MAX_IN_FLIGHT {
@@ -311,7 +340,7 @@ impl RedisBuckets {
         turn: Turn,
         earlier: Vec<Waiting>,
         own: Buckets,
-    ) -> Result<Vec<Charged>, Error> {
+    ) -> Result<Vec<Granted>, Error> {
         let mut batch: Vec<&Buckets> = earlier.iter().map(|w| &w.buckets).collect();
         batch.push(&own);
         let mut decided = self.call(&batch).await;
@@ -325,7 +354,7 @@ impl RedisBuckets {
     }
 
     /// One script over `batch`: each request's outcome, in order.
-    async fn call(&self, batch: &[&Buckets]) -> Vec<Result<Vec<Charged>, Error>> {
+    async fn call(&self, batch: &[&Buckets]) -> Vec<Result<Vec<Granted>, Error>> {
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(batch.len());
         for buckets in batch {
@@ -342,14 +371,17 @@ impl RedisBuckets {
             .await;
         let total: usize = batch.iter().map(|b| b.keys.len()).sum();
         let flat = match flat {
-            Ok(flat) if flat.len() == total * 3 => flat,
+            Ok(flat) if flat.len() == total * 4 => flat,
             Ok(_) => return batch.iter().map(|_| Err(shape_error())).collect(),
             Err(e) => return batch.iter().map(|_| Err(e.duplicate())).collect(),
         };
-        let mut rows = flat.chunks_exact(3).map(|c| Charged {
-            admitted: c[0] == 1,
-            charged: c[1] == 1,
-            debt: u64::try_from(c[2]).unwrap_or(0),
+        let mut rows = flat.chunks_exact(4).map(|c| {
+            let charged = Charged {
+                admitted: c[0] == 1,
+                charged: c[1] == 1,
+                debt: u64::try_from(c[2]).unwrap_or(0),
+            };
+            (charged, u64::try_from(c[3]).unwrap_or(0))
         });
         batch
             .iter()

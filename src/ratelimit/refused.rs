@@ -8,7 +8,9 @@
 //! moment Redis read its clock, so the local deadline is never after the real one.
 //!
 //! Invariant (exactness across replicas): until the deadline no replica can be admitted on that
-//! bucket (debt only falls with time; other replicas only add to it), and a refused request
+//! bucket (debt only falls with time; other replicas only add to it, except a lease's unspent
+//! tokens given back, at most `lease` of them: then the deadline can outlast the bucket's
+//! refusal by the time it takes to refill them, see `lease`), and a refused request
 //! charges nothing on any enforcing policy, so answering it here changes no shared state. A
 //! request is answered here only when *every* policy that applies to it is enforcing and known
 //! refusing: a report-only policy is charged even when another refuses, so such a request
@@ -140,6 +142,7 @@ mod tests {
             key: Default::default(),
             routes: Vec::new(),
             report_only,
+            lease: 0,
         };
         Policy::new("p", &c)
     }

@@ -527,9 +527,13 @@ fn connect_timeout(timeout: Duration) -> Duration {
     timeout.max(Duration::from_millis(250))
 }
 
-/// A refused password (`WRONGPASS`) or a missing one (`NOAUTH`).
+/// A refused password (`WRONGPASS`) or a missing one: `NOAUTH`, or, for a command of more
+/// than 10 arguments (a limiter script), the protocol error Redis answers before AUTH
+/// (`Protocol error: unauthenticated multibulk length`).
 fn is_auth_error(e: &RedisError) -> bool {
-    e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+    e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+        || e.detail().is_some_and(|d| d.contains("unauthenticated"))
 }
 
 impl Redis {
