@@ -145,6 +145,10 @@ fn script_calls(redis: &Redis) -> usize {
         .unwrap_or(0)
 }
 
+/// The lease tests' policy: 100 tokens, one back per 36 s (none during a test), leased 10 at a
+/// time.
+const LEASED: &str = "[ratelimit.policies.fast]\nrate = \"100/h\"\nburst = 100\nlease = 10\n";
+
 /// A leased policy (`lease = 10`, burst 100) on two replicas sharing Redis: tokens are taken
 /// ten at a time while the bucket is more than half full and one by one after, so 150
 /// requests alternating between the replicas admit exactly the 100 the bucket holds, with far
@@ -153,11 +157,7 @@ fn script_calls(redis: &Redis) -> usize {
 fn leased_tokens_admit_exactly_the_bucket_across_replicas() {
     let redis = Redis::start();
     let up = Upstream::named("ok");
-    let config = body(
-        &up,
-        Some(&redis.url()),
-        "[ratelimit.policies.fast]\nrate = \"100/h\"\nburst = 100\nlease = 10\n",
-    );
+    let config = body(&up, Some(&redis.url()), LEASED);
     let procs: Vec<Process> = (0..2).map(|_| spawn_rampart(&config)).collect();
     // Warm-up on another client: connects and loads the script.
     for p in &procs {
@@ -192,11 +192,7 @@ fn leased_tokens_admit_exactly_the_bucket_across_replicas() {
 fn unspent_lease_tokens_go_back_to_the_bucket() {
     let redis = Redis::start();
     let up = Upstream::named("ok");
-    let config = body(
-        &up,
-        Some(&redis.url()),
-        "[ratelimit.policies.fast]\nrate = \"100/h\"\nburst = 100\nlease = 10\n",
-    );
+    let config = body(&up, Some(&redis.url()), LEASED);
     let (a, b) = (spawn_rampart(&config), spawn_rampart(&config));
     let ip = "203.0.113.61";
     assert_eq!(get_as(a.addr, "/api/x", ip).status, 200);
