@@ -143,6 +143,8 @@ pub struct Metrics {
     /// `rampart_ratelimit_decisions_total{policy,outcome}`:
     /// allowed | limited | report_only_limited | fallback.
     pub ratelimit_decisions: IntCounterVec,
+    /// `rampart_ratelimit_lease_tokens_total{policy,event}`: leased | returned.
+    pub ratelimit_lease_tokens: IntCounterVec,
     /// `rampart_store_command_duration_seconds{backend,op}`.
     pub store_duration: HistogramVec,
     /// `rampart_store_errors_total{backend,op}`.
@@ -273,6 +275,12 @@ impl Metrics {
                 "rampart_ratelimit_decisions_total",
                 "Rate-limit decisions by policy and outcome.",
                 &["policy", "outcome"],
+            )?,
+            ratelimit_lease_tokens: counter(
+                "rampart_ratelimit_lease_tokens_total",
+                "Tokens of leased policies taken from Redis to spend on this replica (leased), \
+                 and unspent ones given back (returned).",
+                &["policy", "event"],
             )?,
             store_duration: histogram(
                 "rampart_store_command_duration_seconds",

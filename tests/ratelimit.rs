@@ -210,6 +210,14 @@ fn unspent_lease_tokens_go_back_to_the_bucket() {
         .collect();
     assert_eq!(count(&statuses, 200), 89, "{statuses:?}");
     assert_eq!(count(&statuses, 429), 31, "{statuses:?}");
+    // A leased 9 tokens beyond each of its two requests' own, and gave 9 back.
+    let metrics = a.admin_get("/metrics").text();
+    for line in [
+        "rampart_ratelimit_lease_tokens_total{event=\"leased\",policy=\"fast\"} 18",
+        "rampart_ratelimit_lease_tokens_total{event=\"returned\",policy=\"fast\"} 9",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 fn spawn_rampart(body: &str) -> Process {

@@ -145,6 +145,7 @@ impl Limiter {
                     match store.charge(&policies, &charges, &asks).await {
                         Ok(granted) => {
                             self.leases.learn(&charges, &asks, &granted);
+                            self.count_leases(&policies, &asks, &granted);
                             let v = as_one_token(&policies, granted);
                             self.refused.learn(sent, &policies, &charges, &v);
                             Some(v)
@@ -214,6 +215,23 @@ impl Limiter {
             legacy_headers: self.legacy_headers,
             refusal,
         })
+    }
+
+    /// Tokens leased beyond each request's own, and tokens given back, by policy.
+    fn count_leases(&self, policies: &[&Policy], asks: &[lease::Ask], granted: &[lease::Granted]) {
+        for ((p, ask), (_, taken)) in policies.iter().zip(asks).zip(granted) {
+            for (event, tokens) in [
+                ("leased", taken.saturating_sub(1)),
+                ("returned", ask.refund),
+            ] {
+                if tokens > 0 {
+                    self.metrics
+                        .ratelimit_lease_tokens
+                        .with_label_values(&[&p.name, event])
+                        .inc_by(tokens);
+                }
+            }
+        }
     }
 
     /// `allow` / `deny` while the store is out: no bucket was consulted.
