@@ -18,6 +18,8 @@
 //! back: at most N per bucket, refilled like any other debt. Only enforcing policies lease
 //! (validated), so a report-only verdict is always Redis's. The table is bounded
 //! ([`CAPACITY`]); a full table leases nothing more, and a store outage or a reload empties it.
+//! A request cancelled while its ask is in flight loses that lease (its tokens stay taken: the
+//! safe side, like tokens never given back).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -106,12 +108,14 @@ impl Leases {
             .collect()
     }
 
-    /// What to ask of each bucket on Redis: a lease where the policy has one and no other
-    /// request of this replica is asking, and the tokens of an expired lease back.
+    /// What to ask of each bucket on Redis: a lease where the request's every policy has one
+    /// (else [`Leases::take`] could never spend it) and no other request of this replica is
+    /// asking, and the tokens of an expired lease back.
     pub fn asks(&self, policies: &[&Policy], charges: &[Charge]) -> Vec<Ask> {
         if policies.iter().all(|p| p.lease == 0) {
             return vec![Ask::ONE; charges.len()];
         }
+        let leasable = policies.iter().all(|p| p.lease > 0);
         let now = Instant::now();
         let mut held = self.lock();
         policies
@@ -131,7 +135,7 @@ impl Leases {
                         0
                     };
                     let asked = h.asking.is_some_and(|t| now < t + LIFETIME);
-                    if asked || h.left > 0 {
+                    if !leasable || asked || h.left > 0 {
                         return Ask { take: 1, refund };
                     }
                     h.asking = Some(now);
@@ -140,7 +144,7 @@ impl Leases {
                         refund,
                     };
                 }
-                if !has_room(&mut held, now) {
+                if !leasable || !has_room(&mut held, now) {
                     return Ask::ONE;
                 }
                 held.entry(c.policy).or_default().insert(
@@ -338,6 +342,10 @@ mod tests {
             "tokens are still held here: one from Redis"
         );
         assert!(leases.take(&[&p], &a).is_some(), "nothing was taken above");
+        // A client no lease was asked for yet, on a route where an unleased policy applies
+        // too: a lease could never be spent, so none is asked.
+        let other = [charge(0, "b"), charge(1, "b")];
+        assert_eq!(leases.asks(&[&p, &plain], &other), [Ask::ONE, Ask::ONE]);
         leases.clear();
         assert!(leases.take(&[&p], &a).is_none());
     }
