@@ -16,22 +16,19 @@
 //! replica, for at most [`LIFETIME`]; then what is left goes back with the next call for that
 //! bucket). Tokens of a lease whose bucket this replica never asks for again are not given
 //! back: at most N per bucket, refilled like any other debt. Only enforcing policies lease
-//! (validated), so a report-only verdict is always Redis's. The table is bounded
-//! ([`CAPACITY`]); a full table leases nothing more, and a store outage or a reload empties it.
+//! (validated), so a report-only verdict is always Redis's. The table is bounded (`table`); a
+//! full one leases nothing more, and a store outage or a reload empties it.
 //! A request cancelled while its ask is in flight loses that lease (its tokens stay taken: the
 //! safe side, like tokens never given back).
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::table::Table;
 use super::{Charge, Charged, Policy};
 
 /// How long a replica may spend a lease; its unused tokens then go back to the bucket.
 pub const LIFETIME: Duration = Duration::from_millis(100);
-
-/// At most this many leased (policy, client) buckets; beyond that requests ask one token each.
-const CAPACITY: usize = 16_384;
 
 /// What a request asks of one bucket on Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,15 +59,21 @@ struct Held {
     asking: Option<Instant>,
 }
 
-/// Policy index -> client identity -> the lease held (nested, as in `refused`, so a lookup
-/// borrows the identity).
+impl Held {
+    /// Nothing to spend and nobody asking: the entry can go.
+    fn stale(&self, now: Instant) -> bool {
+        (self.left == 0 || now >= self.until) && self.asking.is_none_or(|t| now >= t + LIFETIME)
+    }
+}
+
+/// (policy, client) -> the lease held; when the table is full, requests ask one token each.
 #[derive(Default)]
 pub struct Leases {
-    held: Mutex<HashMap<usize, HashMap<String, Held>>>,
+    held: Mutex<Table<Held>>,
 }
 
 impl Leases {
-    fn lock(&self) -> MutexGuard<'_, HashMap<usize, HashMap<String, Held>>> {
+    fn lock(&self) -> MutexGuard<'_, Table<Held>> {
         // Plain counters: a panic elsewhere cannot leave them inconsistent.
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -84,11 +87,9 @@ impl Leases {
         let now = Instant::now();
         let mut held = self.lock();
         let live = |h: &Held| h.left > 0 && now < h.until;
-        let all_live = charges.iter().all(|c| {
-            held.get(&c.policy)
-                .and_then(|m| m.get(c.identity.as_str()))
-                .is_some_and(live)
-        });
+        let all_live = charges
+            .iter()
+            .all(|c| held.get(c.policy, &c.identity).is_some_and(live));
         if !all_live {
             return None;
         }
@@ -96,7 +97,7 @@ impl Leases {
             .iter()
             .zip(charges)
             .map(|(p, c)| {
-                let h = held.get_mut(&c.policy)?.get_mut(c.identity.as_str())?;
+                let h = held.get_mut(c.policy, &c.identity)?;
                 h.left -= 1;
                 Some(Charged {
                     admitted: true,
@@ -125,10 +126,7 @@ impl Leases {
                 if p.lease == 0 {
                     return Ask::ONE;
                 }
-                if let Some(h) = held
-                    .get_mut(&c.policy)
-                    .and_then(|m| m.get_mut(c.identity.as_str()))
-                {
+                if let Some(h) = held.get_mut(c.policy, &c.identity) {
                     let refund = if now >= h.until {
                         std::mem::take(&mut h.left)
                     } else {
@@ -144,18 +142,15 @@ impl Leases {
                         refund,
                     };
                 }
-                if !leasable || !has_room(&mut held, now) {
+                let asking = Held {
+                    left: 0,
+                    debt: 0,
+                    until: now,
+                    asking: Some(now),
+                };
+                if !leasable || !held.insert(c.policy, &c.identity, asking, now, |h| h.stale(now)) {
                     return Ask::ONE;
                 }
-                held.entry(c.policy).or_default().insert(
-                    c.identity.clone(),
-                    Held {
-                        left: 0,
-                        debt: 0,
-                        until: now,
-                        asking: Some(now),
-                    },
-                );
                 Ask {
                     take: p.lease,
                     refund: 0,
@@ -176,10 +171,7 @@ impl Leases {
             if ask.take <= 1 {
                 continue;
             }
-            let Some(h) = held
-                .get_mut(&c.policy)
-                .and_then(|m| m.get_mut(c.identity.as_str()))
-            else {
+            let Some(h) = held.get_mut(c.policy, &c.identity) else {
                 continue;
             };
             h.asking = None;
@@ -200,10 +192,7 @@ impl Leases {
         let mut held = self.lock();
         for (c, ask) in charges.iter().zip(asks) {
             if ask.take > 1 {
-                if let Some(h) = held
-                    .get_mut(&c.policy)
-                    .and_then(|m| m.get_mut(c.identity.as_str()))
-                {
+                if let Some(h) = held.get_mut(c.policy, &c.identity) {
                     h.asking = None;
                 }
             }
@@ -214,24 +203,6 @@ impl Leases {
     pub fn clear(&self) {
         self.lock().clear();
     }
-}
-
-/// Whether one more bucket fits; when full, spent and expired leases nobody is asking for are
-/// dropped first (their tokens were spent, or given up: see the module header).
-fn has_room(held: &mut HashMap<usize, HashMap<String, Held>>, now: Instant) -> bool {
-    let entries = |held: &HashMap<usize, HashMap<String, Held>>| -> usize {
-        held.values().map(HashMap::len).sum()
-    };
-    if entries(held) < CAPACITY {
-        return true;
-    }
-    for clients in held.values_mut() {
-        clients.retain(|_, h| {
-            (h.left > 0 && now < h.until) || h.asking.is_some_and(|t| now < t + LIFETIME)
-        });
-    }
-    held.retain(|_, clients| !clients.is_empty());
-    entries(held) < CAPACITY
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod lease;
 pub mod memory;
 pub mod redis;
 mod refused;
+mod table;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -14,19 +14,17 @@
 //! charges nothing on any enforcing policy, so answering it here changes no shared state. A
 //! request is answered here only when *every* policy that applies to it is enforcing and known
 //! refusing: a report-only policy is charged even when another refuses, so such a request
-//! always goes to Redis. The table is bounded (`CAPACITY` entries, expired ones swept on
-//! insert), never grows with traffic beyond that, and starts empty on every reload. A store
+//! always goes to Redis. The table is bounded (`table`: expired entries swept when it is full,
+//! at most once per interval), never grows with traffic beyond that, and starts empty on every
+//! reload. A store
 //! outage empties it, since a Redis that restarts empty forgets the debts the deadlines
 //! were computed from.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::table::Table;
 use super::{Charge, Charged, Policy};
-
-/// At most this many (policy, client) entries; beyond that new refusals simply go to Redis.
-const CAPACITY: usize = 16_384;
 
 /// What Redis said about a refused bucket, in this process's clock.
 #[derive(Clone, Copy)]
@@ -39,11 +37,11 @@ struct Known {
     until: Instant,
 }
 
-/// Policy index -> client identity -> the last refusal Redis gave (nested so a lookup
-/// borrows the identity instead of building a key).
+/// (policy, client) -> the last refusal Redis gave; when the table is full, new refusals
+/// simply go to Redis.
 #[derive(Default)]
 pub struct Refused {
-    known: Mutex<HashMap<usize, HashMap<String, Known>>>,
+    known: Mutex<Table<Known>>,
 }
 
 impl Refused {
@@ -62,7 +60,7 @@ impl Refused {
             .iter()
             .zip(charges)
             .map(|(p, c)| {
-                let k = known.get(&c.policy)?.get(c.identity.as_str())?;
+                let k = known.get(c.policy, &c.identity)?;
                 (now < k.until).then(|| Charged {
                     admitted: false,
                     charged: false,
@@ -82,12 +80,7 @@ impl Refused {
                 continue;
             }
             if o.admitted {
-                if let Some(clients) = known.get_mut(&c.policy) {
-                    clients.remove(c.identity.as_str());
-                    if clients.is_empty() {
-                        known.remove(&c.policy);
-                    }
-                }
+                known.remove(c.policy, &c.identity);
                 continue;
             }
             let wait_us = o
@@ -98,25 +91,13 @@ impl Refused {
             let Some(until) = sent.checked_add(Duration::from_micros(wait_us)) else {
                 continue;
             };
-            let entries: usize = known.values().map(HashMap::len).sum();
-            if entries >= CAPACITY {
-                let now = Instant::now();
-                for clients in known.values_mut() {
-                    clients.retain(|_, k| k.until > now);
-                }
-                known.retain(|_, clients| !clients.is_empty());
-                if known.values().map(HashMap::len).sum::<usize>() >= CAPACITY {
-                    continue;
-                }
-            }
-            known.entry(c.policy).or_default().insert(
-                c.identity.clone(),
-                Known {
-                    base: sent,
-                    debt: o.debt,
-                    until,
-                },
-            );
+            let refusal = Known {
+                base: sent,
+                debt: o.debt,
+                until,
+            };
+            let now = Instant::now();
+            known.insert(c.policy, &c.identity, refusal, now, |k| k.until <= now);
         }
     }
 
