@@ -22,7 +22,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
 use super::encoded::Source;
-use super::storage::{decode, Times};
+use super::storage::{decode, Decoded, Times};
 use super::Stored;
 use crate::compress::Coding;
 use crate::metrics::Metrics;
@@ -109,10 +109,12 @@ impl MemoryStorage {
         let stored = Stored {
             internal: slot.internal.clone(),
             header: Vec::new(),
-            decoded: Some(Box::new(slot.header.clone())),
+            decoded: Some(Box::new(Decoded {
+                header: slot.header.clone(),
+                times: slot.times,
+            })),
             body: copy.map_or_else(|| slot.body.clone(), |(_, b)| b.clone()),
             encoded: copy.is_some(),
-            times: Some(slot.times),
         };
         // A hit moves the entry's names to the new tick instead of copying them again.
         let names = inner
@@ -135,11 +137,11 @@ impl MemoryStorage {
         }
         // Decoded once here, unless the caller has already (the near tier decoded it to read
         // its freshness).
-        let decoded = match (stored.decoded, stored.times) {
-            (Some(header), Some(times)) => Some((*header, times)),
-            _ => decode(&stored.internal, &stored.header),
+        let decoded = match stored.decoded {
+            Some(decoded) => Some(*decoded),
+            None => decode(&stored.internal, &stored.header),
         };
-        let Some((header, times)) = decoded else {
+        let Some(Decoded { header, times }) = decoded else {
             return false;
         };
         let size = stored.body.len();
@@ -189,7 +191,11 @@ impl MemoryStorage {
         header: Vec<u8>,
         ttl: Duration,
     ) -> bool {
-        let Some((decoded, times)) = decode(&internal, &header) else {
+        let Some(Decoded {
+            header: decoded,
+            times,
+        }) = decode(&internal, &header)
+        else {
             return false;
         };
         let mut inner = self.lock();
@@ -320,7 +326,6 @@ mod tests {
             decoded: None,
             body: Bytes::from(vec![3; n]),
             encoded: false,
-            times: None,
         }
     }
 

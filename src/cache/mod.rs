@@ -53,7 +53,8 @@ pub use policy::Policy;
 use policy::TARGETED;
 pub use redis::RedisStorage;
 use storage::FillTicket;
-pub use storage::{CacheStorage, Stored, Times};
+pub use storage::{CacheStorage, Stored};
+use storage::{Decoded, Times};
 
 // ---------------------------------------------------------------------------------------------
 // Per-request state
@@ -451,7 +452,7 @@ impl Cache {
         let mut stored = self
             .store
             .held(&key.user_tag, &key::entry_name(key), coding)?;
-        let (header, times) = (*stored.decoded.take()?, stored.times?);
+        let Decoded { header, times } = *stored.decoded.take()?;
         let sendable = times.fresh_until >= SystemTime::now()
             && header.status == http::StatusCode::OK
             && key::vary_names(&header.headers).is_empty()

@@ -28,7 +28,8 @@ use pingora::cache::CacheMeta;
 
 use super::encoded::Source;
 use super::memory::MemoryStorage;
-use super::{Stored, Times};
+use super::storage::Decoded;
+use super::Stored;
 use crate::compress::Coding;
 use crate::metrics::Metrics;
 use crate::redis::Redis;
@@ -226,10 +227,9 @@ impl Near {
         let copy = Stored {
             internal: stored.internal.clone(),
             header: stored.header.clone(),
-            decoded: Some(Box::new(meta.response_header_copy())),
+            decoded: Some(Box::new(Decoded::of(&meta))),
             body: stored.body.clone(),
             encoded: false,
-            times: Some(Times::of(&meta)),
         };
         self.store.put(tag, entry, copy, fresh);
         // A purge that landed while this was stored: forget it.
@@ -293,7 +293,6 @@ mod tests {
             decoded: None,
             body: bytes::Bytes::from_static(b"body"),
             encoded: false,
-            times: None,
         }
     }
 

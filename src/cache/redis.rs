@@ -638,7 +638,6 @@ fn stored(got: Vec<Option<Vec<u8>>>) -> Option<Stored> {
         decoded: None,
         body: Bytes::from(body),
         encoded: false,
-        times: None,
     })
 }
 

@@ -123,15 +123,19 @@ pub struct Stored {
     pub internal: Vec<u8>,
     /// Pingora's serialized header (empty when `decoded` is given instead).
     pub header: Vec<u8>,
-    /// The header already decoded (the in-process store keeps it so).
-    pub decoded: Option<Box<ResponseHeader>>,
+    /// The header and times already decoded: what the in-process store answers a lookup
+    /// with, and what the near tier hands it, having read them already.
+    pub decoded: Option<Box<Decoded>>,
     pub body: Bytes,
     /// A lookup's answer only: `body` is the entry's copy in the coding the request wanted
     /// (see `encoded.rs`), not its identity body.
     pub encoded: bool,
-    /// The entry's times, with `decoded`: what the in-process store answers a lookup with,
-    /// and what the near tier hands it, having read them already.
-    pub times: Option<Times>,
+}
+
+/// What a serialized meta says that a hit needs, read once.
+pub struct Decoded {
+    pub header: ResponseHeader,
+    pub times: Times,
 }
 
 /// When a stored entry stops being fresh and the moment its age counts from: read once when
@@ -318,9 +322,19 @@ fn meta_with_header(internal: &[u8], header: ResponseHeader) -> Result<CacheMeta
 
 /// The decoded header and times of a serialized meta (the in-process store decodes once, at
 /// store time).
-pub(super) fn decode(internal: &[u8], header: &[u8]) -> Option<(ResponseHeader, Times)> {
-    let meta = CacheMeta::deserialize(internal, header).ok()?;
-    Some((meta.response_header_copy(), Times::of(&meta)))
+pub(super) fn decode(internal: &[u8], header: &[u8]) -> Option<Decoded> {
+    CacheMeta::deserialize(internal, header)
+        .ok()
+        .map(|meta| Decoded::of(&meta))
+}
+
+impl Decoded {
+    pub(super) fn of(meta: &CacheMeta) -> Self {
+        Self {
+            header: meta.response_header_copy(),
+            times: Times::of(meta),
+        }
+    }
 }
 
 /// How long a store keeps an entry: freshness plus the longest of its stale windows and, when
@@ -357,7 +371,7 @@ impl Storage for CacheStorage {
             return Ok(None);
         };
         let meta = match stored.decoded {
-            Some(header) => meta_with_header(&stored.internal, *header),
+            Some(decoded) => meta_with_header(&stored.internal, decoded.header),
             None => CacheMeta::deserialize(&stored.internal, &stored.header),
         };
         match meta {
@@ -550,7 +564,6 @@ impl HandleMiss for Fill {
             decoded: None,
             body: Bytes::from(self.body),
             encoded: false,
-            times: None,
         };
         if self
             .store
