@@ -1,10 +1,16 @@
 //! Codecs: the content codings Rampart produces and decodes, on Pingora's encoders.
 //!
 //! Pingora ships the encoders (`Algorithm::compressor`: flate2 on zlib-ng, brotli, zstd behind
-//! its `Encode` trait) and they are used as they are, except two written here because Pingora
-//! lacks them: a zstd decompressor (Pingora only decompresses gzip and br) and a brotli
+//! its `Encode` trait) and they are used as they are, except three written here because Pingora
+//! lacks them: a zstd decompressor (Pingora only decompresses gzip and br), a brotli
 //! compressor that ends the stream (Pingora's only flushes, leaving a stream without its last
-//! meta-block that strict decoders reject).
+//! meta-block that strict decoders reject), and gzip of a whole body by libdeflate.
+//!
+//! Why libdeflate: at the same level it compresses better than zlib (nginx) and faster than
+//! zlib-ng (BENCHMARKS.md: the bench's 39 KB JSON at level 6 is 9,642 B in 0.43 ms, against
+//! nginx's 10,086 B and zlib-ng's 10,230 B in 0.66 ms). It only encodes a whole buffer, so it
+//! takes bodies whose `Content-Length` is known and at most [`WHOLE_GZIP_MAX`]; those arrive
+//! in full without waiting on anything but the upstream. Others stream through zlib-ng.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -51,10 +57,20 @@ impl Coding {
         self as usize
     }
 
-    pub(super) fn compressor(self, level: u32) -> Option<Box<dyn Encode + Send + Sync>> {
+    /// The encoder for a body of `length` bytes when the header says (`None`: unknown).
+    pub(super) fn compressor(
+        self,
+        level: u32,
+        length: Option<u64>,
+    ) -> Option<Box<dyn Encode + Send + Sync>> {
         match self {
             Coding::Br => Some(Box::new(BrotliCompressor::new(level))),
-            Coding::Gzip => Algorithm::Gzip.compressor(level),
+            Coding::Gzip => match length {
+                Some(n) if n <= WHOLE_GZIP_MAX as u64 => {
+                    Some(Box::new(WholeGzip::new(level, n as usize)))
+                }
+                _ => Algorithm::Gzip.compressor(level),
+            },
             Coding::Zstd => Algorithm::Zstd.compressor(level),
         }
     }
@@ -71,7 +87,88 @@ impl Coding {
 /// `body` encoded in one go with the encoder a response would use (self-made responses, and
 /// `examples/compress_ratio.rs` which measures ratio and CPU per coding and level).
 pub fn encode_once(c: Coding, level: u32, body: &[u8]) -> Option<Bytes> {
-    c.compressor(level)?.encode(body, true).ok()
+    let length = u64::try_from(body.len()).ok();
+    c.compressor(level, length)?.encode(body, true).ok()
+}
+
+/// The longest body gzipped whole. Holding it costs about what a streaming zlib-ng encoder's
+/// own state does (some 270 KiB at level 6), so memory per response stays what it was.
+pub const WHOLE_GZIP_MAX: usize = 256 * 1024;
+
+/// gzip of a body collected whole, then encoded in one pass by libdeflate. Should more than
+/// [`WHOLE_GZIP_MAX`] arrive (a length the header understated), what is held goes to a
+/// streaming zlib-ng encoder and the rest streams, so the memory bound holds whatever comes.
+struct WholeGzip {
+    level: u32,
+    body: Vec<u8>,
+    stream: Option<Box<dyn Encode + Send + Sync>>,
+    total_out: usize,
+    duration: Duration,
+}
+
+impl WholeGzip {
+    fn new(level: u32, length: usize) -> Self {
+        Self {
+            level,
+            body: Vec::with_capacity(length),
+            stream: None,
+            total_out: 0,
+            duration: Duration::ZERO,
+        }
+    }
+
+    /// Hand what is held to zlib-ng and stream from now on.
+    fn stream(&mut self, input: &[u8], end: bool) -> pingora::Result<Bytes> {
+        let held = std::mem::take(&mut self.body);
+        let mut stream = Algorithm::Gzip
+            .compressor(self.level)
+            .ok_or_else(|| compression_error("gzip", std::io::Error::other("no encoder")))?;
+        let mut out = stream.encode(&held, false)?.to_vec();
+        out.extend_from_slice(&stream.encode(input, end)?);
+        self.stream = Some(stream);
+        Ok(out.into())
+    }
+}
+
+impl Encode for WholeGzip {
+    fn encode(&mut self, input: &[u8], end: bool) -> pingora::Result<Bytes> {
+        if let Some(stream) = self.stream.as_mut() {
+            return stream.encode(input, end);
+        }
+        if self.body.len() + input.len() > WHOLE_GZIP_MAX {
+            return self.stream(input, end);
+        }
+        self.body.extend_from_slice(input);
+        if !end {
+            return Ok(Bytes::new());
+        }
+        let start = Instant::now();
+        let out = gzip_whole(self.level, &self.body)?;
+        self.total_out = out.len();
+        self.duration = start.elapsed();
+        Ok(out)
+    }
+
+    fn stat(&self) -> (&'static str, usize, usize, Duration) {
+        match &self.stream {
+            Some(stream) => stream.stat(),
+            None => ("gzip", self.body.len(), self.total_out, self.duration),
+        }
+    }
+}
+
+/// `body` gzipped in one pass. libdeflate's levels run 0-12; Rampart's gzip levels (1-9) mean
+/// the same effort as zlib's.
+fn gzip_whole(level: u32, body: &[u8]) -> pingora::Result<Bytes> {
+    let level = libdeflater::CompressionLvl::new(level as i32)
+        .map_err(|e| compression_error("gzip", std::io::Error::other(format!("{e:?}"))))?;
+    let mut encoder = libdeflater::Compressor::new(level);
+    let mut out = vec![0; encoder.gzip_compress_bound(body.len())];
+    let len = encoder
+        .gzip_compress(body, &mut out)
+        .map_err(|e| compression_error("gzip", std::io::Error::other(format!("{e:?}"))))?;
+    out.truncate(len);
+    Ok(out.into())
 }
 
 /// Brotli compressor that finishes the stream. Written here because Pingora's ends with a
@@ -183,31 +280,49 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// About 190 KB of JSON: under [`WHOLE_GZIP_MAX`].
     fn sample() -> Vec<u8> {
-        (0..20_000)
+        (0..8_000)
             .map(|i| format!("{{\"day\":{i},\"value\":{}}},", i * 37 % 1000))
             .collect::<String>()
             .into_bytes()
     }
 
-    /// Every encoder in streaming use decodes, with the crates clients use, to the input.
+    /// `input` through `enc` in chunks of `size`.
+    fn encode_chunks(enc: &mut dyn Encode, input: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in input.chunks(size) {
+            out.extend_from_slice(&enc.encode(chunk, false).expect("encode"));
+        }
+        out.extend_from_slice(&enc.encode(&[], true).expect("finish"));
+        out
+    }
+
+    fn gunzip(gz: &[u8]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut plain)
+            .expect("gunzip");
+        plain
+    }
+
+    /// Every encoder, whether the length is known or not, decodes with the crates clients
+    /// use to the input.
     #[test]
     fn streamed_round_trips() {
         let input = sample();
-        for c in [Coding::Gzip, Coding::Br, Coding::Zstd] {
-            let mut enc = c.compressor(5).expect("compressor");
-            let mut out = Vec::new();
-            for chunk in input.chunks(7_000) {
-                out.extend_from_slice(&enc.encode(chunk, false).expect("encode"));
-            }
-            out.extend_from_slice(&enc.encode(&[], true).expect("finish"));
+        let known = Some(input.len() as u64);
+        for (c, length) in [
+            (Coding::Gzip, None),
+            (Coding::Gzip, known),
+            (Coding::Br, known),
+            (Coding::Zstd, known),
+        ] {
+            let mut enc = c.compressor(5, length).expect("compressor");
+            let out = encode_chunks(enc.as_mut(), &input, 7_000);
             let mut plain = Vec::new();
             match c {
-                Coding::Gzip => {
-                    flate2::read::GzDecoder::new(&out[..])
-                        .read_to_end(&mut plain)
-                        .expect("gunzip");
-                }
+                Coding::Gzip => plain = gunzip(&out),
                 Coding::Br => {
                     brotli::Decompressor::new(&out[..], 4096)
                         .read_to_end(&mut plain)
@@ -226,6 +341,50 @@ mod tests {
             back.extend_from_slice(&dec.encode(&[], true).expect("decode end"));
             assert_eq!(back, input, "{c:?} decompressor");
         }
+    }
+
+    /// A body gzipped whole comes out only at its end, and smaller than zlib-ng makes it at
+    /// the same level (why libdeflate is used).
+    #[test]
+    fn whole_gzip_waits_for_the_end_and_beats_zlib_ng() {
+        let input = sample();
+        let mut whole = Coding::Gzip
+            .compressor(6, Some(input.len() as u64))
+            .expect("compressor");
+        for chunk in input.chunks(7_000) {
+            assert!(whole.encode(chunk, false).expect("encode").is_empty());
+        }
+        let out = whole.encode(&[], true).expect("finish");
+        assert_eq!(gunzip(&out), input);
+        let mut zlib_ng = Coding::Gzip.compressor(6, None).expect("compressor");
+        let streamed = encode_chunks(zlib_ng.as_mut(), &input, 7_000);
+        assert!(
+            out.len() < streamed.len(),
+            "libdeflate {} B, zlib-ng {} B",
+            out.len(),
+            streamed.len()
+        );
+    }
+
+    /// A body longer than its header said, past the whole-body limit: what was held and the
+    /// rest stream through zlib-ng, and the output is still one valid gzip stream.
+    #[test]
+    fn whole_gzip_streams_a_body_longer_than_the_limit() {
+        let mut input = Vec::new();
+        while input.len() <= WHOLE_GZIP_MAX + 50_000 {
+            input.extend_from_slice(&sample());
+        }
+        let mut enc = Coding::Gzip.compressor(6, Some(1000)).expect("compressor");
+        let mut out = Vec::new();
+        let mut streamed_before_end = false;
+        for chunk in input.chunks(16_384) {
+            let part = enc.encode(chunk, false).expect("encode");
+            streamed_before_end |= !part.is_empty();
+            out.extend_from_slice(&part);
+        }
+        out.extend_from_slice(&enc.encode(&[], true).expect("finish"));
+        assert!(streamed_before_end, "output began before the end");
+        assert_eq!(gunzip(&out), input);
     }
 
     /// Why [`BrotliCompressor`] exists: Pingora's brotli output decodes, but the stream never

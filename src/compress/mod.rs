@@ -9,8 +9,9 @@
 //! Invariants: a body is never encoded twice (an upstream's coding is left alone or, for a
 //! client that cannot read it, decoded); 1xx/204/304/206, HEAD, `Content-Range` and
 //! `no-transform` responses leave untouched; every response whose encoding could depend on
-//! `Accept-Encoding` carries `Vary: Accept-Encoding`; bodies are encoded as they stream
-//! (memory bounded by the encoder's window). Compression runs downstream of the cache, so
+//! `Accept-Encoding` carries `Vary: Accept-Encoding`; memory per response is bounded: a
+//! body of known length up to 256 KiB is gzipped whole (libdeflate), every other body is
+//! encoded as it streams (bounded by the encoder's window). Compression runs downstream of the cache, so
 //! one stored body serves every coding (the trap of Pingora issue #283 cannot happen).
 
 mod accept;
@@ -29,7 +30,7 @@ use crate::metrics::Metrics;
 
 pub use accept::{acceptable_codings, Accept};
 pub use codec::{encode_once, Coding};
-use policy::{decide, rewrite_header, Action};
+use policy::{content_length, decide, rewrite_header, Action};
 pub use policy::{Config, Policies, Policy, DEFAULT_TYPES};
 
 /// Per-request compression state (a field of the request context).
@@ -106,7 +107,7 @@ impl RequestState {
         let active = match action {
             Action::Keep => None,
             Action::Compress(c) => c
-                .compressor(policy.levels[c.index()])
+                .compressor(policy.levels[c.index()], content_length(resp))
                 .map(|encoder| Active {
                     encoder,
                     label: Some(c.token()),

@@ -391,7 +391,7 @@ fn no_transform(resp: &ResponseHeader) -> bool {
         .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
 }
 
-fn content_length(resp: &ResponseHeader) -> Option<u64> {
+pub(super) fn content_length(resp: &ResponseHeader) -> Option<u64> {
     resp.headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
