@@ -167,8 +167,9 @@ fn gzip_whole(level: u32, body: &[u8]) -> pingora::Result<Bytes> {
     let len = encoder
         .gzip_compress(body, &mut out)
         .map_err(|e| compression_error("gzip", std::io::Error::other(format!("{e:?}"))))?;
-    out.truncate(len);
-    Ok(out.into())
+    // A copy of the output's length: `Bytes::from(Vec)` would keep the bound-sized buffer
+    // (about the input's size) alive until the body is written.
+    Ok(Bytes::copy_from_slice(out.get(..len).unwrap_or_default()))
 }
 
 /// Brotli compressor that finishes the stream. Written here because Pingora's ends with a
