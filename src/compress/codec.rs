@@ -91,8 +91,9 @@ pub fn encode_once(c: Coding, level: u32, body: &[u8]) -> Option<Bytes> {
     c.compressor(level, length)?.encode(body, true).ok()
 }
 
-/// The longest body gzipped whole. Holding it costs about what a streaming zlib-ng encoder's
-/// own state does (some 270 KiB at level 6), so memory per response stays what it was.
+/// The longest body gzipped whole. Holding it costs about what a streaming zlib-ng encoder
+/// allocates for its own state (window, hash chains and pending output: a few hundred KiB at
+/// level 6), so memory per response stays of the order it was.
 pub const WHOLE_GZIP_MAX: usize = 256 * 1024;
 
 /// gzip of a body collected whole, then encoded in one pass by libdeflate. Should more than
