@@ -161,13 +161,16 @@ impl Encode for WholeGzip {
 /// `body` gzipped in one pass. libdeflate's levels run 0-12; Rampart's gzip levels (1-9) mean
 /// the same effort as zlib's.
 fn gzip_whole(level: u32, body: &[u8]) -> pingora::Result<Bytes> {
-    let level = libdeflater::CompressionLvl::new(level as i32)
-        .map_err(|e| compression_error("gzip", std::io::Error::other(format!("{e:?}"))))?;
+    // libdeflater's errors (a level out of range, an output buffer too small) are plain enums.
+    let failed = |e: &dyn std::fmt::Debug| {
+        compression_error("gzip", std::io::Error::other(format!("{e:?}")))
+    };
+    let level = libdeflater::CompressionLvl::new(level as i32).map_err(|e| failed(&e))?;
     let mut encoder = libdeflater::Compressor::new(level);
     let mut out = vec![0; encoder.gzip_compress_bound(body.len())];
     let len = encoder
         .gzip_compress(body, &mut out)
-        .map_err(|e| compression_error("gzip", std::io::Error::other(format!("{e:?}"))))?;
+        .map_err(|e| failed(&e))?;
     // A copy of the output's length: `Bytes::from(Vec)` would keep the bound-sized buffer
     // (about the input's size) alive until the body is written.
     Ok(Bytes::copy_from_slice(out.get(..len).unwrap_or_default()))

@@ -11,8 +11,9 @@
 //! `no-transform` responses leave untouched; every response whose encoding could depend on
 //! `Accept-Encoding` carries `Vary: Accept-Encoding`; memory per response is bounded: a
 //! body of known length up to 256 KiB is gzipped whole (libdeflate), every other body is
-//! encoded as it streams (bounded by the encoder's window). Compression runs downstream of the cache, so
-//! one stored body serves every coding (the trap of Pingora issue #283 cannot happen).
+//! encoded as it streams (bounded by the encoder's window). Compression runs downstream of
+//! the cache, so one stored body serves every coding (the trap of Pingora issue #283 cannot
+//! happen).
 
 mod accept;
 mod codec;

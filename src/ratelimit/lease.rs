@@ -229,6 +229,12 @@ mod tests {
         }
     }
 
+    /// What `policy(10)` asks when it leases, with nothing to give back.
+    const LEASE_10: Ask = Ask {
+        take: 10,
+        refund: 0,
+    };
+
     fn granted(debt: u64) -> Charged {
         Charged {
             admitted: true,
@@ -245,13 +251,7 @@ mod tests {
         let a = [charge(0, "a")];
         assert!(leases.take(&[&p], &a).is_none(), "nothing held yet");
         let first = leases.asks(&[&p], &a);
-        assert_eq!(
-            first,
-            [Ask {
-                take: 10,
-                refund: 0
-            }]
-        );
+        assert_eq!(first, [LEASE_10]);
         // A second request while the first is being answered asks one token.
         assert_eq!(leases.asks(&[&p], &a), [Ask::ONE]);
         leases.learn(&a, &first, &[(granted(10 * p.cost), 10)]);
@@ -267,13 +267,7 @@ mod tests {
         assert!(leases.take(&[&p], &a).is_none(), "spent");
         // Spent: the next request asks a new lease, with nothing to give back.
         let again = leases.asks(&[&p], &a);
-        assert_eq!(
-            again,
-            [Ask {
-                take: 10,
-                refund: 0
-            }]
-        );
+        assert_eq!(again, [LEASE_10]);
         leases.learn(&a, &again, &[(granted(20 * p.cost), 10)]);
         assert!(leases.take(&[&p], &a).is_some());
         std::thread::sleep(LIFETIME + Duration::from_millis(20));
