@@ -18,10 +18,11 @@ use super::storage::FillBounds;
 use crate::compress::acceptable_codings;
 use crate::headers::vary_tokens;
 
-/// `cache_key_callback`: the key of `req` on `route` under `policy`. The primary key frames
-/// route, method (`GET`: a HEAD is answered from the GET entry, which Pingora fetches on a
-/// HEAD miss), host, path, the normalised query and the policy's `vary` headers; the user tag
-/// groups every entry of the URL for purges.
+/// The key of `req` on `route` under `policy`. The primary key frames route, method (`GET`: a
+/// HEAD is answered from the GET entry, which Pingora fetches on a HEAD miss), host, path, the
+/// normalised query and the policy's `vary` headers; the user tag groups every entry of the
+/// URL for purges. A key handed to Pingora gets its [`FillBounds`] from [`with_fill_bounds`];
+/// a fresh hit answered in `request_filter` never needs them.
 pub fn request_key(route: &str, req: &RequestHeader, policy: &Policy) -> CacheKey {
     let host = request_host(req);
     let url = UrlKey::new(route, &host, req.uri.path(), req.uri.query(), policy);
@@ -46,13 +47,16 @@ pub fn request_key(route: &str, req: &RequestHeader, policy: &Policy) -> CacheKe
             .collect();
         frame(&mut primary, &values.join(&b","[..]));
     }
-    let mut key = CacheKey::new(primary, url.tag);
+    CacheKey::new(primary, url.tag)
+}
+
+/// `cache_key_callback`: what the storage may spend filling and keeping the entry of `key`.
+pub(super) fn with_fill_bounds(key: &mut CacheKey, policy: &Policy) {
     key.extensions.insert(FillBounds {
         body: policy.max_body_bytes,
         wait: policy.lock_timeout,
         keep: policy.keep_for_revalidation,
     });
-    key
 }
 
 /// `cache_vary_filter`: the variance of a request against a stored (or about to be stored)
@@ -133,7 +137,8 @@ pub(super) fn host_key(host: &[u8]) -> String {
 }
 
 pub(super) fn frame(out: &mut Vec<u8>, part: &[u8]) {
-    out.extend_from_slice(part.len().to_string().as_bytes());
+    // Written in place: a key frames five or more parts on every cached request.
+    out.extend_from_slice(itoa::Buffer::new().format(part.len()).as_bytes());
     out.push(b':');
     out.extend_from_slice(part);
     out.push(b';');
@@ -167,7 +172,7 @@ impl UrlKey {
             .collect();
         params.sort_unstable();
         let query = params.join("&");
-        let mut framed = Vec::new();
+        let mut framed = Vec::with_capacity(host.len() + path.len() + query.len() + 32);
         frame(&mut framed, host.as_bytes());
         frame(&mut framed, path.as_bytes());
         frame(&mut framed, query.as_bytes());

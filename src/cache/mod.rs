@@ -250,6 +250,7 @@ impl Cache {
             Some(key) => key,
             None => request_key(route, req, policy),
         };
+        key::with_fill_bounds(&mut key, policy);
         if let (Some(coding), false) = (coding, req.headers.contains_key(http::header::RANGE)) {
             let wanted = Arc::new(encoded::Wanted::new(coding));
             key.extensions.insert(wanted.clone());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use async_trait::async_trait;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{
@@ -22,6 +22,9 @@ use crate::limits::head::{self, Framing, Scan, Scanner};
 
 use super::wait::{HeadRead, Wait};
 use super::{HOLD_MAX, LINGER, LINGER_BYTES};
+
+/// The most one read of a request head takes from the socket.
+const HEAD_READ: usize = 8192;
 
 /// What of the buffered bytes Pingora may read now.
 #[derive(Debug)]
@@ -142,25 +145,27 @@ impl Conn {
                 return HeadRead::Closed("shutting down");
             }
             let room = (limits.section + 1).saturating_sub(self.buf.len()).max(1);
-            let mut chunk = [0u8; 8192];
-            let max = room.min(chunk.len());
+            let max = room.min(HEAD_READ);
+            let empty = self.buf.is_empty();
+            // Read into the buffer's spare room: no zeroed chunk to fill and copy on every head.
+            self.buf.reserve(max);
+            let mut spare = (&mut self.buf).limit(max);
             let read = tokio::select! {
-                read = self.inner.read(&mut chunk[..max]) => read,
+                read = self.inner.read_buf(&mut spare) => read,
                 () = tokio::time::sleep_until(deadline) => {
-                    return if idle.is_some() || self.buf.is_empty() {
+                    return if idle.is_some() || empty {
                         HeadRead::Closed("idle too long")
                     } else {
                         HeadRead::TimedOut
                     };
                 }
-                _ = shutdown.changed(), if self.buf.is_empty() && between_requests => {
+                _ = shutdown.changed(), if empty && between_requests => {
                     return HeadRead::Closed("shutting down");
                 }
             };
             match read {
                 Ok(0) => self.eof = true,
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
+                Ok(_) => {
                     if idle.take().is_some() {
                         deadline = tokio::time::Instant::now() + wait.head;
                     }

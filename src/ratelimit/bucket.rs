@@ -38,8 +38,8 @@ pub struct Policy {
     /// `burst * cost`.
     pub capacity: u64,
     /// This policy's item of `RateLimit-Policy` (`"name";q=burst;w=window`), made once: it is
-    /// the same on every response.
-    pub header_item: String,
+    /// the same on every response, and the whole header when the route has one policy.
+    pub header_item: http::HeaderValue,
 }
 
 impl Policy {
@@ -52,7 +52,11 @@ impl Policy {
         let capacity = burst.saturating_mul(cost);
         let window_secs = capacity.div_ceil(refill).div_ceil(1_000_000).max(1);
         Self {
-            header_item: format!("\"{name}\";q={burst};w={window_secs}"),
+            // A policy name is a config key of visible ASCII: always a valid value.
+            header_item: http::HeaderValue::try_from(format!(
+                "\"{name}\";q={burst};w={window_secs}"
+            ))
+            .unwrap_or(http::HeaderValue::from_static("")),
             name: name.to_string(),
             key: c.key.clone(),
             routes: c.routes.clone(),

@@ -54,19 +54,29 @@ impl Decision {
 
     /// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured-field
     /// lists, one item per policy) and, if configured, the legacy trio for the tightest policy.
+    /// Written on every response of a limited route: the policy item is made once, numbers go
+    /// straight into header values.
     pub fn write_headers(&self, resp: &mut ResponseHeader) {
-        if self.verdicts.is_empty() {
+        let [first, rest @ ..] = self.verdicts.as_slice() else {
             return;
-        }
-        // One string per header, written in place (on every response of a limited route).
-        let mut policy = String::with_capacity(48 * self.verdicts.len());
+        };
+        let policy = if rest.is_empty() {
+            first.policy.header_item.clone()
+        } else {
+            let mut joined = Vec::with_capacity(48 * self.verdicts.len());
+            for (i, v) in self.verdicts.iter().enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(v.policy.header_item.as_bytes());
+            }
+            HeaderValue::from_bytes(&joined).unwrap_or(HeaderValue::from_static(""))
+        };
         let mut state = String::with_capacity(48 * self.verdicts.len());
         for (i, v) in self.verdicts.iter().enumerate() {
             if i > 0 {
-                policy.push_str(", ");
                 state.push_str(", ");
             }
-            policy.push_str(&v.policy.header_item);
             let _ = write!(
                 state,
                 "\"{}\";r={};t={}",
@@ -82,9 +92,9 @@ impl Decision {
                 .iter()
                 .min_by_key(|v| (v.policy.report_only, v.remaining));
             if let Some(v) = tightest {
-                let _ = resp.insert_header("x-ratelimit-limit", v.policy.burst.to_string());
-                let _ = resp.insert_header("x-ratelimit-remaining", v.remaining.to_string());
-                let _ = resp.insert_header("x-ratelimit-reset", v.reset_secs.to_string());
+                let _ = resp.insert_header("x-ratelimit-limit", HeaderValue::from(v.policy.burst));
+                let _ = resp.insert_header("x-ratelimit-remaining", HeaderValue::from(v.remaining));
+                let _ = resp.insert_header("x-ratelimit-reset", HeaderValue::from(v.reset_secs));
             }
         }
     }
