@@ -20,6 +20,7 @@ mod config;
 mod encoded;
 mod key;
 mod memory;
+mod names;
 mod near;
 mod policy;
 mod redis;
@@ -48,6 +49,7 @@ pub use config::{Config, PolicyConfig};
 use key::{host_key, request_host, UrlKey};
 pub use key::{request_key, variance};
 pub use memory::MemoryStorage;
+use names::EntryNames;
 pub use policy::cacheable;
 pub use policy::Policy;
 use policy::TARGETED;
@@ -132,6 +134,8 @@ pub struct Cache {
     /// Claim tokens are `{claim_prefix}-{n}`: unique across replicas and requests.
     claim_prefix: String,
     claims: AtomicU64,
+    /// The names of the entries fresh hits looked up, per request target.
+    names: names::Names,
 }
 
 impl Cache {
@@ -200,6 +204,7 @@ impl Cache {
             metrics,
             claim_prefix: uuid::Uuid::new_v4().simple().to_string(),
             claims: AtomicU64::new(0),
+            names: names::Names::default(),
         })
     }
 
@@ -412,13 +417,36 @@ impl Cache {
         {
             return None;
         }
-        let cache_key = request_key(route, req, policy);
-        let Some((mut header, times, stored)) = self.held_fresh(&cache_key, coding, keeps_identity)
+        // A policy framing request headers into its keys (`vary`) is never remembered.
+        let remembered = if policy.vary.is_empty() {
+            self.names.get(route, req)
+        } else {
+            None
+        };
+        let (names, mut cache_key) = match remembered {
+            Some(names) => (names, None),
+            None => {
+                let key = request_key(route, req, policy);
+                let names = Arc::new(EntryNames {
+                    tag: key.user_tag.clone(),
+                    entry: key::entry_name(&key),
+                });
+                if policy.vary.is_empty() {
+                    self.names.remember(route, req, names.clone());
+                }
+                (names, Some(key))
+            }
+        };
+        let Some((mut header, times, stored)) = self.held_fresh(&names, coding, keeps_identity)
         else {
-            state.key = Some(cache_key);
+            state.key = Some(
+                cache_key
+                    .take()
+                    .unwrap_or_else(|| request_key(route, req, policy)),
+            );
             return None;
         };
-        self.store.served_held(&cache_key.user_tag);
+        self.store.served_held(&names.tag);
         state.route = Some((route.clone(), policy.clone()));
         let _ = header.insert_header(http::header::AGE, times.age().as_secs());
         header.set_version(http::Version::HTTP_11);
@@ -446,13 +474,11 @@ impl Cache {
     /// as it is. Its header and times are taken out of it.
     fn held_fresh(
         &self,
-        key: &CacheKey,
+        names: &EntryNames,
         coding: Option<Coding>,
         keeps_identity: impl FnOnce(&ResponseHeader) -> bool,
     ) -> Option<(ResponseHeader, Times, Stored)> {
-        let mut stored = self
-            .store
-            .held(&key.user_tag, &key::entry_name(key), coding)?;
+        let mut stored = self.store.held(&names.tag, &names.entry, coding)?;
         let Decoded { header, times } = *stored.decoded.take()?;
         let sendable = times.fresh_until >= SystemTime::now()
             && header.status == http::StatusCode::OK
