@@ -343,9 +343,11 @@ pub(super) fn decide(
             // body below the threshold goes out as it is to everyone, so it does not vary
             // (nginx omits Vary there too); when it grows, its new response carries Vary.
             // An empty body stays empty: Pingora may not run the body filter for it at all.
+            // The length is read before the type is matched: cheaper, and Rampart's own small
+            // answers (a 429's problem+json) stop there.
             let negotiable = !policy.order.is_empty()
-                && (status == 304 || policy.compressible(resp))
-                && content_length(resp).is_none_or(|n| n > 0 && n >= policy.min_size);
+                && content_length(resp).is_none_or(|n| n > 0 && n >= policy.min_size)
+                && (status == 304 || policy.compressible(resp));
             if !negotiable {
                 return (false, Action::Keep);
             }
