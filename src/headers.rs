@@ -245,21 +245,6 @@ pub fn add_vary(resp: &mut ResponseHeader, token: &str) {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn process_time_is_seconds_with_six_decimals() {
-        use std::time::Duration;
-        let text = |d| seconds_with_micros(d).to_str().ok().map(str::to_owned);
-        assert_eq!(
-            text(Duration::from_micros(123)).as_deref(),
-            Some("0.000123")
-        );
-        assert_eq!(
-            text(Duration::from_micros(2_500_001)).as_deref(),
-            Some("2.500001")
-        );
-        assert_eq!(text(Duration::from_nanos(999)).as_deref(), Some("0.000000"));
-    }
-
     use super::*;
 
     fn with_id(id: &[u8]) -> RequestHeader {
@@ -365,5 +350,20 @@ mod tests {
             tls.headers.get(REQUEST_ID).map(|v| v.as_bytes()),
             Some(&b"id"[..])
         );
+    }
+
+    #[test]
+    fn process_time_is_seconds_with_six_decimals() {
+        use std::time::Duration;
+        let text = |d| seconds_with_micros(d).to_str().ok().map(str::to_owned);
+        assert_eq!(
+            text(Duration::from_micros(123)).as_deref(),
+            Some("0.000123")
+        );
+        assert_eq!(
+            text(Duration::from_micros(2_500_001)).as_deref(),
+            Some("2.500001")
+        );
+        assert_eq!(text(Duration::from_nanos(999)).as_deref(), Some("0.000000"));
     }
 }

@@ -112,13 +112,16 @@ pub(super) fn accepted_encodings(req: &RequestHeader) -> String {
 /// The request's host as keys hold it ([`host_key`]): `Host`, else the URI's authority
 /// (HTTP/2).
 pub(super) fn request_host(req: &RequestHeader) -> String {
-    let host = req
-        .headers
+    host_key(raw_host(req))
+}
+
+/// The request's host as sent: `Host`, else the URI's authority (HTTP/2), else empty.
+pub(super) fn raw_host(req: &RequestHeader) -> &[u8] {
+    req.headers
         .get(http::header::HOST)
         .map(HeaderValue::as_bytes)
         .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
-        .unwrap_or(b"");
-    host_key(host)
+        .unwrap_or(b"")
 }
 
 /// A host as cache keys and purges hold it: ASCII lower-cased, and every byte outside visible

@@ -417,23 +417,12 @@ impl Cache {
         {
             return None;
         }
-        // A policy framing request headers into its keys (`vary`) is never remembered.
-        let remembered = if policy.vary.is_empty() {
-            self.names.get(route, req)
-        } else {
-            None
-        };
-        let (names, mut cache_key) = match remembered {
+        let (names, mut cache_key) = match self.names.get(route, req, policy) {
             Some(names) => (names, None),
             None => {
                 let key = request_key(route, req, policy);
-                let names = Arc::new(EntryNames {
-                    tag: key.user_tag.clone(),
-                    entry: key::entry_name(&key),
-                });
-                if policy.vary.is_empty() {
-                    self.names.remember(route, req, names.clone());
-                }
+                let names = Arc::new(EntryNames::of(&key));
+                self.names.remember(route, req, policy, names.clone());
                 (names, Some(key))
             }
         };

@@ -15,9 +15,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use pingora::cache::CacheKey;
 use pingora::http::RequestHeader;
 
-use super::key::frame;
+use super::key::{entry_name, frame, raw_host};
+use super::policy::Policy;
 
 /// Request targets remembered (about 3 MiB at most, with [`MAX_TARGET_BYTES`]).
 const MAX_TARGETS: usize = 4096;
@@ -31,6 +33,16 @@ pub(super) struct EntryNames {
     pub(super) entry: String,
 }
 
+impl EntryNames {
+    /// The names `key` gives.
+    pub(super) fn of(key: &CacheKey) -> Self {
+        Self {
+            tag: key.user_tag.clone(),
+            entry: entry_name(key),
+        }
+    }
+}
+
 /// Request target -> the names of its entry, for one configuration generation.
 #[derive(Default)]
 pub(super) struct Names {
@@ -38,15 +50,26 @@ pub(super) struct Names {
 }
 
 impl Names {
-    /// The names remembered for `req` on `route`, if any.
-    pub(super) fn get(&self, route: &str, req: &RequestHeader) -> Option<Arc<EntryNames>> {
-        let target = target(route, req)?;
+    /// The names remembered for `req` on `route` under `policy`, if any.
+    pub(super) fn get(
+        &self,
+        route: &str,
+        req: &RequestHeader,
+        policy: &Policy,
+    ) -> Option<Arc<EntryNames>> {
+        let target = target(route, req, policy)?;
         self.table.lock().ok()?.get(&target).cloned()
     }
 
-    /// Remember `names` for `req` on `route`.
-    pub(super) fn remember(&self, route: &str, req: &RequestHeader, names: Arc<EntryNames>) {
-        let Some(target) = target(route, req) else {
+    /// Remember `names` for `req` on `route` under `policy` (nothing if its keys frame headers).
+    pub(super) fn remember(
+        &self,
+        route: &str,
+        req: &RequestHeader,
+        policy: &Policy,
+        names: Arc<EntryNames>,
+    ) {
+        let Some(target) = target(route, req, policy) else {
             return;
         };
         let Ok(mut table) = self.table.lock() else {
@@ -60,14 +83,12 @@ impl Names {
 }
 
 /// Route, host (as sent), path and query, length-prefixed like a key's parts; `None` when
-/// longer than [`MAX_TARGET_BYTES`].
-fn target(route: &str, req: &RequestHeader) -> Option<Vec<u8>> {
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .map(|v| v.as_bytes())
-        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
-        .unwrap_or(b"");
+/// `policy` frames request headers into its keys, or when longer than [`MAX_TARGET_BYTES`].
+fn target(route: &str, req: &RequestHeader, policy: &Policy) -> Option<Vec<u8>> {
+    if !policy.vary.is_empty() {
+        return None;
+    }
+    let host = raw_host(req);
     let path = req.uri.path().as_bytes();
     let query = req.uri.query().unwrap_or("").as_bytes();
     let len = route.len() + host.len() + path.len() + query.len();
@@ -84,6 +105,12 @@ fn target(route: &str, req: &RequestHeader) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::PolicyConfig;
+    use crate::types::HeaderNameText;
+
+    fn plain() -> Policy {
+        Policy::new("p", &PolicyConfig::default())
+    }
 
     fn req(target: &str, host: &str) -> RequestHeader {
         let mut r = RequestHeader::build("GET", target.as_bytes(), None).expect("request");
@@ -101,8 +128,11 @@ mod tests {
     #[test]
     fn names_are_found_for_the_same_route_host_path_and_query_only() {
         let table = Names::default();
-        table.remember("r", &req("/a?x=1", "h"), names("t1"));
-        assert_eq!(table.get("r", &req("/a?x=1", "h")), Some(names("t1")));
+        table.remember("r", &req("/a?x=1", "h"), &plain(), names("t1"));
+        assert_eq!(
+            table.get("r", &req("/a?x=1", "h"), &plain()),
+            Some(names("t1"))
+        );
         for (route, target, host) in [
             ("r2", "/a?x=1", "h"),
             ("r", "/a?x=2", "h"),
@@ -111,27 +141,44 @@ mod tests {
             ("r", "/b?x=1", "h"),
         ] {
             assert_eq!(
-                table.get(route, &req(target, host)),
+                table.get(route, &req(target, host), &plain()),
                 None,
                 "{route} {host}{target}"
             );
         }
         // Parts are framed: moving a byte from one part to the next is another target.
-        table.remember("r", &req("/ab", "h"), names("t2"));
-        assert_eq!(table.get("r", &req("/ab", "h")), Some(names("t2")));
-        assert_eq!(table.get("r", &req("/b", "ha")), None);
+        table.remember("r", &req("/ab", "h"), &plain(), names("t2"));
+        assert_eq!(
+            table.get("r", &req("/ab", "h"), &plain()),
+            Some(names("t2"))
+        );
+        assert_eq!(table.get("r", &req("/b", "ha"), &plain()), None);
     }
 
     #[test]
     fn the_table_stays_bounded() {
         let table = Names::default();
         for i in 0..=MAX_TARGETS {
-            table.remember("r", &req(&format!("/{i}"), "h"), names("t"));
+            table.remember("r", &req(&format!("/{i}"), "h"), &plain(), names("t"));
         }
         let held = table.table.lock().map(|t| t.len()).unwrap_or(usize::MAX);
         assert!(held <= MAX_TARGETS, "{held}");
         let long = format!("/{}", "x".repeat(MAX_TARGET_BYTES));
-        table.remember("r", &req(&long, "h"), names("t"));
-        assert_eq!(table.get("r", &req(&long, "h")), None);
+        table.remember("r", &req(&long, "h"), &plain(), names("t"));
+        assert_eq!(table.get("r", &req(&long, "h"), &plain()), None);
+    }
+
+    /// A policy that frames request headers into its keys: nothing is remembered for it.
+    #[test]
+    fn a_policy_with_vary_headers_is_never_remembered() {
+        let config = PolicyConfig {
+            vary: vec![HeaderNameText::from_static("x-tenant")],
+            ..PolicyConfig::default()
+        };
+        let varying = Policy::new("p", &config);
+        let table = Names::default();
+        table.remember("r", &req("/a", "h"), &varying, names("t"));
+        assert_eq!(table.get("r", &req("/a", "h"), &varying), None);
+        assert_eq!(table.get("r", &req("/a", "h"), &plain()), None);
     }
 }

@@ -63,14 +63,12 @@ impl Decision {
         let policy = if rest.is_empty() {
             first.policy.header_item.clone()
         } else {
-            let mut joined = Vec::with_capacity(48 * self.verdicts.len());
-            for (i, v) in self.verdicts.iter().enumerate() {
-                if i > 0 {
-                    joined.extend_from_slice(b", ");
-                }
-                joined.extend_from_slice(v.policy.header_item.as_bytes());
-            }
-            HeaderValue::from_bytes(&joined).unwrap_or(HeaderValue::from_static(""))
+            let items: Vec<&[u8]> = self
+                .verdicts
+                .iter()
+                .map(|v| v.policy.header_item.as_bytes())
+                .collect();
+            HeaderValue::from_bytes(&items.join(&b", "[..])).unwrap_or(HeaderValue::from_static(""))
         };
         let mut state = String::with_capacity(48 * self.verdicts.len());
         for (i, v) in self.verdicts.iter().enumerate() {
