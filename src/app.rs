@@ -123,8 +123,14 @@ pub fn build_with(
         metrics: metrics.clone(),
         live: live.clone(),
     };
+    // The gate's own handle on the request path, for the requests it answers itself.
+    let early = Arc::new(Proxy {
+        metrics: metrics.clone(),
+        live: live.clone(),
+    });
     let gate = Gate::new(
         pingora::proxy::http_proxy(&server.configuration, proxy),
+        early,
         &config.limits,
         Cidrs::new(&config.server.trusted_proxies),
         metrics.clone(),

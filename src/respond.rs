@@ -138,18 +138,48 @@ pub async fn send(
     if session.response_written().is_some() {
         return Ok(());
     }
-    let mut resp = ResponseHeader::build(local.status, Some(local.headers.len() + 8))?;
-    for (name, value) in local.headers {
-        resp.insert_header(name, value)?;
-    }
-    finish_headers(headers, session.req_header(), ctx, &mut resp);
-    let body = ctx.compress.encode_local(&mut resp, local.body);
-    resp.set_content_length(body.len())?;
+    let (resp, body) = prepare(headers, session.req_header(), ctx, local)?;
     let body_done = session.is_body_done();
     if must_close(session.req_header(), body_done) {
         session.set_keepalive(None);
     }
     send_whole(session, resp, body).await
+}
+
+/// `local` as it is sent: its header with what every response carries ([`finish_headers`])
+/// and its body as the client accepts it, `Content-Length` set.
+pub fn prepare(
+    headers: &Headers,
+    req: &RequestHeader,
+    ctx: &Ctx,
+    local: LocalResponse,
+) -> pingora::Result<(ResponseHeader, Bytes)> {
+    // No case map: every name here is written in lowercase (HTTP/2's form, and the same
+    // bytes on HTTP/1), and each insert is one map insert instead of two.
+    let mut resp = ResponseHeader::build_no_case(local.status, Some(local.headers.len() + 8))?;
+    for (name, value) in local.headers {
+        resp.insert_header(name, value)?;
+    }
+    finish_headers(headers, req, ctx, &mut resp);
+    let body = ctx.compress.encode_local(&mut resp, local.body);
+    resp.set_content_length(body.len())?;
+    Ok((resp, body))
+}
+
+/// A response as HTTP/1.1 bytes, written the way Pingora writes one (status line, the fields
+/// with their case, the empty line), then `body`: for the answers the connection gate sends
+/// on the socket itself.
+pub fn to_h1(resp: &ResponseHeader, body: &[u8]) -> Vec<u8> {
+    let mut out = bytes::BytesMut::with_capacity(512 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(resp.status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    resp.header_to_h1_wire(&mut out);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out.into()
 }
 
 /// Write a whole response: its header, then its body (none for HEAD or an empty body). Used

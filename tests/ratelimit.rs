@@ -730,3 +730,82 @@ fn shipped_per_client_limit_counts_backend_routes_only() {
     assert_eq!(statuses[100], 429);
     assert_eq!(r.get("/").text(), "frontend");
 }
+
+/// A client the limiter refused is answered by the connection gate until its bucket can
+/// admit: the same 429 as the one Pingora sent (fields, order, body but its request id), on
+/// the same keep-alive connection, pipelined requests in order, a body-carrying request still
+/// answered, `Connection: close` honoured, every refusal counted, none reaching the upstream.
+#[test]
+fn known_refused_clients_are_answered_like_the_first_refusal() {
+    let up = Upstream::named("ok");
+    let r = Rampart::start(&body(
+        &up,
+        None,
+        "[ratelimit.policies.p]\nrate = \"1/h\"\nburst = 2\nroutes = [\"api\"]\n",
+    ));
+    let mut conn = HttpConn::connect(r.addr).expect("connect");
+    let get = b"GET /api/x HTTP/1.1\r\nHost: rampart.test\r\n\r\n";
+    let mut next = |raw: &[u8], head_only: bool| {
+        conn.write_all(raw).expect("write");
+        conn.read_response(head_only).expect("response")
+    };
+    assert_eq!(next(get, false).status, 200);
+    assert_eq!(next(get, false).status, 200);
+    let first = next(get, false);
+    assert_eq!(first.status, 429, "the limiter's own refusal");
+    let known = next(get, false);
+    assert_eq!(known.status, 429, "answered before Pingora");
+    // Same fields in the same order; only per-request values differ.
+    let names = |r: &Response| r.headers.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&first), names(&known));
+    for (name, value) in &first.headers {
+        if !matches!(name.as_str(), "x-request-id" | "x-process-time" | "date") {
+            assert_eq!(known.header(name), Some(value.as_str()), "{name}");
+        }
+    }
+    assert_eq!(known.header("connection"), Some("keep-alive"));
+    let id = known.header("x-request-id").expect("request id");
+    assert_ne!(Some(id), first.header("x-request-id"));
+    let expected = first
+        .text()
+        .replace(first.header("x-request-id").expect("request id"), id);
+    assert_eq!(known.text(), expected);
+
+    // Pipelined: answered in order on the same connection (HEAD without a body).
+    let mut pipelined = b"HEAD /api/x HTTP/1.1\r\nHost: rampart.test\r\n\r\n".to_vec();
+    pipelined.extend_from_slice(get);
+    conn.write_all(&pipelined).expect("write");
+    let head = conn.read_response(true).expect("HEAD");
+    assert_eq!(head.status, 429);
+    assert_eq!(
+        head.header("content-length"),
+        first.header("content-length")
+    );
+    let after = conn.read_response(false).expect("GET after");
+    assert_eq!(after.status, 429);
+    assert_eq!(after.json()["status"], 429);
+
+    // The client closes: the answer says so and the connection ends.
+    conn.write_all(b"GET /api/x HTTP/1.1\r\nHost: rampart.test\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let closing = conn.read_response(false).expect("last");
+    assert_eq!(closing.status, 429);
+    assert_eq!(closing.header("connection"), Some("close"));
+    assert!(conn.closed_within(Duration::from_secs(5)).is_some());
+
+    // A request with a body is Pingora's to answer (the gate never reads bodies): refused
+    // too.
+    let post = request(r.addr, "POST", "/api/x", &[], Some(b"abc"));
+    assert_eq!(post.status, 429);
+
+    assert_eq!(up.count(), 2, "no refused request reached the upstream");
+    let metrics = r.metrics();
+    assert!(
+        metrics.contains("rampart_ratelimit_decisions_total{outcome=\"limited\",policy=\"p\"} 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("http_requests_total{method=\"GET\",route=\"api\",status=\"429\"} 4"),
+        "{metrics}"
+    );
+}

@@ -103,6 +103,28 @@ impl Conn {
         matches!(self.release, Release::Hold) && self.approved == 0 && !self.poisoned
     }
 
+    /// The head just read, when its request has no body and asks for no protocol switch:
+    /// one the gate can answer itself.
+    pub(super) fn bodiless_head(&self) -> Option<&[u8]> {
+        match self.release {
+            Release::Head {
+                left,
+                body: Body::Length(0),
+                upgrade: false,
+            } if self.approved == 0 => self.buf.get(..left),
+            _ => None,
+        }
+    }
+
+    /// The gate answered the request just read: its head is dropped and nothing released,
+    /// so the next read starts at the next request's bytes.
+    pub(super) fn skip_head(&mut self) {
+        if let Release::Head { left, .. } = self.release {
+            self.buf.advance(left.min(self.buf.len()));
+            self.release = Release::Hold;
+        }
+    }
+
     /// The buffered bytes of the head being read (for the log line of a refusal).
     pub(super) fn head_bytes(&self) -> &[u8] {
         &self.buf[..self.buf.len().min(512)]

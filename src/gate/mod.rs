@@ -43,7 +43,7 @@ use crate::headers::{Downstream, Headers};
 use crate::limits::head::{self};
 use crate::limits::{self, Reason};
 use crate::metrics::{self, Metrics};
-use crate::respond::LocalResponse;
+use crate::respond::{self, LocalResponse};
 
 mod conn;
 mod wait;
@@ -59,9 +59,27 @@ pub(super) const HOLD_MAX: usize = 64 * 1024;
 pub(super) const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub(super) const LINGER_BYTES: usize = 256 * 1024;
 
+/// Requests the proxy answers from their head alone, in the gate, so Pingora never parses
+/// them (`proxy::early`: clients known to be over their rate limits).
+pub trait Early: Send + Sync {
+    /// The whole response to a checked head of a request without a body, or `None` for
+    /// Pingora to serve it. `last`: the connection closes after this request (its request
+    /// budget is spent, or the server is shutting down), so the answer must say so.
+    fn answer(&self, head: &[u8], peer: Option<IpAddr>, tls: bool, last: bool) -> Option<Answer>;
+}
+
+/// A response the gate writes itself.
+pub struct Answer {
+    /// Status line, fields and body, as Pingora would have written them.
+    pub bytes: Vec<u8>,
+    /// The connection stays open for the next request.
+    pub keep_alive: bool,
+}
+
 /// The proxy service's application: Pingora's `HttpProxy` behind the gate.
 pub struct Gate<SV> {
     app: Arc<HttpProxy<SV>>,
+    early: Arc<dyn Early>,
     limits: limits::Config,
     head: head::Limits,
     open: AtomicUsize,
@@ -77,6 +95,7 @@ impl<SV> Gate<SV> {
     /// `[limits]` as HTTP/1's do.
     pub fn new(
         mut app: HttpProxy<SV>,
+        early: Arc<dyn Early>,
         limits: &limits::Config,
         trusted: Cidrs,
         metrics: Arc<Metrics>,
@@ -92,6 +111,7 @@ impl<SV> Gate<SV> {
         app.h2_options = Some(h2);
         Self {
             app: Arc::new(app),
+            early,
             head: limits.head(),
             limits: limits.clone(),
             open: AtomicUsize::new(0),
@@ -197,6 +217,8 @@ where
         let mut conn = Box::new(Conn::new(stream));
         let mut first = true;
         let mut settings = None;
+        // Requests on this connection so far, whoever answered them.
+        let mut served = 0;
         loop {
             let started = Instant::now();
             let wait = if first {
@@ -211,7 +233,26 @@ where
                     "too many connections from this address",
                 ),
                 HeadRead::Ready => {
-                    let session = self.session(conn, settings.take(), first);
+                    served += 1;
+                    let budget = self
+                        .limits
+                        .max_requests_per_connection
+                        .saturating_sub(served);
+                    let last = budget == 0 || *shutdown.borrow();
+                    if let Some(answer) = conn
+                        .bodiless_head()
+                        .and_then(|head| self.early.answer(head, peer, tls, last))
+                    {
+                        conn.skip_head();
+                        if !self.send_answer(&mut conn, answer).await {
+                            return;
+                        }
+                        first = false;
+                        continue;
+                    }
+                    let mut session = self.session(conn, settings.take());
+                    // Early answers spent some of the connection's requests too.
+                    session.set_keepalive_reuses_remaining(Some(budget));
                     let Some(reused) = self.app.process_new_http(session, shutdown).await else {
                         return;
                     };
@@ -247,13 +288,26 @@ where
         }
     }
 
-    /// A Pingora session over `conn`, with the body and send timers; the keep-alive state of
-    /// the previous request on the connection, or the request budget of a new one.
+    /// Write an early answer; whether the connection goes on to its next request.
+    async fn send_answer(&self, conn: &mut Conn, answer: Answer) -> bool {
+        let write = async {
+            conn.inner.write_all(&answer.bytes).await?;
+            conn.inner.flush().await?;
+            if !answer.keep_alive {
+                conn.inner.shutdown().await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let sent = tokio::time::timeout(self.limits.send_timeout.0, write).await;
+        matches!(sent, Ok(Ok(()))) && answer.keep_alive
+    }
+
+    /// A Pingora session over `conn`, with the body and send timers and the keep-alive state
+    /// of the previous request Pingora served on the connection.
     fn session(
         &self,
         conn: Box<Conn>,
         settings: Option<pingora::apps::HttpPersistentSettings>,
-        first: bool,
     ) -> ServerSession {
         let mut session = ServerSession::new_http1(conn);
         session.set_read_timeout(Some(self.limits.body_timeout.0));
@@ -261,12 +315,7 @@ where
         session.set_total_drain_timeout(Some(self.limits.body_timeout.0));
         match settings {
             Some(s) => s.apply_to_session(&mut session),
-            None if first => {
-                // The gate times the wait between requests; Pingora's own timer is off.
-                session.set_keepalive(Some(0));
-                let budget = self.limits.max_requests_per_connection.saturating_sub(1);
-                session.set_keepalive_reuses_remaining(Some(budget));
-            }
+            // The gate times the wait between requests; Pingora's own timer is off.
             None => session.set_keepalive(Some(0)),
         }
         session
@@ -363,19 +412,6 @@ where
         resp.insert_header(DATE, pingora::protocols::http::date::get_cached_date())?;
         resp.insert_header(CONTENT_LENGTH, local.body.len())?;
         resp.insert_header(CONNECTION, "close")?;
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\n",
-            resp.status.as_u16(),
-            resp.status.canonical_reason().unwrap_or("")
-        )
-        .into_bytes();
-        for (name, value) in resp.headers.iter() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        Ok((out, local.body))
+        Ok((respond::to_h1(&resp, b""), local.body))
     }
 }

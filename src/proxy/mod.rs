@@ -5,6 +5,7 @@
 //! lives here. Everything built from the config file is read from `ctx.runtime`, the
 //! generation the request started on (`new_ctx`), never from the current one: a reload in the
 //! middle of a request does not change its route, policies or headers.
+mod early;
 mod steps;
 
 use std::sync::Arc;
@@ -370,16 +371,12 @@ impl ProxyHttp for Proxy {
         ctx.runtime.cache.release_claim(&ctx.cache).await;
         ctx.runtime.cache.save_copy(&mut ctx.cache).await;
         let body_done = session.is_body_done();
-        let elapsed = ctx.started.elapsed();
         let status = match session.response_written() {
             Some(r) => r.status.as_u16(),
             None if e.is_some_and(client_gone) => CLIENT_CLOSED_REQUEST,
             None => 0,
         };
         let req = session.req_header();
-        let route = ctx.route.as_ref().map(|r| r.name.as_str());
-        self.metrics
-            .request_done(&req.method, route, status, elapsed.as_secs_f64());
         if let Some(e) = e {
             if let Some(reason) = limits::blame_client(e.etype(), e.esource(), body_done) {
                 ctx.limits.rejected.get_or_insert(reason);
@@ -403,33 +400,12 @@ impl ProxyHttp for Proxy {
             let what = format_args!("{} {}", req.method, req.uri.path().escape_debug());
             limits::log_refusal(status, reason, client, &what);
         }
-        let access_log = &ctx.runtime.access_log;
-        if !access_log.wants(req.uri.path()) {
-            return;
-        }
-        access_log.write(&accesslog::Entry {
-            time: accesslog::now(),
-            request_id: &ctx.request_id,
-            client: ctx
-                .client
-                .as_ref()
-                .and_then(|c| c.ip)
-                .map(|ip| ip.to_string()),
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            status,
-            bytes: session.body_bytes_sent(),
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            route,
-            upstream: ctx.upstream.tried.last().map(|b| b.addr.to_string()),
-            cache: ctx.cache.x_cache,
-            limit: ctx.ratelimit.as_ref().map(|d| d.outcome()),
-            error: ctx
-                .limits
-                .rejected
-                .map(|r| r.label())
-                .or(e.and_then(metrics::upstream_error_kind)),
-        });
+        let error = ctx
+            .limits
+            .rejected
+            .map(|r| r.label())
+            .or(e.and_then(metrics::upstream_error_kind));
+        self.record(req, ctx, status, session.body_bytes_sent(), error);
     }
 
     /// Pingora logs every failed request at ERROR. A client that went away, or sent something
@@ -475,5 +451,45 @@ impl ProxyHttp for Proxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+}
+
+impl Proxy {
+    /// A finished request in the metrics and the access log, however it was answered.
+    fn record(
+        &self,
+        req: &RequestHeader,
+        ctx: &Ctx,
+        status: u16,
+        bytes: usize,
+        error: Option<&'static str>,
+    ) {
+        let elapsed = ctx.started.elapsed();
+        let route = ctx.route.as_ref().map(|r| r.name.as_str());
+        self.metrics
+            .request_done(&req.method, route, status, elapsed.as_secs_f64());
+        let access_log = &ctx.runtime.access_log;
+        if !access_log.wants(req.uri.path()) {
+            return;
+        }
+        access_log.write(&accesslog::Entry {
+            time: accesslog::now(),
+            request_id: &ctx.request_id,
+            client: ctx
+                .client
+                .as_ref()
+                .and_then(|c| c.ip)
+                .map(|ip| ip.to_string()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            bytes,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            route,
+            upstream: ctx.upstream.tried.last().map(|b| b.addr.to_string()),
+            cache: ctx.cache.x_cache,
+            limit: ctx.ratelimit.as_ref().map(|d| d.outcome()),
+            error,
+        });
     }
 }

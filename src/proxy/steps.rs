@@ -1,6 +1,9 @@
 //! The steps of `request_filter` (each decides the answer itself or lets the request go on)
 //! and how a failure maps to what the client sees; called from the phases in `proxy/mod.rs`.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::ErrorSource;
@@ -11,7 +14,9 @@ use crate::cors;
 use crate::ctx::Ctx;
 use crate::headers;
 use crate::metrics::{self};
+use crate::ratelimit::Decision;
 use crate::respond::{self, LocalResponse};
+use crate::routing::Route;
 use crate::runtime::Runtime;
 use crate::tls;
 
@@ -21,22 +26,12 @@ use super::Proxy;
 impl Proxy {
     /// Request id, TLS, client identity and the client's `Accept-Encoding`.
     pub(super) fn identify(&self, session: &Session, ctx: &mut Ctx) {
-        let req = session.req_header();
-        ctx.request_id = headers::request_id(req);
-        ctx.unfinished
-            .begin(&ctx.request_id, &req.method, &req.uri, ctx.started);
-        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.compress.request(&ctx.runtime.compression, req);
-        ctx.client = Some(Client::identify(
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
-            req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
-            ctx.tls,
-            &ctx.runtime.trusted,
-        ));
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        identify(session.req_header(), peer, tls, ctx);
     }
 
     /// public metrics -> HTTPS redirect (308) -> no route (404) -> preflight -> rate limits,
@@ -46,15 +41,34 @@ impl Proxy {
         req: &RequestHeader,
         ctx: &mut Ctx,
     ) -> Option<LocalResponse> {
+        let route = match self.before_limits(req, ctx) {
+            Ok(route) => route,
+            Err(local) => return Some(local),
+        };
+        let decision = ctx
+            .runtime
+            .ratelimit
+            .check(req, &route.name, ctx.client.as_ref())
+            .await?;
+        limited(decision, ctx)
+    }
+
+    /// The steps before the rate limits; `Err`: one of them decided the answer. `Ok`: the
+    /// route, which `ctx` holds too.
+    pub(super) fn before_limits(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<Arc<Route>, LocalResponse> {
         let rt: &Runtime = &ctx.runtime;
         if let Some(public) = rt.public_metrics.as_ref() {
             if public.path == req.uri.path() {
-                return Some(self.public_metrics(public, ctx));
+                return Err(self.public_metrics(public, ctx));
             }
         }
         if let Some(port) = rt.https_redirect {
             if ctx.client.as_ref().is_some_and(|c| c.scheme == "http") {
-                return Some(match tls::https_location(req, port) {
+                return Err(match tls::https_location(req, port) {
                     Some(location) => LocalResponse::redirect(location),
                     None => LocalResponse::problem(
                         400,
@@ -66,7 +80,7 @@ impl Proxy {
         }
         let Some(route) = rt.router.route(req.uri.path()).cloned() else {
             let detail = "no route matches this path";
-            return Some(LocalResponse::problem(404, detail, &ctx.request_id));
+            return Err(LocalResponse::problem(404, detail, &ctx.request_id));
         };
         ctx.compress.use_route(route.compression.as_ref());
         ctx.route = Some(route.clone());
@@ -81,23 +95,14 @@ impl Proxy {
                 .admit(length, route.max_body_size, client, &mut ctx.limits)
         {
             let local = LocalResponse::problem(r.status, r.detail, &ctx.request_id);
-            return Some(local.with_headers(r.retry_after_header()));
+            return Err(local.with_headers(r.retry_after_header()));
         }
         if let Some(policy) = route.cors.as_ref() {
             if let Some(answer) = preflight(policy, req, &ctx.request_id) {
-                return Some(answer);
+                return Err(answer);
             }
         }
-        let decision = rt
-            .ratelimit
-            .check(req, &route.name, ctx.client.as_ref())
-            .await?;
-        let refusal = decision.refusal.as_ref().map(|r| {
-            LocalResponse::problem(r.status, &r.detail, &ctx.request_id)
-                .with_header(r.retry_after())
-        });
-        ctx.ratelimit = Some(decision);
-        refusal
+        Ok(route)
     }
 
     /// A fresh cache hit this process holds (`Cache::fresh_hit`), with what `response_filter`
@@ -128,6 +133,33 @@ impl Proxy {
             LocalResponse::problem(403, "metrics not readable here", &ctx.request_id)
         }
     }
+}
+
+/// Request id, TLS, client identity and the client's `Accept-Encoding`, from the request and
+/// the connection's peer.
+pub(super) fn identify(req: &RequestHeader, peer: Option<IpAddr>, tls: bool, ctx: &mut Ctx) {
+    ctx.request_id = headers::request_id(req);
+    ctx.unfinished
+        .begin(&ctx.request_id, &req.method, &req.uri, ctx.started);
+    ctx.tls = tls;
+    ctx.compress.request(&ctx.runtime.compression, req);
+    ctx.client = Some(Client::identify(
+        peer,
+        req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+        req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+        ctx.tls,
+        &ctx.runtime.trusted,
+    ));
+}
+
+/// The rate limits' decision, kept for the response's headers; the 429 (or 503 under `deny`)
+/// when it refuses.
+pub(super) fn limited(decision: Decision, ctx: &mut Ctx) -> Option<LocalResponse> {
+    let refusal = decision.refusal.as_ref().map(|r| {
+        LocalResponse::problem(r.status, &r.detail, &ctx.request_id).with_header(r.retry_after())
+    });
+    ctx.ratelimit = Some(decision);
+    refusal
 }
 
 /// A CORS preflight on a route with a policy is answered by Rampart, never proxied or limited:

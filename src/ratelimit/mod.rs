@@ -5,8 +5,10 @@
 //! limited). [`Limiter::check`] charges one token from every policy that applies, in one
 //! step: one atomic Lua script on Redis ([`redis`]), or one locked section of the fixed-size
 //! in-process table ([`memory`]); the arithmetic is in `bucket`, the headers in `headers`.
-//! On Redis, a client the script just refused is answered on this replica until its bucket
-//! can admit again, without a round trip (`refused`: why that keeps admissions exact); a
+//! A client just refused is known refusing until its bucket can admit again (`refused`: why
+//! that keeps admissions exact): on Redis it is answered without a round trip, and on either
+//! store the connection gate answers it before Pingora parses the request
+//! ([`Limiter::known_refusal`], `proxy::early`); a
 //! policy with `lease = N` has its tokens taken N at a time and spent here (`lease`: why that
 //! never admits more than the bucket allows).
 //! A request passes only if every enforcing policy admits it; then each is charged, otherwise
@@ -46,7 +48,7 @@ pub struct Limiter {
     legacy_headers: bool,
     memory: memory::MemoryBuckets,
     redis: Option<redis::RedisBuckets>,
-    /// Clients Redis refused, answered here until their bucket can admit (Redis store only).
+    /// Clients refused, known refusing until their bucket can admit.
     refused: refused::Refused,
     /// Tokens of leased policies taken from Redis and not spent yet (Redis store only).
     leases: lease::Leases,
@@ -98,6 +100,51 @@ impl Limiter {
         }
     }
 
+    /// The charges of the request on `route` from `client`, one per policy of the route.
+    fn charges(&self, req: &RequestHeader, route: &str, client: Option<&Client>) -> Vec<Charge> {
+        self.policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.applies_to(route))
+            .map(|(i, p)| Charge {
+                policy: i,
+                identity: identity(&p.key, req, client, route),
+            })
+            .collect()
+    }
+
+    fn policies_of(&self, charges: &[Charge]) -> Vec<&Policy> {
+        charges
+            .iter()
+            .map(|c| self.policies[c.policy].as_ref())
+            .collect()
+    }
+
+    /// Whether any client is known refusing now (`refused`): when not, [`Self::known_refusal`]
+    /// cannot answer, and a caller need not prepare its arguments.
+    pub fn refuses_any(&self) -> bool {
+        self.refused.may_answer()
+    }
+
+    /// The refusal of a request whose every policy is known refusing its client now, decided
+    /// and counted exactly as [`Self::check`] would decide it, without charging, without the
+    /// store and without waiting; `None` when that is not known (then `check` decides).
+    /// The connection gate asks this before Pingora parses a request (`proxy::early`).
+    pub fn known_refusal(
+        &self,
+        req: &RequestHeader,
+        route: &str,
+        client: Option<&Client>,
+    ) -> Option<Decision> {
+        if self.fallback.load(Ordering::Relaxed) {
+            return None;
+        }
+        let charges = self.charges(req, route, client);
+        let policies = self.policies_of(&charges);
+        let outcome = self.refused.answer(&policies, &charges)?;
+        Some(self.decision(&charges, outcome, false))
+    }
+
     /// Charge the request on `route` from `client` to every policy of the route. `None`: no
     /// policy applies.
     pub async fn check(
@@ -106,27 +153,22 @@ impl Limiter {
         route: &str,
         client: Option<&Client>,
     ) -> Option<Decision> {
-        let charges: Vec<Charge> = self
-            .policies
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.applies_to(route))
-            .map(|(i, p)| Charge {
-                policy: i,
-                identity: identity(&p.key, req, client, route),
-            })
-            .collect();
+        let charges = self.charges(req, route, client);
         if charges.is_empty() {
             return None;
         }
-        let policies: Vec<&Policy> = charges
-            .iter()
-            .map(|c| self.policies[c.policy].as_ref())
-            .collect();
+        let policies = self.policies_of(&charges);
 
         let mut fallback = false;
         let outcome = match &self.redis {
-            None => self.memory.charge(&policies, &charges),
+            // Refusals are learnt on this store too, so the gate can answer them
+            // (`known_refusal`); the buckets are exact, and a refusal charged nothing.
+            None => {
+                let sent = std::time::Instant::now();
+                let out = self.memory.charge(&policies, &charges);
+                self.refused.learn(sent, &policies, &charges, &out);
+                out
+            }
             Some(store) => {
                 // A client Redis refused a moment ago, still over every limit that applies:
                 // the same answer without the round trip (`refused` says why that is exact);
@@ -186,6 +228,12 @@ impl Limiter {
             }
         };
 
+        Some(self.decision(&charges, outcome, fallback))
+    }
+
+    /// Every policy's verdict on its outcome, counted; the refusal, if an enforcing one
+    /// refused.
+    fn decision(&self, charges: &[Charge], outcome: Vec<Charged>, fallback: bool) -> Decision {
         let verdicts: Vec<Verdict> = charges
             .iter()
             .zip(outcome)
@@ -211,11 +259,11 @@ impl Limiter {
                 r.retry_after_secs = r.retry_after_secs.max(v.retry_after_secs);
             }
         }
-        Some(Decision {
+        Decision {
             verdicts,
             legacy_headers: self.legacy_headers,
             refusal,
-        })
+        }
     }
 
     /// Tokens leased beyond each request's own, and tokens given back, by policy.

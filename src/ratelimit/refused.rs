@@ -1,25 +1,27 @@
-//! Clients known to be over a shared limit: answered on this replica, without a Redis round
-//! trip, until their bucket can admit again.
+//! Clients known to be over a limit: answered without charging, without a Redis round trip and
+//! (in the connection gate) without Pingora, until their bucket can admit again.
 //!
-//! Phase: `request_filter`, inside [`super::Limiter::check`], on the Redis store only. When the
-//! script refuses a charge on an enforcing policy, the bucket's debt `D` at Redis's clock says
-//! when it can next admit: `D + cost - capacity` microseconds-times-refill from then. That
-//! instant is measured here from the moment the script was *sent*, which is no later than the
-//! moment Redis read its clock, so the local deadline is never after the real one.
+//! Phases: `request_filter`, inside [`super::Limiter::check`], which learns every refusal and,
+//! on the Redis store, answers from here before asking Redis; and the connection gate, through
+//! `Limiter::known_refusal` (`proxy::early`), on either store. When a charge is refused on an
+//! enforcing policy, the bucket's debt `D` says when it can next admit: `D + cost - capacity`
+//! microseconds-times-refill from then. That instant is measured here from the moment the
+//! charge was *sent*, which is no later than the moment the store read its clock, so the local
+//! deadline is never after the real one.
 //!
-//! Invariant (exactness across replicas): until the deadline no replica can be admitted on that
-//! bucket (debt only falls with time; other replicas only add to it, except a lease's unspent
-//! tokens given back, at most `lease` of them: then the deadline can outlast the bucket's
-//! refusal by the time it takes to refill them, see `lease`), and a refused request
-//! charges nothing on any enforcing policy, so answering it here changes no shared state. A
-//! request is answered here only when *every* policy that applies to it is enforcing and known
-//! refusing: a report-only policy is charged even when another refuses, so such a request
-//! always goes to Redis. The table is bounded (`table`: expired entries swept when it is full,
-//! at most once per interval), never grows with traffic beyond that, and starts empty on every
-//! reload. A store
-//! outage empties it, since a Redis that restarts empty forgets the debts the deadlines
-//! were computed from.
+//! Invariant (exactness, across replicas on Redis): until the deadline no replica can be
+//! admitted on that bucket (debt only falls with time; other replicas and requests only add
+//! to it, except a lease's unspent tokens given back, at most `lease` of them: then the
+//! deadline can outlast the bucket's refusal by the time it takes to refill them, see
+//! `lease`), and a refused request charges nothing on any enforcing policy, so answering it
+//! here changes no bucket. A request is answered here only when *every* policy that applies
+//! to it is enforcing and known refusing: a report-only policy is charged even when another
+//! refuses, so such a request always goes to the store. The table is bounded (`table`:
+//! expired entries swept when it is full, at most once per interval), never grows with
+//! traffic beyond that, and starts empty on every reload. A store outage empties it, since a
+//! Redis that restarts empty forgets the debts the deadlines were computed from.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,11 +39,24 @@ struct Known {
     until: Instant,
 }
 
-/// (policy, client) -> the last refusal Redis gave; when the table is full, new refusals
-/// simply go to Redis.
-#[derive(Default)]
+/// (policy, client) -> the last refusal the store gave; when the table is full, new refusals
+/// simply go to the store.
 pub struct Refused {
     known: Mutex<Table<Known>>,
+    /// The latest deadline learnt, in microseconds since `epoch` (0: none): past it, nothing
+    /// here can answer, which the gate tests without the lock.
+    latest: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Refused {
+    fn default() -> Self {
+        Self {
+            known: Mutex::default(),
+            latest: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Refused {
@@ -71,6 +86,12 @@ impl Refused {
             .collect()
     }
 
+    /// Whether some refusal may still hold now (a test without the lock, before a request's
+    /// charges are built): false once every deadline learnt has passed.
+    pub fn may_answer(&self) -> bool {
+        micros(self.epoch.elapsed()) < self.latest.load(Ordering::Relaxed)
+    }
+
     /// Record what Redis answered for a script sent at `sent`: every enforcing policy that
     /// refused is known refusing until its bucket can admit; one that admitted is forgotten.
     pub fn learn(&self, sent: Instant, policies: &[&Policy], charges: &[Charge], out: &[Charged]) {
@@ -97,6 +118,8 @@ impl Refused {
                 until,
             };
             let now = Instant::now();
+            let until_us = micros(until.saturating_duration_since(self.epoch));
+            self.latest.fetch_max(until_us, Ordering::Relaxed);
             known.insert(c.policy, &c.identity, refusal, now, |k| k.until <= now);
         }
     }
@@ -104,6 +127,7 @@ impl Refused {
     /// Forget everything (the store failed: its debts may be gone when it returns).
     pub fn clear(&self) {
         self.known.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.latest.store(0, Ordering::Relaxed);
     }
 }
 
