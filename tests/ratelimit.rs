@@ -737,10 +737,29 @@ fn shipped_per_client_limit_counts_backend_routes_only() {
 /// answered, `Connection: close` honoured, every refusal counted, none reaching the upstream.
 #[test]
 fn known_refused_clients_are_answered_like_the_first_refusal() {
+    known_refused_clients(None);
+}
+
+/// The same on Redis, where the refusals after the first cost no script either.
+#[test]
+fn known_refused_clients_are_answered_without_redis() {
+    let redis = Redis::start();
+    let after_first = known_refused_clients(Some(&redis));
+    assert_eq!(
+        script_calls(&redis),
+        after_first,
+        "no script after the first refusal"
+    );
+}
+
+/// The scenario of the two tests above; on Redis, the script calls counted just after the
+/// limiter's own refusal.
+fn known_refused_clients(redis: Option<&Redis>) -> usize {
     let up = Upstream::named("ok");
+    let url = redis.map(|r| r.url());
     let r = Rampart::start(&body(
         &up,
-        None,
+        url.as_deref(),
         "[ratelimit.policies.p]\nrate = \"1/h\"\nburst = 2\nroutes = [\"api\"]\n",
     ));
     let mut conn = HttpConn::connect(r.addr).expect("connect");
@@ -753,6 +772,7 @@ fn known_refused_clients_are_answered_like_the_first_refusal() {
     assert_eq!(next(get, false).status, 200);
     let first = next(get, false);
     assert_eq!(first.status, 429, "the limiter's own refusal");
+    let scripts = redis.map_or(0, script_calls);
     let known = next(get, false);
     assert_eq!(known.status, 429, "answered before Pingora");
     // Same fields in the same order; only per-request values differ.
@@ -808,4 +828,5 @@ fn known_refused_clients_are_answered_like_the_first_refusal() {
         metrics.contains("http_requests_total{method=\"GET\",route=\"api\",status=\"429\"} 4"),
         "{metrics}"
     );
+    scripts
 }
