@@ -4,7 +4,9 @@
 //! Phase: before any of Pingora's. The proxy service's application is a [`Gate`] around
 //! Pingora's `HttpProxy`. It counts the connection (overall and per client address), then,
 //! for HTTP/1.x, reads each request head itself under the header and keep-alive timers,
-//! checks it (`limits::head`) and only then hands Pingora a session. The stream Pingora reads
+//! checks it (`limits::head`) and only then hands Pingora a session, unless the proxy answers
+//! it from its head alone ([`Early`]: a client known to be over its rate limits), in which case
+//! the gate writes that answer and reads the next head. The stream Pingora reads
 //! is a [`Conn`], which releases one request at a time: its head, then as much body as the
 //! head's framing says. Bytes of a pipelined next request stay in the gate until Pingora has
 //! finished the current one, so pipelined requests are answered in order, each checked like
@@ -19,7 +21,9 @@
 //! problem+json carrying the security headers (except a connection over the overall limit,
 //! closed unanswered), logged and counted; at most `max_header_section` bytes of an
 //! unfinished head are buffered per connection; a connection on which the gate and Pingora
-//! ended a request at different bytes is closed, never reused.
+//! ended a request at different bytes is closed, never reused; only a request without a body
+//! is answered early, so the next request's bytes start right after its head; the requests a
+//! connection may carry (`max_requests_per_connection`) count both kinds.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,8 +5,8 @@
 //! request without a body. Under a flood the 429 is most of the traffic, and Pingora's session
 //! (its parse, its header map, its response writer, its reuse of the connection) costs more
 //! than deciding the 429 itself. Only when the limiter knows some client refusing now
-//! (`Limiter::refuses_any`, one atomic load) is the head parsed here; otherwise the request
-//! goes to Pingora untouched.
+//! (`Limiter::refuses_any`: an atomic load, after the generation's) is the head parsed here;
+//! otherwise the request goes to Pingora untouched.
 //!
 //! Invariant: an early answer is the answer `request_filter` would give, byte for byte but for
 //! the request id, the date and the timings. It runs the same steps (`steps::identify`, the
@@ -52,8 +52,8 @@ impl Early for Proxy {
     }
 }
 
-/// The refusal as it is sent, with what the access log needs of it.
-struct Refusal {
+/// The 429 as it is written, with what the access log needs of it.
+struct Sent {
     status: u16,
     body_len: usize,
     bytes: Vec<u8>,
@@ -61,8 +61,10 @@ struct Refusal {
 }
 
 impl Proxy {
-    /// `request_filter`'s steps up to the rate limits, then the limiter's known refusal.
-    fn known_refusal(&self, req: &mut RequestHeader, ctx: &mut Ctx, last: bool) -> Option<Refusal> {
+    /// `request_filter`'s steps up to the rate limits, then the limiter's known refusal. A step
+    /// that answers itself (400, 404, the public metrics, a preflight, 503) leaves the request
+    /// to Pingora, which takes it again from the start.
+    fn known_refusal(&self, req: &mut RequestHeader, ctx: &mut Ctx, last: bool) -> Option<Sent> {
         path::canonicalize(req).ok()?;
         let route = self.before_limits(req, ctx).ok()?;
         let client = ctx.client.as_ref();
@@ -87,7 +89,7 @@ impl Proxy {
         } else {
             &body
         };
-        Some(Refusal {
+        Some(Sent {
             status: resp.status.as_u16(),
             body_len: sent.len(),
             bytes: respond::to_h1(&resp, sent),
