@@ -124,10 +124,7 @@ pub fn build_with(
         live: live.clone(),
     };
     // The gate's own handle on the request path, for the requests it answers itself.
-    let early = Arc::new(Proxy {
-        metrics: metrics.clone(),
-        live: live.clone(),
-    });
+    let early = Arc::new(proxy.clone());
     let gate = Gate::new(
         pingora::proxy::http_proxy(&server.configuration, proxy),
         early,

@@ -154,8 +154,8 @@ pub fn prepare(
     ctx: &Ctx,
     local: LocalResponse,
 ) -> pingora::Result<(ResponseHeader, Bytes)> {
-    // No case map: every name here is written in lowercase (HTTP/2's form, and the same
-    // bytes on HTTP/1), and each insert is one map insert instead of two.
+    // No case map: Pingora writes the names as it wrote them with one (standard ones titled,
+    // ours as given), and each insert fills one map instead of two.
     let mut resp = ResponseHeader::build_no_case(local.status, Some(local.headers.len() + 8))?;
     for (name, value) in local.headers {
         resp.insert_header(name, value)?;
@@ -166,10 +166,15 @@ pub fn prepare(
     Ok((resp, body))
 }
 
-/// A response as HTTP/1.1 bytes, written the way Pingora writes one (status line, the fields
-/// with their case, the empty line), then `body`: for the answers the connection gate sends
-/// on the socket itself.
-pub fn to_h1(resp: &ResponseHeader, body: &[u8]) -> Vec<u8> {
+/// A response as HTTP/1.1 bytes, written the way Pingora writes one: the `Date` and
+/// `Connection` fields it adds to every response, the status line, the fields with their
+/// case, the empty line, then `body`. For the answers the connection gate sends on the socket
+/// itself; `keep_alive`: the connection stays open after it.
+pub fn to_h1(mut resp: ResponseHeader, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let date = pingora::protocols::http::date::get_cached_date();
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let _ = resp.insert_header(http::header::DATE, date);
+    let _ = resp.insert_header(http::header::CONNECTION, connection);
     let mut out = bytes::BytesMut::with_capacity(512 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(resp.status.as_str().as_bytes());

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, DATE};
+use http::header::{HeaderValue, CONTENT_LENGTH};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
@@ -413,9 +413,7 @@ where
                 upstream_time: None,
             },
         );
-        resp.insert_header(DATE, pingora::protocols::http::date::get_cached_date())?;
         resp.insert_header(CONTENT_LENGTH, local.body.len())?;
-        resp.insert_header(CONNECTION, "close")?;
-        Ok((respond::to_h1(&resp, b""), local.body))
+        Ok((respond::to_h1(resp, b"", false), local.body))
     }
 }

@@ -391,7 +391,7 @@ pub fn is_authority(value: &[u8]) -> bool {
 }
 
 /// The elements of a comma-separated field value, trimmed, empty ones skipped.
-fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|b| *b == b',')
         .map(trim_ows)

@@ -24,6 +24,7 @@ use pingora::http::RequestHeader;
 
 use crate::ctx::Ctx;
 use crate::gate::{Answer, Early};
+use crate::limits::head;
 use crate::path;
 use crate::respond;
 
@@ -73,17 +74,8 @@ impl Proxy {
             .ratelimit
             .known_refusal(req, &route.name, client)?;
         let local = limited(decision, ctx)?;
-        let runtime = ctx.runtime.clone();
-        let (mut resp, body) = respond::prepare(&runtime.headers, req, ctx, local).ok()?;
-        // What Pingora adds to every response it writes (`prepare_response_header`).
+        let (resp, body) = respond::prepare(&ctx.runtime.headers, req, ctx, local).ok()?;
         let keep_alive = !last && keeps_alive(req);
-        let connection = if keep_alive { "keep-alive" } else { "close" };
-        resp.insert_header(
-            http::header::DATE,
-            pingora::protocols::http::date::get_cached_date(),
-        )
-        .ok()?;
-        resp.insert_header(CONNECTION, connection).ok()?;
         let sent: &[u8] = if req.method == Method::HEAD {
             b""
         } else {
@@ -92,7 +84,7 @@ impl Proxy {
         Some(Sent {
             status: resp.status.as_u16(),
             body_len: sent.len(),
-            bytes: respond::to_h1(&resp, sent),
+            bytes: respond::to_h1(resp, sent, keep_alive),
             keep_alive,
         })
     }
@@ -126,11 +118,10 @@ fn request_header(head: &[u8]) -> Option<RequestHeader> {
 /// HTTP/1.1 unless it says `close`, HTTP/1.0 only if it says `keep-alive`.
 fn keeps_alive(req: &RequestHeader) -> bool {
     let says = |token: &[u8]| {
-        req.headers.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
+        req.headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| head::list(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(token)))
     };
     match req.version {
         Version::HTTP_10 => says(b"keep-alive"),

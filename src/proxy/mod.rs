@@ -32,7 +32,8 @@ pub use steps::CLIENT_CLOSED_REQUEST;
 use steps::{client_gone, error_status, failed_after_connect};
 
 /// The request path: the current configuration generation and the process's metrics; built
-/// once by `app`, shared by all workers.
+/// once by `app`, shared by all workers (and, as `gate::Early`, by the gate).
+#[derive(Clone)]
 pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub live: Arc<Live>,

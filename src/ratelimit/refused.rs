@@ -63,7 +63,8 @@ impl Refused {
     /// The outcome of every charge when each is on an enforcing policy whose bucket is known
     /// refusing now; `None` (ask Redis) otherwise.
     pub fn answer(&self, policies: &[&Policy], charges: &[Charge]) -> Option<Vec<Charged>> {
-        if policies.iter().any(|p| p.report_only) {
+        // No policy at all is nothing known: not an answer.
+        if charges.is_empty() || policies.iter().any(|p| p.report_only) {
             return None;
         }
         let now = Instant::now();
@@ -180,6 +181,10 @@ mod tests {
         assert!(
             refused.answer(&[&p], &[charge("b")]).is_none(),
             "another client"
+        );
+        assert!(
+            refused.answer(&[], &[]).is_none(),
+            "no policy: nothing known"
         );
         std::thread::sleep(Duration::from_millis(120));
         assert!(
