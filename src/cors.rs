@@ -9,9 +9,10 @@
 
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use serde::{Deserialize, Serialize};
 
+use crate::fields::Fields;
 use crate::types::{serialize_display, Duration, HeaderNameText, Invalid};
 
 /// `[cors.NAME]`: a policy routes refer to by name.
@@ -223,7 +224,7 @@ impl Policy {
     }
 
     /// Headers every response to a request on this route gets (preflight included).
-    pub fn response_headers(&self, req: &RequestHeader, resp: &mut ResponseHeader) {
+    pub fn response_headers(&self, req: &RequestHeader, resp: &mut impl Fields) {
         let echo_origin = !self.any_origin || self.credentials;
         if echo_origin {
             crate::headers::add_vary(resp, "Origin");
@@ -239,15 +240,15 @@ impl Policy {
         } else {
             HeaderValue::from_static("*")
         };
-        let _ = resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+        resp.set(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
         if self.credentials {
-            let _ = resp.insert_header(
+            resp.set(
                 http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),
             );
         }
         if let Some(expose) = &self.expose {
-            let _ = resp.insert_header(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
+            resp.set(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
         }
     }
 }
@@ -255,6 +256,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::http::ResponseHeader;
 
     fn policy(origins: &[&str], credentials: bool) -> Policy {
         Policy::new(&Config {

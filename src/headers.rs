@@ -15,9 +15,13 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
+use crate::fields::Fields;
 use crate::types::{HeaderNameText, HeaderValueText};
 
 pub const REQUEST_ID: &str = "x-request-id";
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+const X_PROCESS_TIME: HeaderName = HeaderName::from_static("x-process-time");
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
 /// `[headers]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -108,22 +112,25 @@ impl Headers {
     }
 
     /// Security headers, the request id and timing, on any response Rampart sends.
-    pub fn downstream(&self, resp: &mut ResponseHeader, request: &Downstream<'_>) {
+    pub fn downstream(&self, resp: &mut impl Fields, request: &Downstream<'_>) {
         for (name, value) in &self.security {
-            if !resp.headers.contains_key(name) {
-                let _ = resp.insert_header(name.clone(), value.clone());
+            if resp.get(name).is_none() {
+                resp.set(name.clone(), value.clone());
             }
         }
         if request.tls {
             if let Some(hsts) = &self.hsts {
-                let _ = resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+                resp.set(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
             }
         }
-        let _ = resp.insert_header(REQUEST_ID, request.request_id);
+        // The id was checked (or made) as a token when the request arrived.
+        if let Ok(id) = HeaderValue::from_str(request.request_id) {
+            resp.set(X_REQUEST_ID, id);
+        }
         // Time so far: the response header is about to leave, the body may still stream.
         let elapsed = request.started.elapsed();
         if self.process_time {
-            let _ = resp.insert_header("x-process-time", seconds_with_micros(elapsed));
+            resp.set(X_PROCESS_TIME, seconds_with_micros(elapsed));
         }
         if self.server_timing {
             let total = elapsed.as_secs_f64() * 1000.0;
@@ -134,7 +141,9 @@ impl Headers {
                 ),
                 None => format!("total;dur={total:.3}"),
             };
-            let _ = resp.append_header("server-timing", value);
+            if let Ok(value) = HeaderValue::try_from(value) {
+                resp.add(SERVER_TIMING, value);
+            }
         }
     }
 }
@@ -219,10 +228,10 @@ pub fn request_id(req: &RequestHeader) -> String {
 
 /// The tokens of every `Vary` field line, trimmed, empty elements skipped (RFC 9110 section
 /// 12.5.5). The one `Vary` parser: compression, CORS and the cache's variance all use it.
-pub fn vary_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(http::header::VARY)
-        .iter()
+pub fn vary_tokens<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+) -> impl Iterator<Item = &'a str> {
+    values
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -230,17 +239,19 @@ pub fn vary_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Add a token to `Vary` once, keeping what is there (`*` already covers everything).
-pub fn add_vary(resp: &mut ResponseHeader, token: &str) {
+pub fn add_vary(resp: &mut impl Fields, token: &str) {
     let mut tokens: Vec<&str> = Vec::new();
-    for t in vary_tokens(&resp.headers) {
+    for t in vary_tokens(resp.get_all(&http::header::VARY)) {
         if t == "*" || t.eq_ignore_ascii_case(token) {
             return;
         }
         tokens.push(t);
     }
     tokens.push(token);
-    let value = tokens.join(", ");
-    let _ = resp.insert_header(http::header::VARY, value);
+    // Tokens of a value that parsed, and ours: a valid value.
+    if let Ok(value) = HeaderValue::try_from(tokens.join(", ")) {
+        resp.set(http::header::VARY, value);
+    }
 }
 
 #[cfg(test)]

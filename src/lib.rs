@@ -15,6 +15,7 @@ pub mod config;
 pub mod cors;
 pub mod ctx;
 pub mod demo;
+pub mod fields;
 pub mod gate;
 pub mod headers;
 pub mod health;

@@ -22,6 +22,7 @@ use pingora::prelude::Session;
 use serde::Serialize;
 
 use crate::ctx::Ctx;
+use crate::fields::{Fields, Response};
 use crate::headers::Headers;
 
 /// A whole response, decided but not yet sent.
@@ -110,12 +111,7 @@ impl LocalResponse {
 }
 
 /// Headers every response gets, whoever made it.
-pub fn finish_headers(
-    headers: &Headers,
-    req: &RequestHeader,
-    ctx: &Ctx,
-    resp: &mut ResponseHeader,
-) {
+pub fn finish_headers(headers: &Headers, req: &RequestHeader, ctx: &Ctx, resp: &mut impl Fields) {
     headers.downstream(resp, &ctx.downstream());
     if let Some(cors) = ctx.route.as_ref().and_then(|r| r.cors.as_ref()) {
         cors.response_headers(req, resp);
@@ -138,53 +134,50 @@ pub async fn send(
     if session.response_written().is_some() {
         return Ok(());
     }
-    let (resp, body) = prepare(headers, session.req_header(), ctx, local)?;
+    let (resp, body) = prepare(headers, session.req_header(), ctx, local);
     let body_done = session.is_body_done();
     if must_close(session.req_header(), body_done) {
         session.set_keepalive(None);
     }
-    send_whole(session, resp, body).await
+    send_whole(session, resp.into_pingora(), body).await
 }
 
 /// `local` as it is sent: its header with what every response carries ([`finish_headers`])
-/// and its body as the client accepts it, `Content-Length` set.
+/// and its body as the client accepts it, `Content-Length` set. A [`Response`] (see
+/// `fields`): the gate writes it as it is, Pingora gets it as its own header.
 pub fn prepare(
     headers: &Headers,
     req: &RequestHeader,
     ctx: &Ctx,
     local: LocalResponse,
-) -> pingora::Result<(ResponseHeader, Bytes)> {
-    // No case map: Pingora writes the names as it wrote them with one (standard ones titled,
-    // ours as given), and each insert fills one map instead of two.
-    let mut resp = ResponseHeader::build_no_case(local.status, Some(local.headers.len() + 8))?;
+) -> (Response, Bytes) {
+    let mut resp = Response::new(local.status, local.headers.len() + 14);
     for (name, value) in local.headers {
-        resp.insert_header(name, value)?;
+        resp.set(name, value);
     }
     finish_headers(headers, req, ctx, &mut resp);
     let body = ctx.compress.encode_local(&mut resp, local.body);
-    resp.set_content_length(body.len())?;
-    Ok((resp, body))
+    resp.set(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    (resp, body)
 }
 
 /// A response as HTTP/1.1 bytes, written the way Pingora writes one: the `Date` and
-/// `Connection` fields it adds to every response, the status line, the fields with their
-/// case, the empty line, then `body`. For the answers the connection gate sends on the socket
-/// itself; `keep_alive`: the connection stays open after it.
-pub fn to_h1(mut resp: ResponseHeader, body: &[u8], keep_alive: bool) -> Vec<u8> {
+/// `Connection` fields it adds to every response, the status line, the fields (standard ones
+/// titled, ours as given, as Pingora writes a header without a case map), the empty line,
+/// then `body`. For the answers the connection gate sends on the socket itself; `keep_alive`:
+/// the connection stays open after it.
+pub fn to_h1(mut resp: impl Fields, body: &[u8], keep_alive: bool) -> Vec<u8> {
     let date = pingora::protocols::http::date::get_cached_date();
     let connection = if keep_alive { "keep-alive" } else { "close" };
-    let _ = resp.insert_header(http::header::DATE, date);
-    let _ = resp.insert_header(http::header::CONNECTION, connection);
-    let mut out = bytes::BytesMut::with_capacity(512 + body.len());
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(resp.status.as_str().as_bytes());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    resp.header_to_h1_wire(&mut out);
-    out.extend_from_slice(b"\r\n");
+    resp.set(http::header::DATE, date);
+    resp.set(
+        http::header::CONNECTION,
+        HeaderValue::from_static(connection),
+    );
+    let mut out = Vec::with_capacity(768 + body.len());
+    resp.to_h1(&mut out);
     out.extend_from_slice(body);
-    out.into()
+    out
 }
 
 /// Write a whole response: its header, then its body (none for HEAD or an empty body). Used

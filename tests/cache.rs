@@ -71,6 +71,73 @@ pub(crate) fn purge(r: &Rampart, body: &str) -> Response {
     )
 }
 
+/// A fresh hit is answered by the connection gate before Pingora parses the request
+/// (`proxy::early`): the fields a hit through Pingora carries, counted the same, and the rate
+/// limits decide first, exactly.
+#[test]
+fn hits_answered_before_pingora_match_pingoras_and_are_limited() {
+    let up = kpi_origin();
+    let limit = "[ratelimit.policies.p]\nrate = \"1/h\"\nburst = 5\nroutes = [\"kpis\"]\n";
+    let r = Rampart::start(&format!("{}{limit}", config(&up, None, "ttl = \"60s\"")));
+    let mut conn = HttpConn::connect(r.addr).expect("connect");
+    let get = format!("GET {KPIS} HTTP/1.1\r\nHost: rampart.test\r\n\r\n").into_bytes();
+    // A head with more fields than the gate parses itself (32) is Pingora's: the same hit
+    // through Pingora's request_filter.
+    let mut crowded = format!("GET {KPIS} HTTP/1.1\r\nHost: rampart.test\r\n").into_bytes();
+    for i in 0..40 {
+        crowded.extend_from_slice(format!("x-field-{i}: {i}\r\n").as_bytes());
+    }
+    crowded.extend_from_slice(b"\r\n");
+    let mut next = |raw: &[u8]| {
+        conn.write_all(raw).expect("write");
+        conn.read_response(false).expect("response")
+    };
+    let miss = next(&get);
+    assert_eq!(x_cache(&miss), "MISS");
+    let early = next(&get);
+    let through_pingora = next(&crowded);
+    for hit in [&early, &through_pingora] {
+        assert_eq!(hit.status, 200);
+        assert_eq!(x_cache(hit), "HIT");
+        assert_eq!(hit.body, miss.body);
+    }
+    // Same fields in the same order; only per-request values differ.
+    let names = |r: &Response| r.headers.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&early), names(&through_pingora));
+    let per_request = [
+        "x-request-id",
+        "x-process-time",
+        "date",
+        "age",
+        "ratelimit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ];
+    for (name, value) in &through_pingora.headers {
+        if !per_request.contains(&name.as_str()) {
+            assert_eq!(early.header(name), Some(value.as_str()), "{name}");
+        }
+    }
+    assert_eq!(early.header("x-ratelimit-remaining"), Some("3"));
+    assert_eq!(through_pingora.header("x-ratelimit-remaining"), Some("2"));
+
+    // The burst's last two, then the limit's 429 (the gate's too): nothing reaches the origin.
+    assert_eq!(next(&get).status, 200);
+    assert_eq!(next(&get).status, 200);
+    let refused = next(&get);
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("x-cache"), None);
+    assert_eq!(up.count(), 1);
+    let m = r.metrics();
+    for line in [
+        r#"rampart_cache_lookups_total{result="hit",route="kpis"} 4"#,
+        r#"http_requests_total{method="GET",route="kpis",status="200"} 5"#,
+        r#"http_requests_total{method="GET",route="kpis",status="429"} 1"#,
+    ] {
+        assert!(m.contains(line), "{line}\n{m}");
+    }
+}
+
 fn hits_are_served_from_cache(store: Store) {
     let up = kpi_origin();
     let (r, redis) = start(store, &up, "ttl = \"60s\"");

@@ -16,6 +16,7 @@ use pingora::http::RequestHeader;
 use super::policy::Policy;
 use super::storage::FillBounds;
 use crate::compress::acceptable_codings;
+use crate::fields::Fields;
 use crate::headers::vary_tokens;
 
 /// The key of `req` on `route` under `policy`. The primary key frames route, method (`GET`: a
@@ -84,9 +85,21 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     builder.finalize()
 }
 
+/// Whether a stored response has no variants: no `Vary`, not encoded ([`vary_names`] empty).
+pub(super) fn no_variance(resp: &impl Fields) -> bool {
+    vary_tokens(resp.get_all(&http::header::VARY))
+        .next()
+        .is_none()
+        && resp
+            .get(&http::header::CONTENT_ENCODING)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
 /// Lower-cased `Vary` names, sorted; `accept-encoding` added when the body is encoded.
 pub(super) fn vary_names(headers: &http::HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = vary_tokens(headers).map(str::to_ascii_lowercase).collect();
+    let mut names: Vec<String> = vary_tokens(headers.get_all(http::header::VARY).iter())
+        .map(str::to_ascii_lowercase)
+        .collect();
     let encoded = headers
         .get(http::header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));

@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 
 use super::encoded::Source;
 use super::storage::{decode, Decoded, Times};
 use super::Stored;
 use crate::compress::Coding;
+use crate::fields::Response;
 use crate::metrics::Metrics;
 
 pub struct MemoryStorage {
@@ -45,7 +45,7 @@ struct Inner {
 struct Slot {
     internal: Vec<u8>,
     /// Decoded once, when stored: a hit clones it instead of decoding Pingora's serialized form.
-    header: ResponseHeader,
+    header: Response,
     /// The serialized header's length, as weighed.
     header_len: usize,
     /// Read from `internal` when stored.
@@ -308,6 +308,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::http::ResponseHeader;
 
     /// A real serialized meta (the store decodes the header when it stores it).
     fn meta() -> (Vec<u8>, Vec<u8>) {

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, SystemTime};
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable};
@@ -40,6 +41,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use crate::compress::{encoded_header, Coding};
+use crate::fields::{Fields, Response};
 use crate::metrics::Metrics;
 use crate::redis::Redis;
 use crate::routing::RouteConfig;
@@ -100,9 +102,21 @@ pub enum Purge {
 /// A fresh entry answered in `request_filter` ([`Cache::fresh_hit`]).
 pub struct FreshHit {
     /// The stored header as a hit sends it; the fields every response gets are the caller's.
-    pub header: ResponseHeader,
+    pub header: Response,
     /// The whole body (the copy, when the header says so).
     pub body: Bytes,
+}
+
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// An entry [`Cache::held_hit`] found, not yet sent or counted.
+pub struct HeldHit {
+    route: (Name, Arc<Policy>),
+    names: Arc<EntryNames>,
+    header: Response,
+    times: Times,
+    stored: Stored,
 }
 
 /// Request fields that make a hit more than sending the stored entry whole: pingora-cache's
@@ -372,23 +386,26 @@ impl Cache {
 
     fn write_status(
         &self,
-        resp: &mut ResponseHeader,
+        resp: &mut impl Fields,
         state: &mut RequestState,
         outcome: impl FnOnce(&RequestState) -> (&'static str, String, &'static str),
     ) {
         let Some((route, _)) = state.route.as_ref() else {
             return;
         };
-        for name in TARGETED {
-            resp.remove_header(name);
+        for name in &TARGETED {
+            resp.remove(name);
         }
         let (x_cache, status, result) = outcome(state);
         self.metrics
             .cache_lookups
             .with_label_values(&[route.as_str(), result])
             .inc();
-        let _ = resp.insert_header("x-cache", x_cache);
-        let _ = resp.append_header("cache-status", status);
+        resp.set(X_CACHE, HeaderValue::from_static(x_cache));
+        // Built from a route name and integers: a valid value.
+        if let Ok(status) = HeaderValue::try_from(status) {
+            resp.add(CACHE_STATUS, status);
+        }
         state.x_cache = Some(x_cache);
     }
 
@@ -407,9 +424,29 @@ impl Cache {
         req: &RequestHeader,
         route: &Name,
         coding: Option<Coding>,
-        keeps_identity: impl FnOnce(&ResponseHeader) -> bool,
+        keeps_identity: impl FnOnce(&Response) -> bool,
         state: &mut RequestState,
     ) -> Option<FreshHit> {
+        let held = self.held_hit(req, route, coding, keeps_identity, state)?;
+        Some(self.serve_hit(held, coding, state))
+    }
+
+    /// Whether `route` has a cache policy (its GETs may be answered from here).
+    pub fn caches(&self, route: &Name) -> bool {
+        self.policies.contains_key(route)
+    }
+
+    /// The lookup of [`Cache::fresh_hit`], counting nothing: the entry a fresh hit would send.
+    /// The connection gate looks first and serves ([`Cache::serve_hit`]) only once the rate
+    /// limits admitted the request, as `request_filter` orders them.
+    pub fn held_hit(
+        &self,
+        req: &RequestHeader,
+        route: &Name,
+        coding: Option<Coding>,
+        keeps_identity: impl FnOnce(&Response) -> bool,
+        state: &mut RequestState,
+    ) -> Option<HeldHit> {
         let policy = self.policies.get(route)?;
         if req.method != Method::GET
             || NOT_PLAIN.iter().any(|name| req.headers.contains_key(name))
@@ -426,8 +463,7 @@ impl Cache {
                 (names, Some(key))
             }
         };
-        let Some((mut header, times, stored)) = self.held_fresh(&names, coding, keeps_identity)
-        else {
+        let Some((header, times, stored)) = self.held_fresh(&names, coding, keeps_identity) else {
             state.key = Some(
                 cache_key
                     .take()
@@ -435,16 +471,45 @@ impl Cache {
             );
             return None;
         };
+        Some(HeldHit {
+            route: (route.clone(), policy.clone()),
+            names,
+            header,
+            times,
+            stored,
+        })
+    }
+
+    /// A looked-up entry ([`Cache::held_hit`]) sent: counted, with the header a hit through
+    /// pingora-cache gets.
+    pub fn serve_hit(
+        &self,
+        held: HeldHit,
+        coding: Option<Coding>,
+        state: &mut RequestState,
+    ) -> FreshHit {
+        let HeldHit {
+            route,
+            names,
+            mut header,
+            times,
+            stored,
+        } = held;
         self.store.served_held(&names.tag);
-        state.route = Some((route.clone(), policy.clone()));
-        let _ = header.insert_header(http::header::AGE, times.age().as_secs());
-        header.set_version(http::Version::HTTP_11);
-        if header.headers.contains_key(http::header::CONTENT_LENGTH) {
+        state.route = Some(route);
+        header.set(http::header::AGE, HeaderValue::from(times.age().as_secs()));
+        if header.get(&http::header::CONTENT_LENGTH).is_some() {
             // As pingora's range filter marks a whole 200 it could have cut (nginx does too).
-            let _ = header.insert_header(http::header::ACCEPT_RANGES, "bytes");
+            header.set(
+                http::header::ACCEPT_RANGES,
+                HeaderValue::from_static("bytes"),
+            );
         } else {
             // Where the full path would send chunks: the whole body is here, so its length.
-            let _ = header.insert_header(http::header::CONTENT_LENGTH, stored.body.len());
+            header.set(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(stored.body.len()),
+            );
         }
         if let (true, Some(coding)) = (stored.encoded, coding) {
             encoded_header(&mut header, coding, stored.body.len());
@@ -452,10 +517,10 @@ impl Cache {
         self.write_status(&mut header, state, |state| {
             outcome(CachePhase::Hit, Some(times.fresh_until), state)
         });
-        Some(FreshHit {
+        FreshHit {
             header,
             body: stored.body,
-        })
+        }
     }
 
     /// The entry this process holds for `key` when it can be sent whole as it is: fresh, a 200
@@ -465,13 +530,13 @@ impl Cache {
         &self,
         names: &EntryNames,
         coding: Option<Coding>,
-        keeps_identity: impl FnOnce(&ResponseHeader) -> bool,
-    ) -> Option<(ResponseHeader, Times, Stored)> {
+        keeps_identity: impl FnOnce(&Response) -> bool,
+    ) -> Option<(Response, Times, Stored)> {
         let mut stored = self.store.held(&names.tag, &names.entry, coding)?;
         let Decoded { header, times } = *stored.decoded.take()?;
         let sendable = times.fresh_until >= SystemTime::now()
             && header.status == http::StatusCode::OK
-            && key::vary_names(&header.headers).is_empty()
+            && key::no_variance(&header)
             && (stored.encoded || keeps_identity(&header));
         sendable.then_some((header, times, stored))
     }

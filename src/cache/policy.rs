@@ -33,7 +33,10 @@ const HEURISTIC: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 
 
 /// Targeted cache fields (RFC 9213), in precedence order: the first with a valid, non-empty
 /// value replaces `Cache-Control` and `Expires` for Rampart's cache.
-pub(super) const TARGETED: [&str; 2] = ["rampart-cache-control", "cdn-cache-control"];
+pub(super) const TARGETED: [HeaderName; 2] = [
+    HeaderName::from_static("rampart-cache-control"),
+    HeaderName::from_static("cdn-cache-control"),
+];
 
 /// Response headers that describe one request, not the resource: never stored. (`Age` is
 /// recomputed on every hit from the stored response's age.)
@@ -219,10 +222,10 @@ struct Directives {
 
 impl Directives {
     fn of(resp: &ResponseHeader) -> Self {
-        for name in TARGETED {
-            if valid_targeted_field(&resp.headers, name) {
+        for name in &TARGETED {
+            if valid_targeted_field(&resp.headers, name.as_str()) {
                 return Self {
-                    cc: CacheControl::from_resp_headers_named(name, resp),
+                    cc: CacheControl::from_resp_headers_named(name.as_str(), resp),
                     targeted: true,
                 };
             }

@@ -31,6 +31,7 @@ use super::memory::MemoryStorage;
 use super::redis::RedisStorage;
 use super::PurgeError;
 use crate::compress::Coding;
+use crate::fields::Response;
 
 /// The route policy's limits, carried in the cache key's extensions for the storage: how much
 /// body a fill may buffer, how long a lookup may wait for another request's fill, how long an
@@ -132,9 +133,10 @@ pub struct Stored {
     pub encoded: bool,
 }
 
-/// What a serialized meta says that a hit needs, read once.
+/// What a serialized meta says that a hit needs, read once: the header as a list a hit edits
+/// cheaply (`fields::Response`).
 pub struct Decoded {
-    pub header: ResponseHeader,
+    pub header: Response,
     pub times: Times,
 }
 
@@ -331,7 +333,7 @@ pub(super) fn decode(internal: &[u8], header: &[u8]) -> Option<Decoded> {
 impl Decoded {
     pub(super) fn of(meta: &CacheMeta) -> Self {
         Self {
-            header: meta.response_header_copy(),
+            header: Response::of_pingora(meta.response_header()),
             times: Times::of(meta),
         }
     }
@@ -371,7 +373,7 @@ impl Storage for CacheStorage {
             return Ok(None);
         };
         let meta = match stored.decoded {
-            Some(decoded) => meta_with_header(&stored.internal, decoded.header),
+            Some(decoded) => meta_with_header(&stored.internal, decoded.header.into_pingora()),
             None => CacheMeta::deserialize(&stored.internal, &stored.header),
         };
         match meta {

@@ -22,10 +22,11 @@ mod policy;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header;
-use pingora::http::{RequestHeader, ResponseHeader};
+use http::header::{self, HeaderValue};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::compression::Encode;
 
+use crate::fields::Fields;
 use crate::headers::add_vary;
 use crate::metrics::Metrics;
 
@@ -86,7 +87,7 @@ impl RequestState {
 
     /// Whether a response with header `resp` goes to this client as it is (neither encoded
     /// nor decoded).
-    pub fn keeps(&self, resp: &ResponseHeader) -> bool {
+    pub fn keeps(&self, resp: &impl Fields) -> bool {
         self.policy.as_ref().is_none_or(|policy| {
             matches!(
                 decide(policy, &self.accept, self.head, resp).1,
@@ -96,7 +97,7 @@ impl RequestState {
     }
 
     /// `response_filter`: decide, add `Vary`, rewrite the header, prepare the encoder.
-    pub fn response(&mut self, resp: &mut ResponseHeader) {
+    pub fn response(&mut self, resp: &mut impl Fields) {
         self.active = None;
         let Some(policy) = self.policy.clone() else {
             return;
@@ -157,11 +158,11 @@ impl RequestState {
 
     /// A whole body Rampart wrote itself: same decision as a proxied response, encoded in one
     /// go and framed with its exact `Content-Length`.
-    pub fn encode_local(&self, resp: &mut ResponseHeader, body: Bytes) -> Bytes {
+    pub fn encode_local(&self, resp: &mut impl Fields, body: Bytes) -> Bytes {
         let Some(policy) = self.policy.as_ref() else {
             return body;
         };
-        let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
+        resp.set(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let (vary, action) = decide(policy, &self.accept, self.head, resp);
         if vary {
             add_vary(resp, "Accept-Encoding");
@@ -182,8 +183,8 @@ impl RequestState {
 /// The header of a whole body encoded in `coding`, `len` bytes long (Rampart's own responses,
 /// and cache hits served from an encoded copy): rewritten as a response compressed while it
 /// streams, with its exact length instead of chunked framing.
-pub fn encoded_header(resp: &mut ResponseHeader, coding: Coding, len: usize) {
+pub fn encoded_header(resp: &mut impl Fields, coding: Coding, len: usize) {
     rewrite_header(resp, Action::Compress(coding), false);
-    let _ = resp.insert_header(header::CONTENT_LENGTH, len);
+    resp.set(header::CONTENT_LENGTH, HeaderValue::from(len));
     add_vary(resp, "Accept-Encoding");
 }

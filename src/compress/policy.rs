@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use pingora::http::ResponseHeader;
 use serde::{Deserialize, Serialize};
 
 use super::accept::Accept;
 use super::codec::Coding;
+use crate::fields::Fields;
 use crate::types::{serialize_display, Invalid, Name};
 
 /// `[compression]` (the default policy) and `[compression.policies.NAME]` (a named policy a
@@ -260,10 +260,9 @@ impl Policy {
     }
 
     /// The response's media type is one this policy compresses.
-    fn compressible(&self, resp: &ResponseHeader) -> bool {
+    fn compressible(&self, resp: &impl Fields) -> bool {
         let Some(essence) = resp
-            .headers
-            .get(header::CONTENT_TYPE)
+            .get(&header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| {
                 v.split(';')
@@ -318,15 +317,15 @@ pub(super) fn decide(
     policy: &Policy,
     accept: &Accept,
     head: bool,
-    resp: &ResponseHeader,
+    resp: &impl Fields,
 ) -> (bool, Action) {
-    let status = resp.status.as_u16();
-    if !policy.enabled || resp.status.is_informational() || status == 204 || no_transform(resp) {
+    let status = resp.status().as_u16();
+    if !policy.enabled || resp.status().is_informational() || status == 204 || no_transform(resp) {
         return (false, Action::Keep);
     }
     // The body is not the full representation, or there is none to encode.
     let untouchable =
-        head || status == 304 || status == 206 || resp.headers.contains_key(header::CONTENT_RANGE);
+        head || status == 304 || status == 206 || resp.get(&header::CONTENT_RANGE).is_some();
     match content_encoding(resp) {
         Encoded::Unknown => (false, Action::Keep),
         Encoded::By(c) => {
@@ -369,8 +368,8 @@ enum Encoded {
     Unknown,
 }
 
-fn content_encoding(resp: &ResponseHeader) -> Encoded {
-    let mut values = resp.headers.get_all(header::CONTENT_ENCODING).iter();
+fn content_encoding(resp: &impl Fields) -> Encoded {
+    let mut values = resp.get_all(&header::CONTENT_ENCODING);
     let Some(first) = values.next() else {
         return Encoded::Identity;
     };
@@ -384,18 +383,15 @@ fn content_encoding(resp: &ResponseHeader) -> Encoded {
     }
 }
 
-fn no_transform(resp: &ResponseHeader) -> bool {
-    resp.headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
+fn no_transform(resp: &impl Fields) -> bool {
+    resp.get_all(&header::CACHE_CONTROL)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
 }
 
-pub(super) fn content_length(resp: &ResponseHeader) -> Option<u64> {
-    resp.headers
-        .get(header::CONTENT_LENGTH)?
+pub(super) fn content_length(resp: &impl Fields) -> Option<u64> {
+    resp.get(&header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
         .trim()
@@ -404,38 +400,46 @@ pub(super) fn content_length(resp: &ResponseHeader) -> Option<u64> {
 }
 
 /// Header changes for a body that will be re-encoded (as nginx's gzip filter does).
-pub(super) fn rewrite_header(resp: &mut ResponseHeader, action: Action, chunked: bool) {
+pub(super) fn rewrite_header(resp: &mut impl Fields, action: Action, chunked: bool) {
     match action {
         Action::Keep => return,
         Action::Compress(c) => {
-            let _ = resp.insert_header(header::CONTENT_ENCODING, c.token());
+            resp.set(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(c.token()),
+            );
         }
         Action::Decompress(_) => {
-            resp.remove_header(&header::CONTENT_ENCODING);
+            resp.remove(&header::CONTENT_ENCODING);
         }
     }
-    resp.remove_header(&header::CONTENT_LENGTH);
+    resp.remove(&header::CONTENT_LENGTH);
     // Byte ranges of the encoded body are not ranges of the representation.
-    resp.remove_header(&header::ACCEPT_RANGES);
+    resp.remove(&header::ACCEPT_RANGES);
     if chunked {
-        let _ = resp.insert_header(header::TRANSFER_ENCODING, "chunked");
+        resp.set(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
     }
     // RFC 9110 section 8.8.1: another byte sequence cannot share a strong validator.
-    if let Some(etag) = resp.headers.get(header::ETAG) {
-        let bytes = etag.as_bytes();
-        if bytes.starts_with(b"\"") {
-            if let Ok(weak) = HeaderValue::from_bytes(&[b"W/", bytes].concat()) {
-                let _ = resp.insert_header(header::ETAG, weak);
-            }
-        } else if !bytes.starts_with(b"W/") {
-            resp.remove_header(&header::ETAG);
+    let Some(etag) = resp.get(&header::ETAG) else {
+        return;
+    };
+    let bytes = etag.as_bytes();
+    if bytes.starts_with(b"\"") {
+        if let Ok(weak) = HeaderValue::from_bytes(&[b"W/", bytes].concat()) {
+            resp.set(header::ETAG, weak);
         }
+    } else if !bytes.starts_with(b"W/") {
+        resp.remove(&header::ETAG);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::http::ResponseHeader;
 
     fn accept(v: &str) -> Accept {
         Accept::parse(std::iter::once(v.as_bytes()))

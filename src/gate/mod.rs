@@ -33,7 +33,6 @@ use std::time::Instant;
 use async_trait::async_trait;
 use http::header::{HeaderValue, CONTENT_LENGTH};
 use pingora::apps::{HttpServerApp, ServerApp};
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::{HttpProxy, ProxyHttp};
@@ -43,6 +42,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::accesslog;
 use crate::client::Cidrs;
+use crate::fields::{Fields, Response};
 use crate::headers::{Downstream, Headers};
 use crate::limits::head::{self};
 use crate::limits::{self, Reason};
@@ -337,15 +337,7 @@ where
     ) {
         let request_id = uuid::Uuid::new_v4().to_string();
         let line = RequestLine::of(conn.head_bytes());
-        let mut resp = match self.response(&refused, &request_id, tls, started) {
-            Ok(r) => r,
-            Err(e) => {
-                log::warn!("cannot build the {} response: {e}", refused.status);
-                return;
-            }
-        };
-        let body = std::mem::take(&mut resp.1);
-        let mut bytes = resp.0;
+        let (mut bytes, body) = self.response(&refused, &request_id, tls, started);
         if line.method != "HEAD" {
             bytes.extend_from_slice(&body);
         }
@@ -394,15 +386,15 @@ where
         request_id: &str,
         tls: bool,
         started: Instant,
-    ) -> pingora::Result<(Vec<u8>, bytes::Bytes)> {
+    ) -> (Vec<u8>, bytes::Bytes) {
         let local = LocalResponse::problem(refused.status, refused.detail, request_id);
-        let mut resp = ResponseHeader::build(local.status, Some(local.headers.len() + 10))?;
+        let mut resp = Response::new(local.status, local.headers.len() + 10);
         for (name, value) in local.headers {
-            resp.insert_header(name, value)?;
+            resp.set(name, value);
         }
         if refused.status == 503 {
             let secs = HeaderValue::from(limits::RETRY_AFTER_SECS);
-            resp.insert_header(http::header::RETRY_AFTER, secs)?;
+            resp.set(http::header::RETRY_AFTER, secs);
         }
         self.headers.downstream(
             &mut resp,
@@ -413,7 +405,7 @@ where
                 upstream_time: None,
             },
         );
-        resp.insert_header(CONTENT_LENGTH, local.body.len())?;
-        Ok((respond::to_h1(resp, b"", false), local.body))
+        resp.set(CONTENT_LENGTH, HeaderValue::from(local.body.len()));
+        (respond::to_h1(resp, b"", false), local.body)
     }
 }

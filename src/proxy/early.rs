@@ -1,20 +1,22 @@
-//! Requests answered in the connection gate, before Pingora parses them: a client known to be
-//! over every rate limit of its route gets its 429 there.
+//! Requests answered in the connection gate, before Pingora parses them: a fresh cache hit
+//! held in this process, and a client known to be over every rate limit of its route.
 //!
 //! Phase: before any of Pingora's; the gate (`gate::Early`) offers each checked head of a
-//! request without a body. Under a flood the 429 is most of the traffic, and Pingora's session
-//! (its parse, its header map, its response writer, its reuse of the connection) costs more
-//! than deciding the 429 itself. Only when the limiter knows some client refusing now
-//! (`Limiter::refuses_any`: an atomic load, after the generation's) is the head parsed here;
-//! otherwise the request goes to Pingora untouched.
+//! request without a body. For a hit or a 429, Pingora's session (its parse, its header map,
+//! its response writer, its reuse of the connection) costs more than deciding the answer
+//! itself. A head is parsed here only when it may be one: a GET whose path (as sent) routes
+//! to a cached route ([`may_hit`], a test on the bytes), or while the limiter knows some
+//! client refusing (`Limiter::refuses_any`, an atomic load). Anything else goes to Pingora
+//! untouched.
 //!
-//! Invariant: an early answer is the answer `request_filter` would give, byte for byte but for
-//! the request id, the date and the timings. It runs the same steps (`steps::identify`, the
-//! canonical path, `before_limits`), asks the limiter the same question without charging
-//! (`Limiter::known_refusal`: a refused request charges nothing, so nothing shared changes),
-//! builds the response with `respond::prepare`, and records it like `logging` does. Any step
-//! that would answer otherwise (404, 400, a preflight, a limit not known refusing) hands the
-//! request to Pingora, which decides it from the start.
+//! Invariant: an early answer is the answer `request_filter` would give, field for field but
+//! for the request id, the date and the timings, and it is counted the same. It runs the
+//! same steps in the same order (`steps::identify`, the canonical path, `before_limits`,
+//! the rate limits, the fresh hit), builds the response with the same calls
+//! (`respond::prepare`, `steps::serve_hit`) and records it like `logging` does. A step that
+//! cannot decide without waiting (the limiter needs Redis: `Here::AskStore`) or that would
+//! answer otherwise (404, 400, a preflight, a miss) leaves the request to Pingora, which
+//! decides it from the start: nothing was charged or counted here.
 
 use std::net::IpAddr;
 
@@ -23,24 +25,28 @@ use http::{Method, Version};
 use pingora::http::RequestHeader;
 
 use crate::ctx::Ctx;
+use crate::fields::Fields;
 use crate::gate::{Answer, Early};
 use crate::limits::head;
 use crate::path;
+use crate::ratelimit::Here;
 use crate::respond;
+use crate::runtime::Runtime;
 
-use super::steps::{identify, limited};
+use super::steps::{held_hit, identify, limited, serve_hit};
 use super::Proxy;
 
 impl Early for Proxy {
     fn answer(&self, head: &[u8], peer: Option<IpAddr>, tls: bool, last: bool) -> Option<Answer> {
         let runtime = self.live.current();
-        if !runtime.ratelimit.refuses_any() {
+        let refusing = runtime.ratelimit.refuses_any();
+        if !refusing && !may_hit(&runtime, head) {
             return None;
         }
         let mut req = request_header(head)?;
         let mut ctx = Ctx::new(runtime);
         identify(&req, peer, tls, &mut ctx);
-        let answer = self.known_refusal(&mut req, &mut ctx, last);
+        let answer = self.early(&mut req, &mut ctx, refusing, last);
         if let Some(answer) = &answer {
             self.metrics.request_started();
             self.record(&req, &ctx, answer.status, answer.body_len, None);
@@ -53,7 +59,7 @@ impl Early for Proxy {
     }
 }
 
-/// The 429 as it is written, with what the access log needs of it.
+/// An early answer as it is written, with what the access log needs of it.
 struct Sent {
     status: u16,
     body_len: usize,
@@ -61,33 +67,84 @@ struct Sent {
     keep_alive: bool,
 }
 
+impl Sent {
+    /// `resp` and `body` as the client gets them (no body for HEAD), with `Date` and
+    /// `Connection`.
+    fn of(resp: impl Fields, body: &[u8], req: &RequestHeader, last: bool) -> Self {
+        let keep_alive = !last && keeps_alive(req);
+        let body = if req.method == Method::HEAD {
+            b""
+        } else {
+            body
+        };
+        Sent {
+            status: resp.status().as_u16(),
+            body_len: body.len(),
+            bytes: respond::to_h1(resp, body, keep_alive),
+            keep_alive,
+        }
+    }
+}
+
 impl Proxy {
-    /// `request_filter`'s steps up to the rate limits, then the limiter's known refusal. A step
-    /// that answers itself (400, 404, the public metrics, a preflight, 503) leaves the request
-    /// to Pingora, which takes it again from the start.
-    fn known_refusal(&self, req: &mut RequestHeader, ctx: &mut Ctx, last: bool) -> Option<Sent> {
+    /// `request_filter`'s steps up to the rate limits; then, for a fresh hit held here, the
+    /// limiter's decision when it needs no store and the hit or the refusal; otherwise only a
+    /// known refusal. A step that answers itself (400, 404, the public metrics, a preflight,
+    /// 503) leaves the request to Pingora, which takes it again from the start.
+    fn early(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+        refusing: bool,
+        last: bool,
+    ) -> Option<Sent> {
         path::canonicalize(req).ok()?;
         let route = self.before_limits(req, ctx).ok()?;
+        if let Some(held) = held_hit(req, ctx) {
+            let client = ctx.client.as_ref();
+            let Here::Decided(decision) =
+                ctx.runtime.ratelimit.check_here(req, &route.name, client)
+            else {
+                return None;
+            };
+            if let Some(refusal) = decision.and_then(|d| limited(d, ctx)) {
+                let (resp, body) = respond::prepare(&ctx.runtime.headers, req, ctx, refusal);
+                return Some(Sent::of(resp, &body, req, last));
+            }
+            let hit = serve_hit(req, held, ctx);
+            return Some(Sent::of(hit.header, &hit.body, req, last));
+        }
+        if !refusing {
+            return None;
+        }
         let client = ctx.client.as_ref();
         let decision = ctx
             .runtime
             .ratelimit
             .known_refusal(req, &route.name, client)?;
-        let local = limited(decision, ctx)?;
-        let (resp, body) = respond::prepare(&ctx.runtime.headers, req, ctx, local).ok()?;
-        let keep_alive = !last && keeps_alive(req);
-        let sent: &[u8] = if req.method == Method::HEAD {
-            b""
-        } else {
-            &body
-        };
-        Some(Sent {
-            status: resp.status.as_u16(),
-            body_len: sent.len(),
-            bytes: respond::to_h1(resp, sent, keep_alive),
-            keep_alive,
-        })
+        let refusal = limited(decision, ctx)?;
+        let (resp, body) = respond::prepare(&ctx.runtime.headers, req, ctx, refusal);
+        Some(Sent::of(resp, &body, req, last))
     }
+}
+
+/// Whether `head` may be a fresh hit held here: a GET whose path, as sent, routes to a route
+/// with a cache policy. A test on the bytes, so that other requests are not parsed twice; a
+/// request it passes over is answered by Pingora, just as correctly.
+fn may_hit(rt: &Runtime, head: &[u8]) -> bool {
+    let Some(rest) = head.strip_prefix(b"GET ") else {
+        return false;
+    };
+    let end = rest
+        .iter()
+        .position(|&b| b == b' ' || b == b'?')
+        .unwrap_or(rest.len());
+    let Ok(path) = std::str::from_utf8(&rest[..end]) else {
+        return false;
+    };
+    rt.router
+        .route(path)
+        .is_some_and(|route| rt.cache.caches(&route.name))
 }
 
 /// The head as Pingora would parse it (the gate checked it already: `limits::head::check`).
@@ -143,9 +200,18 @@ mod tests {
 addrs = ["127.0.0.1:9"]
 
 [[routes]]
+name = "kpis"
+prefix = "/api/kpis"
+upstream = "u"
+cache = "c"
+
+[[routes]]
 name = "api"
 prefix = "/api/"
 upstream = "u"
+
+[cache.policies.c]
+ttl = "60s"
 
 [ratelimit.policies.p]
 rate = "1/h"
@@ -175,6 +241,21 @@ routes = ["api"]
                 200
             }
         }
+    }
+
+    /// Only a GET routed (as sent) to a cached route is parsed for a hit.
+    #[test]
+    fn heads_that_may_be_hits() {
+        let rt = proxy().live.current();
+        let may = |head: &str| may_hit(&rt, head.as_bytes());
+        assert!(may("GET /api/kpis HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(may("GET /api/kpis?q=1 HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(may("GET /api/kpis/x HTTP/1.1\r\n\r\n"));
+        assert!(!may("GET /api/x HTTP/1.1\r\n\r\n"), "an uncached route");
+        assert!(!may("HEAD /api/kpis HTTP/1.1\r\n\r\n"));
+        assert!(!may("POST /api/kpis HTTP/1.1\r\n\r\n"));
+        assert!(!may("GET /other HTTP/1.1\r\n\r\n"), "no route");
+        assert!(!may_hit(&rt, b"GET /api/kpis\xff HTTP/1.1\r\n\r\n"));
     }
 
     /// The gate's question: answered only for a client the limiter refused, on a route that

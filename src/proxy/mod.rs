@@ -69,7 +69,7 @@ impl ProxyHttp for Proxy {
         let Some(hit) = self.fresh_hit(session.req_header(), ctx) else {
             return Ok(false);
         };
-        respond::send_whole(session, hit.header, hit.body).await?;
+        respond::send_whole(session, hit.header.into_pingora(), hit.body).await?;
         Ok(true)
     }
 

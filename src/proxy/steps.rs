@@ -8,7 +8,7 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::ErrorSource;
 
-use crate::cache::FreshHit;
+use crate::cache::{FreshHit, HeldHit};
 use crate::client::Client;
 use crate::cors;
 use crate::ctx::Ctx;
@@ -109,19 +109,8 @@ impl Proxy {
     /// adds to a hit after the cache status, in the same order: the headers every response
     /// gets, then compression's decision (`Vary`; the body is sent as it is).
     pub(super) fn fresh_hit(&self, req: &RequestHeader, ctx: &mut Ctx) -> Option<FreshHit> {
-        let route = ctx.route.as_ref()?;
-        let coding = ctx.compress.preferred();
-        let compress = &ctx.compress;
-        let mut hit = ctx.runtime.cache.fresh_hit(
-            req,
-            &route.name,
-            coding,
-            |header| compress.keeps(header),
-            &mut ctx.cache,
-        )?;
-        respond::finish_headers(&ctx.runtime.headers, req, ctx, &mut hit.header);
-        ctx.compress.response(&mut hit.header);
-        Some(hit)
+        let held = held_hit(req, ctx)?;
+        Some(serve_hit(req, held, ctx))
     }
 
     /// `[metrics] public_path`: the metrics for allowed clients, 403 for the others.
@@ -150,6 +139,29 @@ pub(super) fn identify(req: &RequestHeader, peer: Option<IpAddr>, tls: bool, ctx
         ctx.tls,
         &ctx.runtime.trusted,
     ));
+}
+
+/// The entry [`Proxy::fresh_hit`] would send, looked up without counting (`Cache::held_hit`).
+pub(super) fn held_hit(req: &RequestHeader, ctx: &mut Ctx) -> Option<HeldHit> {
+    let route = ctx.route.as_ref()?;
+    let coding = ctx.compress.preferred();
+    let compress = &ctx.compress;
+    ctx.runtime.cache.held_hit(
+        req,
+        &route.name,
+        coding,
+        |header| compress.keeps(header),
+        &mut ctx.cache,
+    )
+}
+
+/// A looked-up entry sent as [`Proxy::fresh_hit`] sends it.
+pub(super) fn serve_hit(req: &RequestHeader, held: HeldHit, ctx: &mut Ctx) -> FreshHit {
+    let coding = ctx.compress.preferred();
+    let mut hit = ctx.runtime.cache.serve_hit(held, coding, &mut ctx.cache);
+    respond::finish_headers(&ctx.runtime.headers, req, ctx, &mut hit.header);
+    ctx.compress.response(&mut hit.header);
+    hit
 }
 
 /// The rate limits' decision, kept for the response's headers; the 429 (or 503 under `deny`)

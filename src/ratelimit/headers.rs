@@ -8,9 +8,15 @@
 use std::fmt::Write;
 
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
 
 use super::bucket::Verdict;
+use crate::fields::Fields;
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// A self-made answer instead of proxying.
 #[derive(Debug, Clone)]
@@ -56,7 +62,7 @@ impl Decision {
     /// lists, one item per policy) and, if configured, the legacy trio for the tightest policy.
     /// Written on every response of a limited route: the policy item is made once, numbers go
     /// straight into header values.
-    pub fn write_headers(&self, resp: &mut ResponseHeader) {
+    pub fn write_headers(&self, resp: &mut impl Fields) {
         let [first, rest @ ..] = self.verdicts.as_slice() else {
             return;
         };
@@ -81,18 +87,20 @@ impl Decision {
                 v.policy.name, v.remaining, v.reset_secs
             );
         }
-        // Values are built from validated names and integers: always valid header values.
-        let _ = resp.insert_header("ratelimit-policy", policy);
-        let _ = resp.insert_header("ratelimit", state);
+        resp.set(RATELIMIT_POLICY, policy);
+        // Built from validated names and integers: always a valid header value.
+        if let Ok(state) = HeaderValue::try_from(state) {
+            resp.set(RATELIMIT, state);
+        }
         if self.legacy_headers {
             let tightest = self
                 .verdicts
                 .iter()
                 .min_by_key(|v| (v.policy.report_only, v.remaining));
             if let Some(v) = tightest {
-                let _ = resp.insert_header("x-ratelimit-limit", HeaderValue::from(v.policy.burst));
-                let _ = resp.insert_header("x-ratelimit-remaining", HeaderValue::from(v.remaining));
-                let _ = resp.insert_header("x-ratelimit-reset", HeaderValue::from(v.reset_secs));
+                resp.set(X_RATELIMIT_LIMIT, HeaderValue::from(v.policy.burst));
+                resp.set(X_RATELIMIT_REMAINING, HeaderValue::from(v.remaining));
+                resp.set(X_RATELIMIT_RESET, HeaderValue::from(v.reset_secs));
             }
         }
     }

@@ -41,6 +41,14 @@ pub use bucket::{decide, Charge, Charged, Policy, Verdict};
 pub use config::{Config, Key, OnStoreError, PolicyConfig, Rate};
 pub use headers::{Decision, Refusal};
 
+/// What [`Limiter::check_here`] could decide.
+pub enum Here {
+    /// The decision (`None`: no policy applies), the request charged.
+    Decided(Option<Decision>),
+    /// Only Redis can decide; nothing was charged.
+    AskStore,
+}
+
 /// The configured policies and their stores.
 pub struct Limiter {
     policies: Vec<Arc<Policy>>,
@@ -158,77 +166,96 @@ impl Limiter {
             return None;
         }
         let policies = self.policies_of(&charges);
-
+        if let Some(outcome) = self.outcome_here(&policies, &charges) {
+            return Some(self.decision(&charges, outcome, false));
+        }
+        // Only the Redis store leaves a request undecided here.
+        let store = self.redis.as_ref()?;
         let mut fallback = false;
-        let outcome = match &self.redis {
-            // Refusals are learnt on this store too, so the gate can answer them
-            // (`known_refusal`); the buckets are exact, and a refusal charged nothing.
-            None => {
-                let sent = std::time::Instant::now();
-                let out = self.memory.charge(&policies, &charges);
-                self.refused.learn(sent, &policies, &charges, &out);
-                out
+        let shared = if store.should_try() {
+            let sent = std::time::Instant::now();
+            let asks = self.leases.asks(&policies, &charges);
+            match store.charge(&policies, &charges, &asks).await {
+                Ok(granted) => {
+                    self.leases.learn(&charges, &asks, &granted);
+                    self.count_leases(&policies, &asks, &granted);
+                    let v = as_one_token(&policies, granted);
+                    self.refused.learn(sent, &policies, &charges, &v);
+                    Some(v)
+                }
+                Err(e) => {
+                    self.leases.failed(&charges, &asks);
+                    log::debug!("ratelimit: {e}");
+                    None
+                }
             }
-            Some(store) => {
-                // A client Redis refused a moment ago, still over every limit that applies:
-                // the same answer without the round trip (`refused` says why that is exact);
-                // a request every policy of which has leased tokens here: admitted from them.
-                let known = if self.fallback.load(Ordering::Relaxed) {
-                    None
+        } else {
+            None
+        };
+        let outcome = match shared {
+            Some(v) => {
+                self.resumed();
+                v
+            }
+            None => {
+                fallback = true;
+                if store.is_down() {
+                    self.fell_back();
                 } else {
-                    self.refused
-                        .answer(&policies, &charges)
-                        .or_else(|| self.leases.take(&policies, &charges))
-                };
-                let shared = if known.is_some() {
-                    known
-                } else if store.should_try() {
-                    let sent = std::time::Instant::now();
-                    let asks = self.leases.asks(&policies, &charges);
-                    match store.charge(&policies, &charges, &asks).await {
-                        Ok(granted) => {
-                            self.leases.learn(&charges, &asks, &granted);
-                            self.count_leases(&policies, &asks, &granted);
-                            let v = as_one_token(&policies, granted);
-                            self.refused.learn(sent, &policies, &charges, &v);
-                            Some(v)
-                        }
-                        Err(e) => {
-                            self.leases.failed(&charges, &asks);
-                            log::debug!("ratelimit: {e}");
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
-                match shared {
-                    Some(v) => {
-                        self.resumed();
-                        v
-                    }
-                    None => {
-                        fallback = true;
-                        if store.is_down() {
-                            self.fell_back();
-                        } else {
-                            // One slow answer, Redis still up: this request alone is decided
-                            // as configured; no outage is declared or logged, and the local
-                            // refusals stay (Redis has not forgotten its debts).
-                            log::debug!("ratelimit: one call past store.timeout; decided as on_store_error says");
-                        }
-                        match self.on_store_error {
-                            OnStoreError::Local => self.memory.charge(&policies, &charges),
-                            OnStoreError::Allow | OnStoreError::Deny => {
-                                return Some(self.without_store(&charges));
-                            }
-                        }
+                    // One slow answer, Redis still up: this request alone is decided as
+                    // configured; no outage is declared or logged, and the local refusals
+                    // stay (Redis has not forgotten its debts).
+                    log::debug!(
+                        "ratelimit: one call past store.timeout; decided as on_store_error says"
+                    );
+                }
+                match self.on_store_error {
+                    OnStoreError::Local => self.memory.charge(&policies, &charges),
+                    OnStoreError::Allow | OnStoreError::Deny => {
+                        return Some(self.without_store(&charges));
                     }
                 }
             }
         };
-
         Some(self.decision(&charges, outcome, fallback))
+    }
+
+    /// [`Self::check`] when it decides without the store and without waiting: always on the
+    /// memory store; on Redis for a known refusal or a request leased tokens admit.
+    /// [`Here::Decided`]: charged and counted exactly as `check` would; [`Here::AskStore`]:
+    /// nothing charged, only `check` can decide. The connection gate answers a fresh cache hit
+    /// with it (`proxy::early`).
+    pub fn check_here(&self, req: &RequestHeader, route: &str, client: Option<&Client>) -> Here {
+        let charges = self.charges(req, route, client);
+        if charges.is_empty() {
+            return Here::Decided(None);
+        }
+        let policies = self.policies_of(&charges);
+        match self.outcome_here(&policies, &charges) {
+            Some(outcome) => Here::Decided(Some(self.decision(&charges, outcome, false))),
+            None => Here::AskStore,
+        }
+    }
+
+    /// The outcome of every charge when it is decided in this process: by the memory store's
+    /// buckets, or on Redis (unless fallen back) by a refusal known here or by leased tokens
+    /// (`refused`, `lease`: why both are exact). `None`: ask Redis.
+    fn outcome_here(&self, policies: &[&Policy], charges: &[Charge]) -> Option<Vec<Charged>> {
+        match &self.redis {
+            // Refusals are learnt on this store too, so the gate can answer them
+            // (`known_refusal`); the buckets are exact, and a refusal charged nothing.
+            None => {
+                let sent = std::time::Instant::now();
+                let out = self.memory.charge(policies, charges);
+                self.refused.learn(sent, policies, charges, &out);
+                Some(out)
+            }
+            Some(_) if self.fallback.load(Ordering::Relaxed) => None,
+            Some(_) => self
+                .refused
+                .answer(policies, charges)
+                .or_else(|| self.leases.take(policies, charges)),
+        }
     }
 
     /// Every policy's verdict on its outcome, counted; the refusal, if an enforcing one

@@ -1,0 +1,420 @@
+//! The header fields of a response being written, wherever they live: Pingora's
+//! [`ResponseHeader`] (a proxied response, or a cache hit) or a [`Response`] (one Rampart
+//! makes itself: `respond`, the connection gate).
+//!
+//! Phases: every one that writes a response header. The rules that add fields (security
+//! headers, CORS, rate-limit headers, compression) are written once, against [`Fields`].
+//!
+//! Why two: each `ResponseHeader::insert_header` parses its name again, copies a custom one
+//! and hashes it into a map (two with a case map); on a self-made 429 those inserts were the
+//! largest single cost in callgrind. A self-made response has a dozen fields and no upstream
+//! spelling to keep: a list searched in place is cheaper than any map at that size. The gate
+//! writes it to the socket as it is ([`Response::to_h1`]); a response Pingora sends becomes
+//! a `ResponseHeader` once, at the end ([`Response::into_pingora`]).
+//!
+//! Invariants: [`Fields::set`] replaces every value under the name and [`Fields::add`] keeps
+//! them, as `insert_header` and `append_header` do; a [`Response`] is written with the bytes
+//! Pingora writes for the same fields set in the same order (unit test below; after a
+//! removal `http`'s map may move a later name forward, and the order of different names
+//! carries no meaning, RFC 9110 section 5.3).
+
+use bytes::{BufMut, Bytes};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+use pingora::http::ResponseHeader;
+
+/// A response's status and header fields, to read and to change.
+pub trait Fields {
+    fn status(&self) -> StatusCode;
+    /// The first value under `name`.
+    fn get(&self, name: &HeaderName) -> Option<&HeaderValue>;
+    /// Every value under `name`, in order.
+    fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue>;
+    /// `name: value`, replacing what was under `name`.
+    fn set(&mut self, name: HeaderName, value: HeaderValue);
+    /// `name: value` after what is under `name` already.
+    fn add(&mut self, name: HeaderName, value: HeaderValue);
+    fn remove(&mut self, name: &HeaderName);
+    /// The status line and the fields as HTTP/1.1 bytes with the empty line that ends them,
+    /// as Pingora writes them: for the answers the connection gate writes on the socket.
+    fn to_h1(&self, out: &mut Vec<u8>);
+}
+
+/// `HTTP/1.1 <code> <reason>` and its line end.
+fn status_line(out: &mut Vec<u8>, status: StatusCode, reason: Option<&str>) {
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_slice(b" ");
+    out.put_slice(reason.unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+impl Fields for ResponseHeader {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.get(name)
+    }
+
+    fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> {
+        self.headers.get_all(name).iter()
+    }
+
+    // Pingora's inserts fail only for a name or value that does not parse; both are parsed.
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+
+    fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.append_header(name, value);
+    }
+
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+
+    fn to_h1(&self, out: &mut Vec<u8>) {
+        status_line(out, self.status, self.get_reason_phrase());
+        self.header_to_h1_wire(out);
+        out.put_slice(b"\r\n");
+    }
+}
+
+/// A response Rampart writes itself, or a stored one a cache hit sends: its status and
+/// fields in the order they were set, every value of a name kept beside the first (as
+/// Pingora writes them), so it is written in one pass.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: StatusCode,
+    /// A reason phrase other than the status's own (an upstream's, kept by the cache).
+    reason: Option<Box<str>>,
+    fields: Vec<Field>,
+}
+
+#[derive(Debug, Clone)]
+struct Field {
+    /// [`key`] of the name: most names differ there, and `HeaderName`'s own comparison
+    /// (its representation, then its bytes) was most of a search's cost.
+    key: u64,
+    name: HeaderName,
+    value: HeaderValue,
+    /// The name as the upstream spelled it (a stored response); `None`: as Pingora spells
+    /// names it has no case for ([`titled`]).
+    spelling: Option<Bytes>,
+}
+
+impl Field {
+    fn is(&self, key: u64, name: &HeaderName) -> bool {
+        self.key == key && self.name == *name
+    }
+}
+
+/// The length and the first and last eight bytes of a name, folded: equal names have equal
+/// keys; different names almost never do.
+fn key(name: &HeaderName) -> u64 {
+    let bytes = name.as_str().as_bytes();
+    let word = |part: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..part.len()].copy_from_slice(part);
+        u64::from_le_bytes(w)
+    };
+    let n = bytes.len();
+    let (head, tail) = (&bytes[..n.min(8)], &bytes[n.saturating_sub(8)..]);
+    word(head) ^ word(tail).rotate_left(29) ^ n as u64
+}
+
+impl Response {
+    /// No fields yet, room for `fields`.
+    pub fn new(status: StatusCode, fields: usize) -> Self {
+        Self {
+            status,
+            reason: None,
+            fields: Vec::with_capacity(fields),
+        }
+    }
+
+    /// A copy of Pingora's header: its status, reason, fields and their spelling. Made once
+    /// per stored entry, so that each hit edits a list instead of Pingora's maps.
+    pub fn of_pingora(header: &ResponseHeader) -> Self {
+        let reason = header
+            .get_reason_phrase()
+            .filter(|r| Some(*r) != header.status.canonical_reason())
+            .map(Box::from);
+        let mut fields = Vec::with_capacity(header.headers.len() + 12);
+        let mut push = |name: &HeaderName, value: &HeaderValue, spelling: Option<Bytes>| {
+            fields.push(Field {
+                key: key(name),
+                name: name.clone(),
+                value: value.clone(),
+                spelling,
+            })
+        };
+        if header.has_case() {
+            // Both iterate in the order fields were added (Pingora's own `map` zips them too).
+            for ((name, value), (case, _)) in header.headers.iter().zip(header.case_header_iter()) {
+                push(name, value, Some(Bytes::copy_from_slice(case.as_slice())));
+            }
+        } else {
+            for (name, value) in header.headers.iter() {
+                push(name, value, None);
+            }
+        }
+        Self {
+            status: header.status,
+            reason,
+            fields,
+        }
+    }
+
+    /// The same response as Pingora's header, to send through a Pingora session.
+    pub fn into_pingora(self) -> ResponseHeader {
+        if self.fields.iter().any(|f| f.spelling.is_some()) {
+            return self.into_pingora_spelled();
+        }
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = self.status;
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for field in self.fields {
+            // A few dozen fields: never past http's 32,768.
+            let _ = headers.try_append(field.name, field.value);
+        }
+        parts.headers = headers;
+        // No case map: Pingora writes names as `to_h1` does.
+        let mut header = ResponseHeader::from(parts);
+        if let Some(reason) = self.reason {
+            let _ = header.set_reason_phrase(Some(&reason));
+        }
+        header
+    }
+
+    /// [`Response::into_pingora`] keeping the upstream's spelling, in Pingora's case map.
+    fn into_pingora_spelled(self) -> ResponseHeader {
+        let Ok(mut header) = ResponseHeader::build(self.status, Some(self.fields.len())) else {
+            // Unreachable: the status is a `StatusCode` already.
+            return ResponseHeader::from(http::Response::new(()).into_parts().0);
+        };
+        for field in self.fields {
+            let spelling = field
+                .spelling
+                .unwrap_or_else(|| Bytes::copy_from_slice(titled(&field.name).as_bytes()));
+            let _ = header.append_header(spelling, field.value);
+        }
+        if let Some(reason) = self.reason {
+            let _ = header.set_reason_phrase(Some(&reason));
+        }
+        header
+    }
+}
+
+/// How Pingora spells a name it has no case for: these standard names titled, the rest as
+/// `http` keeps them (lower case). Pingora's own table (`titled_header_name_str`) is
+/// crate-private; the unit test below checks this one against its output.
+fn titled(name: &HeaderName) -> &str {
+    match *name {
+        header::ACCEPT_RANGES => "Accept-Ranges",
+        header::AGE => "Age",
+        header::CACHE_CONTROL => "Cache-Control",
+        header::CONNECTION => "Connection",
+        header::CONTENT_TYPE => "Content-Type",
+        header::CONTENT_ENCODING => "Content-Encoding",
+        header::CONTENT_LENGTH => "Content-Length",
+        header::DATE => "Date",
+        header::TRANSFER_ENCODING => "Transfer-Encoding",
+        header::HOST => "Host",
+        header::SERVER => "Server",
+        header::SET_COOKIE => "Set-Cookie",
+        _ => name.as_str(),
+    }
+}
+
+impl Fields for Response {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        let key = key(name);
+        self.fields
+            .iter()
+            .find(|f| f.is(key, name))
+            .map(|f| &f.value)
+    }
+
+    fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> {
+        let key = key(name);
+        self.fields
+            .iter()
+            .filter(move |f| f.is(key, name))
+            .map(|f| &f.value)
+    }
+
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        let key = key(&name);
+        match self.fields.iter().position(|f| f.is(key, &name)) {
+            Some(first) => {
+                // Spelled anew, as Pingora's case map does on an insert.
+                self.fields[first].value = value;
+                self.fields[first].spelling = None;
+                // The name's other values follow its first.
+                let more = self.fields[first + 1..]
+                    .iter()
+                    .take_while(|f| f.is(key, &name))
+                    .count();
+                self.fields.drain(first + 1..first + 1 + more);
+            }
+            None => self.fields.push(Field {
+                key,
+                name,
+                value,
+                spelling: None,
+            }),
+        }
+    }
+
+    fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        let key = key(&name);
+        let field = Field {
+            key,
+            name,
+            value,
+            spelling: None,
+        };
+        match self.fields.iter().rposition(|f| f.is(key, &field.name)) {
+            Some(last) => self.fields.insert(last + 1, field),
+            None => self.fields.push(field),
+        }
+    }
+
+    fn remove(&mut self, name: &HeaderName) {
+        let key = key(name);
+        self.fields.retain(|f| !f.is(key, name));
+    }
+
+    /// What Pingora writes for the same header (`header_to_h1_wire` without a case map).
+    fn to_h1(&self, out: &mut Vec<u8>) {
+        let reason = self.reason.as_deref();
+        status_line(out, self.status, reason.or(self.status.canonical_reason()));
+        for field in &self.fields {
+            match &field.spelling {
+                Some(spelling) => out.put_slice(spelling),
+                None => out.put_slice(titled(&field.name).as_bytes()),
+            }
+            out.put_slice(b": ");
+            out.put_slice(field.value.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every operation, and every name Pingora titles, on both kinds.
+    fn fill(f: &mut impl Fields) {
+        for name in [
+            header::ACCEPT_RANGES,
+            header::AGE,
+            header::CACHE_CONTROL,
+            header::CONNECTION,
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            header::CONTENT_LENGTH,
+            header::DATE,
+            header::TRANSFER_ENCODING,
+            header::HOST,
+            header::SERVER,
+            header::SET_COOKIE,
+            header::VARY,
+            header::X_FRAME_OPTIONS,
+        ] {
+            f.set(name, HeaderValue::from_static("v"));
+        }
+        f.set(
+            HeaderName::from_static("x-one"),
+            HeaderValue::from_static("1"),
+        );
+        f.add(
+            HeaderName::from_static("x-two"),
+            HeaderValue::from_static("a"),
+        );
+        f.add(header::VARY, HeaderValue::from_static("w"));
+        f.add(
+            HeaderName::from_static("x-two"),
+            HeaderValue::from_static("b"),
+        );
+        f.set(
+            HeaderName::from_static("x-one"),
+            HeaderValue::from_static("2"),
+        );
+        f.set(
+            HeaderName::from_static("x-gone"),
+            HeaderValue::from_static("z"),
+        );
+        f.remove(&HeaderName::from_static("x-gone"));
+        f.add(header::SET_COOKIE, HeaderValue::from_static("c"));
+        f.set(header::SET_COOKIE, HeaderValue::from_static("d"));
+    }
+
+    #[test]
+    fn a_response_reads_and_writes_as_pingora_does() {
+        let mut pingora = ResponseHeader::build_no_case(429, None).expect("header");
+        let mut ours = Response::new(StatusCode::TOO_MANY_REQUESTS, 4);
+        fill(&mut pingora);
+        fill(&mut ours);
+        let vary = |f: &dyn Fn(&HeaderName) -> Vec<HeaderValue>| f(&header::VARY);
+        assert_eq!(
+            vary(&|n| pingora.get_all(n).cloned().collect()),
+            vary(&|n| ours.get_all(n).cloned().collect())
+        );
+        let one = HeaderName::from_static("x-one");
+        assert_eq!(
+            Fields::get(&ours, &one),
+            Some(&HeaderValue::from_static("2"))
+        );
+        assert!(Fields::get(&ours, &HeaderName::from_static("x-gone")).is_none());
+
+        let mut expected = Vec::new();
+        pingora.to_h1(&mut expected);
+        assert!(expected.starts_with(b"HTTP/1.1 429 Too Many Requests\r\nAccept-Ranges: v\r\n"));
+        let mut written = Vec::new();
+        ours.to_h1(&mut written);
+        assert_eq!(
+            String::from_utf8_lossy(&written),
+            String::from_utf8_lossy(&expected)
+        );
+        let mut converted = Vec::new();
+        ours.into_pingora().to_h1(&mut converted);
+        assert_eq!(converted, expected);
+    }
+
+    /// A stored header keeps its spelling and reason through the list, written as Pingora
+    /// writes it, and back into Pingora's header.
+    #[test]
+    fn a_stored_header_keeps_its_spelling() {
+        let mut stored = ResponseHeader::build(200, None).expect("header");
+        stored.append_header("ETag", "\"a\"").expect("etag");
+        stored.append_header("x-Custom", "1").expect("custom");
+        stored.append_header("content-type", "a/b").expect("type");
+        stored.set_reason_phrase(Some("Fine")).expect("reason");
+        let mut pingora = stored.clone();
+        let mut ours = Response::of_pingora(&stored);
+        pingora.set(header::AGE, HeaderValue::from_static("3"));
+        ours.set(header::AGE, HeaderValue::from_static("3"));
+        pingora.set(header::CONTENT_TYPE, HeaderValue::from_static("c/d"));
+        ours.set(header::CONTENT_TYPE, HeaderValue::from_static("c/d"));
+        let (mut expected, mut written, mut back) = (Vec::new(), Vec::new(), Vec::new());
+        pingora.to_h1(&mut expected);
+        ours.to_h1(&mut written);
+        ours.into_pingora().to_h1(&mut back);
+        assert_eq!(
+            String::from_utf8_lossy(&written),
+            "HTTP/1.1 200 Fine\r\nETag: \"a\"\r\nx-Custom: 1\r\nContent-Type: c/d\r\nAge: 3\r\n\r\n"
+        );
+        assert_eq!(written, expected);
+        assert_eq!(back, expected);
+    }
+}
