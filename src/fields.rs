@@ -115,14 +115,15 @@ impl Field {
 /// keys; different names almost never do.
 fn key(name: &HeaderName) -> u64 {
     let bytes = name.as_str().as_bytes();
-    let word = |part: &[u8]| {
-        let mut w = [0u8; 8];
-        w[..part.len()].copy_from_slice(part);
-        u64::from_le_bytes(w)
-    };
-    let n = bytes.len();
-    let (head, tail) = (&bytes[..n.min(8)], &bytes[n.saturating_sub(8)..]);
-    word(head) ^ word(tail).rotate_left(29) ^ n as u64
+    let n = bytes.len() as u64;
+    match (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+        (Some(head), Some(tail)) => {
+            u64::from_le_bytes(*head) ^ u64::from_le_bytes(*tail).rotate_left(29) ^ n
+        }
+        _ => bytes
+            .iter()
+            .fold(n, |key, &b| key.rotate_left(8) ^ u64::from(b)),
+    }
 }
 
 impl Response {

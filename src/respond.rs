@@ -19,7 +19,6 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::Session;
-use serde::Serialize;
 
 use crate::ctx::Ctx;
 use crate::fields::{Fields, Response};
@@ -33,28 +32,26 @@ pub struct LocalResponse {
     pub body: Bytes,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    request_id: &'a str,
-}
-
 impl LocalResponse {
     /// An RFC 9457 problem: `status`, the sentence explaining it, the request id.
     pub fn problem(status: u16, detail: &str, request_id: &str) -> Self {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&Problem {
-            kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail,
-            request_id,
-        })
-        .unwrap_or_default();
+        // The object written directly, serde_json escaping the strings: serializing a struct
+        // (its keys included) was a tenth of a 429's cost in callgrind.
+        let string = |body: &mut Vec<u8>, s: &str| {
+            // Writing to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *body, s);
+        };
+        let mut body = Vec::with_capacity(128 + detail.len() + request_id.len());
+        body.extend_from_slice(br#"{"type":"about:blank","title":"#);
+        string(&mut body, status.canonical_reason().unwrap_or("Error"));
+        body.extend_from_slice(br#","status":"#);
+        body.extend_from_slice(status.as_str().as_bytes());
+        body.extend_from_slice(br#","detail":"#);
+        string(&mut body, detail);
+        body.extend_from_slice(br#","request_id":"#);
+        string(&mut body, request_id);
+        body.push(b'}');
         Self::content(status, "application/problem+json", body)
     }
 
@@ -227,6 +224,9 @@ mod tests {
 
     #[test]
     fn problem_names_status_and_request_id() {
+        let quoted = LocalResponse::problem(400, "a \"quoted\"\nline", "abc");
+        let body: serde_json::Value = serde_json::from_slice(&quoted.body).expect("json");
+        assert_eq!(body["detail"], "a \"quoted\"\nline");
         let p = LocalResponse::problem(429, "slow down", "abc");
         assert_eq!(p.status, StatusCode::TOO_MANY_REQUESTS);
         let body: serde_json::Value = serde_json::from_slice(&p.body).expect("json");

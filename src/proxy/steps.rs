@@ -124,6 +124,9 @@ impl Proxy {
     }
 }
 
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
 /// Request id, TLS, client identity and the client's `Accept-Encoding`, from the request and
 /// the connection's peer.
 pub(super) fn identify(req: &RequestHeader, peer: Option<IpAddr>, tls: bool, ctx: &mut Ctx) {
@@ -134,8 +137,8 @@ pub(super) fn identify(req: &RequestHeader, peer: Option<IpAddr>, tls: bool, ctx
     ctx.compress.request(&ctx.runtime.compression, req);
     ctx.client = Some(Client::identify(
         peer,
-        req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
-        req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+        req.headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()),
+        req.headers.get(X_FORWARDED_PROTO).map(|v| v.as_bytes()),
         ctx.tls,
         &ctx.runtime.trusted,
     ));
