@@ -1,20 +1,22 @@
 //! The header fields of a response being written, wherever they live: Pingora's
-//! [`ResponseHeader`] (a proxied response, or a cache hit) or a [`Response`] (one Rampart
-//! makes itself: `respond`, the connection gate).
+//! [`ResponseHeader`] (a proxied response) or a [`Response`] (one Rampart makes itself:
+//! `respond`, the connection gate; and a cache entry held in process, whose hits edit it).
 //!
 //! Phases: every one that writes a response header. The rules that add fields (security
-//! headers, CORS, rate-limit headers, compression) are written once, against [`Fields`].
+//! headers, CORS, rate-limit headers, compression, the cache's status fields) are written
+//! once, against [`Fields`].
 //!
 //! Why two: each `ResponseHeader::insert_header` parses its name again, copies a custom one
-//! and hashes it into a map (two with a case map); on a self-made 429 those inserts were the
-//! largest single cost in callgrind. A self-made response has a dozen fields and no upstream
-//! spelling to keep: a list searched in place is cheaper than any map at that size. The gate
-//! writes it to the socket as it is ([`Response::to_h1`]); a response Pingora sends becomes
-//! a `ResponseHeader` once, at the end ([`Response::into_pingora`]).
+//! and hashes it into a map (two with a case map); on a self-made 429 and on a cache hit
+//! those inserts were the largest single cost in callgrind. Such a response has a dozen or two
+//! fields: a list searched in place is cheaper than any map at that size. The gate writes it
+//! to the socket as it is (`Fields::to_h1`); a response Pingora sends becomes a
+//! `ResponseHeader` once, at the end ([`Response::into_pingora`]). A stored header keeps the
+//! upstream's spelling of each name ([`Response::of_pingora`]), as Pingora's case map does.
 //!
 //! Invariants: [`Fields::set`] replaces every value under the name and [`Fields::add`] keeps
 //! them, as `insert_header` and `append_header` do; a [`Response`] is written with the bytes
-//! Pingora writes for the same fields set in the same order (unit test below; after a
+//! Pingora writes for the same fields set in the same order (unit tests below; after a
 //! removal `http`'s map may move a later name forward, and the order of different names
 //! carries no meaning, RFC 9110 section 5.3).
 
@@ -334,28 +336,15 @@ mod tests {
         ] {
             f.set(name, HeaderValue::from_static("v"));
         }
-        f.set(
-            HeaderName::from_static("x-one"),
-            HeaderValue::from_static("1"),
-        );
-        f.add(
-            HeaderName::from_static("x-two"),
-            HeaderValue::from_static("a"),
-        );
-        f.add(header::VARY, HeaderValue::from_static("w"));
-        f.add(
-            HeaderName::from_static("x-two"),
-            HeaderValue::from_static("b"),
-        );
-        f.set(
-            HeaderName::from_static("x-one"),
-            HeaderValue::from_static("2"),
-        );
-        f.set(
-            HeaderName::from_static("x-gone"),
-            HeaderValue::from_static("z"),
-        );
-        f.remove(&HeaderName::from_static("x-gone"));
+        let name = HeaderName::from_static;
+        let value = HeaderValue::from_static;
+        f.set(name("x-one"), value("1"));
+        f.add(name("x-two"), value("a"));
+        f.add(header::VARY, value("w"));
+        f.add(name("x-two"), value("b"));
+        f.set(name("x-one"), value("2"));
+        f.set(name("x-gone"), value("z"));
+        f.remove(&name("x-gone"));
         f.add(header::SET_COOKIE, HeaderValue::from_static("c"));
         f.set(header::SET_COOKIE, HeaderValue::from_static("d"));
     }

@@ -3,7 +3,8 @@
 //! Pingora's `HttpCache` state machine does freshness, `Vary` variants, revalidation, the
 //! cache lock and serve-stale; this module decides what may be stored ([`policy`]), under
 //! which key ([`key`]), and supplies the storage ([`storage`]: Redis shared by replicas, or a
-//! byte-bounded in-process LRU). Phases: the request and response cache filters, the key and
+//! byte-bounded in-process LRU). Phases: the connection gate and `request_filter` (a fresh
+//! hit held in process, answered whole), the request and response cache filters, the key and
 //! vary callbacks, `cache_miss`, `should_serve_stale`, `upstream_response_filter` (a 304 is
 //! kept for the revalidation, unsafe methods invalidate), `response_filter` (`Cache-Status`,
 //! `X-Cache`, targeted cache fields removed) and `logging` (a claim its request did not fill is
@@ -82,7 +83,7 @@ pub struct RequestState {
     pub x_cache: Option<&'static str>,
     /// The encoded copy this request wants, and the one it is making (`encoded.rs`).
     copy: encoded::Collector,
-    /// The key [`Cache::fresh_hit`] made for a request it left to the full path, so
+    /// The key [`Cache::held_hit`] made for a request it left to the full path, so
     /// `cache_key_callback` does not make it again.
     key: Option<CacheKey>,
 }
@@ -99,7 +100,7 @@ pub enum Purge {
     All,
 }
 
-/// A fresh entry answered in `request_filter` ([`Cache::fresh_hit`]).
+/// A fresh entry answered whole ([`Cache::serve_hit`]).
 pub struct FreshHit {
     /// The stored header as a hit sends it; the fields every response gets are the caller's.
     pub header: Response,
@@ -409,36 +410,26 @@ impl Cache {
         state.x_cache = Some(x_cache);
     }
 
-    /// `request_filter`, its last step: a plain GET whose entry this process holds fresh (the
-    /// in-process store, or the Redis store's near tier) is answered there, with the header a
-    /// hit through pingora-cache gets from `cache_hit_header` and [`Cache::status_headers`]
-    /// (`Age`, `X-Cache: HIT`, `Cache-Status`, a copy's fields). Pingora's cache state machine
+    /// Whether `route` has a cache policy (its GETs may be answered from here).
+    pub fn caches(&self, route: &Name) -> bool {
+        self.policies.contains_key(route)
+    }
+
+    /// A fresh hit, found here and sent by [`Cache::serve_hit`]: the connection gate
+    /// (`proxy::early`) and `request_filter`'s last step answer a plain GET whose entry this
+    /// process holds fresh (the in-process store, or the Redis store's near tier) with the
+    /// header a hit through pingora-cache gets from `cache_hit_header` and
+    /// [`Cache::status_headers`] (`Age`, `X-Cache: HIT`, `Cache-Status`, a copy's fields).
+    /// Pingora's cache state machine
     /// (key, lookup, hit handler, range and conditional filters) was the largest part of a
     /// hit's cost in perf; a fresh, whole, unconditional hit needs none of it. Everything else
     /// returns `None` and takes that full path: HEAD, ranges, conditional requests,
     /// credentials, a request body, a store known down, variants (`Vary`), stale or non-200
     /// entries, and an identity entry this client would get compressed (`keeps_identity`
     /// false: the full path compresses it and keeps the copy for the next hit).
-    pub fn fresh_hit(
-        &self,
-        req: &RequestHeader,
-        route: &Name,
-        coding: Option<Coding>,
-        keeps_identity: impl FnOnce(&Response) -> bool,
-        state: &mut RequestState,
-    ) -> Option<FreshHit> {
-        let held = self.held_hit(req, route, coding, keeps_identity, state)?;
-        Some(self.serve_hit(held, coding, state))
-    }
-
-    /// Whether `route` has a cache policy (its GETs may be answered from here).
-    pub fn caches(&self, route: &Name) -> bool {
-        self.policies.contains_key(route)
-    }
-
-    /// The lookup of [`Cache::fresh_hit`], counting nothing: the entry a fresh hit would send.
-    /// The connection gate looks first and serves ([`Cache::serve_hit`]) only once the rate
-    /// limits admitted the request, as `request_filter` orders them.
+    ///
+    /// The lookup counts nothing: the gate looks first and serves only once the rate limits
+    /// admitted the request, as `request_filter` orders them.
     pub fn held_hit(
         &self,
         req: &RequestHeader,

@@ -1,7 +1,7 @@
 //! The names a fresh-hit lookup needs (the URL's tag and the entry's name), remembered per
 //! request target, so a repeated hit does not frame and hash its key again.
 //!
-//! Phase: `request_filter` ([`super::Cache::fresh_hit`]). Framing the key and its two blake2b
+//! Phase: `request_filter` ([`super::Cache::held_hit`], from the gate and `request_filter`). Framing the key and its two blake2b
 //! hashes (`UrlKey::new`, `entry_name`) were about a tenth of a cache hit's instructions under
 //! callgrind. The names are a pure function of route, host, path and query when the route's
 //! policy frames no request headers (`vary` empty), so a remembered pair is always the pair the

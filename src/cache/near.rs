@@ -104,7 +104,7 @@ impl Near {
         found
     }
 
-    /// [`Near::get`] without counting: a request answered early (`Cache::fresh_hit`) counts
+    /// [`Near::get`] without counting: a request answered early (`Cache::held_hit`) counts
     /// the hit only once it is sure to serve it. Starts the epoch poll when it is not running
     /// (from a request's task: the runtime is there).
     pub(super) fn held(

@@ -105,7 +105,7 @@ impl Proxy {
         Ok(route)
     }
 
-    /// A fresh cache hit this process holds (`Cache::fresh_hit`), with what `response_filter`
+    /// A fresh cache hit this process holds (`Cache::held_hit`, `Cache::serve_hit`), with what `response_filter`
     /// adds to a hit after the cache status, in the same order: the headers every response
     /// gets, then compression's decision (`Vary`; the body is sent as it is).
     pub(super) fn fresh_hit(&self, req: &RequestHeader, ctx: &mut Ctx) -> Option<FreshHit> {
