@@ -380,9 +380,7 @@ impl Redis {
                     .store_errors
                     .with_label_values(&[BACKEND, op])
                     .inc();
-                // A call that began before the last outage ended failed in that outage (it
-                // was in flight when a probe found Redis back): not the start of a new one.
-                if self.starts_outage(e) && began_ms >= self.up_since_ms.load(Ordering::Relaxed) {
+                if self.starts_outage(e, began_ms) {
                     self.mark_down(op, e);
                 }
                 self.maybe_reconnect(RECONNECT_AFTER);
@@ -399,10 +397,16 @@ impl Redis {
         }
     }
 
-    /// Whether this failure makes (or continues) an outage: any error, or the
-    /// [`TIMEOUTS_FOR_OUTAGE`]th timeout in a row; a single slow answer falls back for its
-    /// own call only.
-    fn starts_outage(&self, e: &Error) -> bool {
+    /// Whether this failure of a call that began at `began_ms` makes (or continues) an
+    /// outage: any error, or the [`TIMEOUTS_FOR_OUTAGE`]th timeout in a row; a single slow
+    /// answer falls back for its own call only. A call that began before the last outage
+    /// ended failed in that outage (it was in flight when a probe found Redis back): it
+    /// neither starts a new one nor counts toward the next run of timeouts (calls stuck on a
+    /// dead cluster primary time out just after its replica is promoted).
+    fn starts_outage(&self, e: &Error, began_ms: u64) -> bool {
+        if began_ms < self.up_since_ms.load(Ordering::Relaxed) {
+            return false;
+        }
         match e {
             Error::Timeout(_) if !self.is_down() => {
                 self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_FOR_OUTAGE
@@ -576,14 +580,45 @@ mod tests {
             .expect("redis")
             .expect("configured");
         let timeout = || Error::Timeout(Duration::from_millis(50));
-        assert!(!redis.starts_outage(&timeout()));
-        assert!(!redis.starts_outage(&timeout()));
+        let now = 0;
+        assert!(!redis.starts_outage(&timeout(), now));
+        assert!(!redis.starts_outage(&timeout(), now));
         redis.reset_timeouts(); // an answer
-        assert!(!redis.starts_outage(&timeout()));
-        assert!(!redis.starts_outage(&timeout()));
-        assert!(redis.starts_outage(&timeout()), "the third in a row");
+        assert!(!redis.starts_outage(&timeout(), now));
+        assert!(!redis.starts_outage(&timeout(), now));
+        assert!(redis.starts_outage(&timeout(), now), "the third in a row");
         let refused = Error::Redis(RedisError::from((ErrorKind::IoError, "refused")));
-        assert!(redis.starts_outage(&refused));
-        assert!(!redis.starts_outage(&timeout()), "the error ended the run");
+        assert!(redis.starts_outage(&refused, now));
+        assert!(
+            !redis.starts_outage(&timeout(), now),
+            "the error ended the run"
+        );
+    }
+
+    /// Calls in flight when an outage ended fail in that outage: they start no new one and
+    /// count toward no run of timeouts after it.
+    #[test]
+    fn calls_from_before_a_recovery_start_no_outage() {
+        let metrics = Arc::new(Metrics::new(&Default::default()).expect("metrics"));
+        let config = Config {
+            redis_url: Some(RedisUrl::try_from("redis://127.0.0.1:1".to_string()).expect("url")),
+            ..Default::default()
+        };
+        let redis = Redis::from_config(&config, metrics)
+            .expect("redis")
+            .expect("configured");
+        let timeout = || Error::Timeout(Duration::from_millis(50));
+        let refused = Error::Redis(RedisError::from((ErrorKind::IoError, "refused")));
+        redis.up_since_ms.store(1_000, Ordering::Relaxed); // recovered at 1 s
+        for _ in 0..5 {
+            assert!(!redis.starts_outage(&timeout(), 900));
+        }
+        assert!(!redis.starts_outage(&refused, 999));
+        assert!(!redis.starts_outage(&timeout(), 1_000));
+        assert!(!redis.starts_outage(&timeout(), 1_100));
+        assert!(
+            redis.starts_outage(&timeout(), 1_200),
+            "the third timeout begun since the recovery"
+        );
     }
 }
