@@ -10,7 +10,7 @@
 //! and hashes it into a map (two with a case map); on a self-made 429 and on a cache hit
 //! those inserts were the largest single cost in callgrind. Such a response has a dozen or two
 //! fields: a list searched in place is cheaper than any map at that size. The gate writes it
-//! to the socket as it is (`Fields::to_h1`); a response Pingora sends becomes a
+//! to the socket as it is (`Fields::head_to_h1`); a response Pingora sends becomes a
 //! `ResponseHeader` once, at the end ([`Response::into_pingora`]). A stored header keeps the
 //! upstream's spelling of each name ([`Response::of_pingora`]), as Pingora's case map does.
 //!
@@ -39,7 +39,7 @@ pub trait Fields {
     fn remove(&mut self, name: &HeaderName);
     /// The status line and the fields as HTTP/1.1 bytes with the empty line that ends them,
     /// as Pingora writes them: for the answers the connection gate writes on the socket.
-    fn to_h1(&self, out: &mut Vec<u8>);
+    fn head_to_h1(&self, out: &mut Vec<u8>);
 }
 
 /// `HTTP/1.1 <code> <reason>` and its line end.
@@ -77,7 +77,7 @@ impl Fields for ResponseHeader {
         self.remove_header(name);
     }
 
-    fn to_h1(&self, out: &mut Vec<u8>) {
+    fn head_to_h1(&self, out: &mut Vec<u8>) {
         status_line(out, self.status, self.get_reason_phrase());
         self.header_to_h1_wire(out);
         out.put_slice(b"\r\n");
@@ -184,7 +184,7 @@ impl Response {
             let _ = headers.try_append(field.name, field.value);
         }
         parts.headers = headers;
-        // No case map: Pingora writes names as `to_h1` does.
+        // No case map: Pingora writes names as `head_to_h1` does.
         let mut header = ResponseHeader::from(parts);
         if let Some(reason) = self.reason {
             let _ = header.set_reason_phrase(Some(&reason));
@@ -296,7 +296,7 @@ impl Fields for Response {
     }
 
     /// What Pingora writes for the same header (`header_to_h1_wire` without a case map).
-    fn to_h1(&self, out: &mut Vec<u8>) {
+    fn head_to_h1(&self, out: &mut Vec<u8>) {
         let reason = self.reason.as_deref();
         status_line(out, self.status, reason.or(self.status.canonical_reason()));
         for field in &self.fields {
@@ -368,16 +368,16 @@ mod tests {
         assert!(Fields::get(&ours, &HeaderName::from_static("x-gone")).is_none());
 
         let mut expected = Vec::new();
-        pingora.to_h1(&mut expected);
+        pingora.head_to_h1(&mut expected);
         assert!(expected.starts_with(b"HTTP/1.1 429 Too Many Requests\r\nAccept-Ranges: v\r\n"));
         let mut written = Vec::new();
-        ours.to_h1(&mut written);
+        ours.head_to_h1(&mut written);
         assert_eq!(
             String::from_utf8_lossy(&written),
             String::from_utf8_lossy(&expected)
         );
         let mut converted = Vec::new();
-        ours.into_pingora().to_h1(&mut converted);
+        ours.into_pingora().head_to_h1(&mut converted);
         assert_eq!(converted, expected);
     }
 
@@ -397,9 +397,9 @@ mod tests {
         pingora.set(header::CONTENT_TYPE, HeaderValue::from_static("c/d"));
         ours.set(header::CONTENT_TYPE, HeaderValue::from_static("c/d"));
         let (mut expected, mut written, mut back) = (Vec::new(), Vec::new(), Vec::new());
-        pingora.to_h1(&mut expected);
-        ours.to_h1(&mut written);
-        ours.into_pingora().to_h1(&mut back);
+        pingora.head_to_h1(&mut expected);
+        ours.head_to_h1(&mut written);
+        ours.into_pingora().head_to_h1(&mut back);
         assert_eq!(
             String::from_utf8_lossy(&written),
             "HTTP/1.1 200 Fine\r\nETag: \"a\"\r\nx-Custom: 1\r\nContent-Type: c/d\r\nAge: 3\r\n\r\n"

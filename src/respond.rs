@@ -172,7 +172,7 @@ pub fn to_h1(mut resp: impl Fields, body: &[u8], keep_alive: bool) -> Vec<u8> {
         HeaderValue::from_static(connection),
     );
     let mut out = Vec::with_capacity(768 + body.len());
-    resp.to_h1(&mut out);
+    resp.head_to_h1(&mut out);
     out.extend_from_slice(body);
     out
 }

@@ -85,24 +85,29 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     builder.finalize()
 }
 
-/// Whether a stored response has no variants: no `Vary`, not encoded ([`vary_names`] empty).
-pub(super) fn no_variance(resp: &impl Fields) -> bool {
-    vary_tokens(resp.get_all(&http::header::VARY))
-        .next()
-        .is_none()
-        && resp
-            .get(&http::header::CONTENT_ENCODING)
-            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
-}
-
 /// Lower-cased `Vary` names, sorted; `accept-encoding` added when the body is encoded.
 pub(super) fn vary_names(headers: &http::HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = vary_tokens(headers.get_all(http::header::VARY).iter())
-        .map(str::to_ascii_lowercase)
-        .collect();
-    let encoded = headers
-        .get(http::header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    names_of(
+        headers.get_all(http::header::VARY).iter(),
+        headers.get(http::header::CONTENT_ENCODING),
+    )
+}
+
+/// [`vary_names`] of a held entry's header (a hit answers only one with none).
+pub(super) fn held_vary_names(resp: &impl Fields) -> Vec<String> {
+    names_of(
+        resp.get_all(&http::header::VARY),
+        resp.get(&http::header::CONTENT_ENCODING),
+    )
+}
+
+/// The `Vary` names of a response with these `Vary` values and this `Content-Encoding`.
+fn names_of<'a>(
+    vary: impl Iterator<Item = &'a HeaderValue>,
+    content_encoding: Option<&HeaderValue>,
+) -> Vec<String> {
+    let mut names: Vec<String> = vary_tokens(vary).map(str::to_ascii_lowercase).collect();
+    let encoded = content_encoding.is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if encoded {
         names.push("accept-encoding".into());
     }

@@ -527,7 +527,7 @@ impl Cache {
         let Decoded { header, times } = *stored.decoded.take()?;
         let sendable = times.fresh_until >= SystemTime::now()
             && header.status == http::StatusCode::OK
-            && key::no_variance(&header)
+            && key::held_vary_names(&header).is_empty()
             && (stored.encoded || keeps_identity(&header));
         sendable.then_some((header, times, stored))
     }

@@ -100,29 +100,26 @@ impl Proxy {
     ) -> Option<Sent> {
         path::canonicalize(req).ok()?;
         let route = self.before_limits(req, ctx).ok()?;
-        if let Some(held) = held_hit(req, ctx) {
-            let client = ctx.client.as_ref();
-            let Here::Decided(decision) =
-                ctx.runtime.ratelimit.check_here(req, &route.name, client)
+        let refusal = if let Some(held) = held_hit(req, ctx) {
+            let limiter = &ctx.runtime.ratelimit;
+            let Here::Decided(decision) = limiter.check_here(req, &route.name, ctx.client.as_ref())
             else {
                 return None;
             };
-            if let Some(refusal) = decision.and_then(|d| limited(d, ctx)) {
-                let (resp, body) = respond::prepare(&ctx.runtime.headers, req, ctx, refusal);
-                return Some(Sent::of(resp, &body, req, last));
+            match decision.and_then(|d| limited(d, ctx)) {
+                Some(refusal) => refusal,
+                None => {
+                    let hit = serve_hit(req, held, ctx);
+                    return Some(Sent::of(hit.header, &hit.body, req, last));
+                }
             }
-            let hit = serve_hit(req, held, ctx);
-            return Some(Sent::of(hit.header, &hit.body, req, last));
-        }
-        if !refusing {
+        } else if refusing {
+            let limiter = &ctx.runtime.ratelimit;
+            let decision = limiter.known_refusal(req, &route.name, ctx.client.as_ref())?;
+            limited(decision, ctx)?
+        } else {
             return None;
-        }
-        let client = ctx.client.as_ref();
-        let decision = ctx
-            .runtime
-            .ratelimit
-            .known_refusal(req, &route.name, client)?;
-        let refusal = limited(decision, ctx)?;
+        };
         let (resp, body) = respond::prepare(&ctx.runtime.headers, req, ctx, refusal);
         Some(Sent::of(resp, &body, req, last))
     }

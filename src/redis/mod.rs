@@ -567,18 +567,23 @@ impl BackgroundService for Redis {
 mod tests {
     use super::*;
 
-    /// Only the third timeout in a row, or any error, makes an outage; an answer or an error
-    /// ends the run of timeouts.
-    #[test]
-    fn an_outage_takes_three_timeouts_in_a_row_or_one_error() {
+    /// A store on a port nothing listens on: its outage bookkeeping, no calls.
+    fn unreachable_redis() -> Arc<Redis> {
         let metrics = Arc::new(Metrics::new(&Default::default()).expect("metrics"));
         let config = Config {
             redis_url: Some(RedisUrl::try_from("redis://127.0.0.1:1".to_string()).expect("url")),
             ..Default::default()
         };
-        let redis = Redis::from_config(&config, metrics)
+        Redis::from_config(&config, metrics)
             .expect("redis")
-            .expect("configured");
+            .expect("configured")
+    }
+
+    /// Only the third timeout in a row, or any error, makes an outage; an answer or an error
+    /// ends the run of timeouts.
+    #[test]
+    fn an_outage_takes_three_timeouts_in_a_row_or_one_error() {
+        let redis = unreachable_redis();
         let timeout = || Error::Timeout(Duration::from_millis(50));
         let now = 0;
         assert!(!redis.starts_outage(&timeout(), now));
@@ -599,14 +604,7 @@ mod tests {
     /// count toward no run of timeouts after it.
     #[test]
     fn calls_from_before_a_recovery_start_no_outage() {
-        let metrics = Arc::new(Metrics::new(&Default::default()).expect("metrics"));
-        let config = Config {
-            redis_url: Some(RedisUrl::try_from("redis://127.0.0.1:1".to_string()).expect("url")),
-            ..Default::default()
-        };
-        let redis = Redis::from_config(&config, metrics)
-            .expect("redis")
-            .expect("configured");
+        let redis = unreachable_redis();
         let timeout = || Error::Timeout(Duration::from_millis(50));
         let refused = Error::Redis(RedisError::from((ErrorKind::IoError, "refused")));
         redis.up_since_ms.store(1_000, Ordering::Relaxed); // recovered at 1 s
