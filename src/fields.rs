@@ -84,6 +84,92 @@ impl Fields for ResponseHeader {
     }
 }
 
+/// A proxied response's header taken apart into `http`'s parts, without Pingora's case map,
+/// while the phases that edit it run ([`Bare::edit`]).
+///
+/// Why: Pingora's `ResponseHeader` gives no mutable access to its map, so each
+/// `insert_header` parses the name again, copies a custom name twice (its spelling and the
+/// name) and inserts into two maps (values and case). In callgrind those inserts were a
+/// passthrough's largest cost of Rampart's own. Here a field is one insert of a constant
+/// name into one map. The price is the upstream's spelling of names: they are sent as
+/// Pingora spells names it has no case for (twelve common ones titled, the rest lower case),
+/// as Envoy and HAProxy send HTTP/1 names by default. `[server] preserve_header_case` keeps
+/// the spelling (and Pingora's inserts).
+pub struct Bare {
+    parts: http::response::Parts,
+    /// A reason phrase other than the status's own.
+    reason: Option<String>,
+}
+
+/// Room for the fields a response gets here (security, CORS, rate limits, cache status,
+/// compression), reserved once instead of the map growing twice.
+const ROOM: usize = 16;
+
+impl Bare {
+    /// `edit` on `header` taken apart; put back without a case map (status, reason, fields
+    /// and extensions kept).
+    pub fn edit<T>(header: &mut ResponseHeader, edit: impl FnOnce(&mut Bare) -> T) -> T {
+        let reason = header
+            .get_reason_phrase()
+            .filter(|r| Some(*r) != header.status.canonical_reason())
+            .map(str::to_owned);
+        let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
+        let mut parts = http::response::Parts::from(std::mem::replace(header, empty));
+        parts.headers.reserve(ROOM);
+        let mut bare = Bare { parts, reason };
+        let out = edit(&mut bare);
+        *header = ResponseHeader::from(bare.parts);
+        if let Some(reason) = bare.reason {
+            let _ = header.set_reason_phrase(Some(&reason));
+        }
+        out
+    }
+}
+
+impl Fields for Bare {
+    fn status(&self) -> StatusCode {
+        self.parts.status
+    }
+
+    fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.parts.headers.get(name)
+    }
+
+    fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> {
+        self.parts.headers.get_all(name).iter()
+    }
+
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.parts.headers.insert(name, value);
+    }
+
+    // A few dozen fields: never past http's 32,768.
+    fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.parts.headers.try_append(name, value);
+    }
+
+    fn remove(&mut self, name: &HeaderName) {
+        self.parts.headers.remove(name);
+    }
+
+    /// What Pingora writes for the header put back (`header_to_h1_wire` without a case map).
+    fn head_to_h1(&self, out: &mut Vec<u8>) {
+        let reason = self.reason.as_deref();
+        status_line(
+            out,
+            self.status(),
+            reason.or(self.status().canonical_reason()),
+        );
+        for (name, value) in &self.parts.headers {
+            out.put_slice(titled(name).as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(value.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(b"\r\n");
+    }
+}
+
 /// A response Rampart writes itself, or a stored one a cache hit sends: its status and
 /// fields in the order they were set, every value of a name kept beside the first (as
 /// Pingora writes them), so it is written in one pass.
@@ -405,6 +491,48 @@ mod tests {
             "HTTP/1.1 200 Fine\r\nETag: \"a\"\r\nx-Custom: 1\r\nContent-Type: c/d\r\nAge: 3\r\n\r\n"
         );
         assert_eq!(written, expected);
+        assert_eq!(back, expected);
+    }
+
+    /// A header edited apart from Pingora's reads and writes as Pingora's own would with no
+    /// case map; put back, it keeps its status, reason and fields and drops the spelling.
+    #[test]
+    fn a_bare_header_edits_as_pingora_does_without_case() {
+        let mut pingora = ResponseHeader::build_no_case(429, None).expect("header");
+        fill(&mut pingora);
+        let mut proxied = ResponseHeader::build(429, Some(2)).expect("header");
+        proxied.append_header("X-Upstream", "u").expect("h");
+        proxied
+            .set_reason_phrase(Some("Slow Down"))
+            .expect("reason");
+        pingora.set(
+            HeaderName::from_static("x-upstream"),
+            HeaderValue::from_static("u"),
+        );
+        pingora
+            .set_reason_phrase(Some("Slow Down"))
+            .expect("reason");
+        let mut written = Vec::new();
+        Bare::edit(&mut proxied, |bare| {
+            // The upstream's field came first; fill's fields follow it, as on `pingora`.
+            let upstream = bare.get(&HeaderName::from_static("x-upstream")).cloned();
+            bare.remove(&HeaderName::from_static("x-upstream"));
+            fill(bare);
+            bare.set(
+                HeaderName::from_static("x-upstream"),
+                upstream.expect("kept"),
+            );
+            bare.head_to_h1(&mut written);
+        });
+        let (mut expected, mut back) = (Vec::new(), Vec::new());
+        pingora.head_to_h1(&mut expected);
+        proxied.head_to_h1(&mut back);
+        assert!(!proxied.has_case());
+        assert!(expected.starts_with(b"HTTP/1.1 429 Slow Down\r\nAccept-Ranges: v\r\n"));
+        assert_eq!(
+            String::from_utf8_lossy(&written),
+            String::from_utf8_lossy(&expected)
+        );
         assert_eq!(back, expected);
     }
 }

@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use http::header::{HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
@@ -22,6 +22,57 @@ pub const REQUEST_ID: &str = "x-request-id";
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
 const X_PROCESS_TIME: HeaderName = HeaderName::from_static("x-process-time");
 const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// A change to one field of the upstream request: its new value, or `None` to remove it.
+pub struct Edit(pub HeaderName, pub Option<HeaderValue>);
+
+/// `edits` written into the upstream request. `preserve_case`: through Pingora's inserts,
+/// which keep the client's spelling of names in its case map. Otherwise into `http`'s map
+/// taken apart from the request, one insert each (why: `fields::Bare`); names then go out
+/// as Pingora spells names it has no case for. A target the URI does not reproduce
+/// (absolute form, not UTF-8) takes Pingora's inserts too, since the parts cannot keep it.
+pub fn edit_upstream_request(
+    req: &mut RequestHeader,
+    edits: impl IntoIterator<Item = Edit>,
+    preserve_case: bool,
+) {
+    if preserve_case || !target_from_uri(req) {
+        for Edit(name, value) in edits {
+            match value {
+                // Fails only for a name that does not parse; these are constants.
+                Some(value) => drop(req.insert_header(name, value)),
+                None => drop(req.remove_header(&name)),
+            }
+        }
+        return;
+    }
+    let end_stream = req.send_end_stream();
+    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(req, empty));
+    for Edit(name, value) in edits {
+        match value {
+            Some(value) => drop(parts.headers.insert(name, value)),
+            None => drop(parts.headers.remove(&name)),
+        }
+    }
+    *req = RequestHeader::from(parts);
+    if let Some(end_stream) = end_stream {
+        req.set_send_end_stream(end_stream);
+    }
+}
+
+/// The request's target is its URI's path and query (origin form, UTF-8): a request rebuilt
+/// from its parts sends the same target.
+fn target_from_uri(req: &RequestHeader) -> bool {
+    req.raw_path_is_utf8()
+        && req
+            .uri
+            .path_and_query()
+            .is_some_and(|pq| pq.as_str().as_bytes() == req.raw_path())
+}
 
 /// `[headers]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -79,36 +130,35 @@ impl Headers {
         }
     }
 
-    /// Forwarding headers for the upstream request (nginx's `proxy_set_header` block).
+    /// Forwarding headers for the upstream request (nginx's `proxy_set_header` block), as
+    /// edits of the request's `headers` ([`edit_upstream_request`] writes them).
     /// `Host` is left as the client sent it unless the upstream group names one.
     pub fn forward(
         &self,
-        req: &mut RequestHeader,
+        headers: &HeaderMap,
         client: &Client,
         request_id: &str,
         host: Option<&HeaderValue>,
-    ) {
-        if let Some(host) = host {
-            let _ = req.insert_header(http::header::HOST, host.clone());
-        }
-        if let Some(peer) = client.peer {
+    ) -> [Option<Edit>; 5] {
+        let host = host.map(|h| Edit(header::HOST, Some(h.clone())));
+        let xff = client.peer.map(|peer| {
             let peer = crate::client::ip_text(peer);
-            let xff = match req.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+            let xff = match headers.get(X_FORWARDED_FOR).map(|v| v.to_str()) {
                 Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
                 _ => peer,
             };
-            let _ = req.insert_header("x-forwarded-for", xff);
-        }
-        match client.ip {
-            Some(ip) => {
-                let _ = req.insert_header("x-real-ip", crate::client::ip_text(ip));
-            }
-            None => {
-                let _ = req.remove_header("x-real-ip");
-            }
-        }
-        let _ = req.insert_header("x-forwarded-proto", client.scheme);
-        let _ = req.insert_header(REQUEST_ID, request_id);
+            Edit(X_FORWARDED_FOR, HeaderValue::try_from(xff).ok())
+        });
+        let real_ip = client
+            .ip
+            .map(|ip| HeaderValue::try_from(crate::client::ip_text(ip)).ok());
+        let real_ip = Edit(X_REAL_IP, real_ip.flatten());
+        let proto = Edit(
+            X_FORWARDED_PROTO,
+            Some(HeaderValue::from_static(client.scheme)),
+        );
+        let id = Edit(X_REQUEST_ID, HeaderValue::from_str(request_id).ok());
+        [host, xff, Some(real_ip), Some(proto), Some(id)]
     }
 
     /// Security headers, the request id and timing, on any response Rampart sends.
@@ -176,14 +226,14 @@ pub struct Downstream<'a> {
 
 /// Fields that describe one connection, not the message (RFC 9110 section 7.6.1), besides
 /// those the message's own `Connection` names.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Remove the hop-by-hop fields of an upstream response before it is stored or forwarded:
@@ -195,24 +245,22 @@ const HOP_BY_HOP: [&str; 7] = [
 /// (`HttpUpstreamRequestPolicy::standard`) already strips the same set, nominated fields
 /// included, and forwards only a WebSocket upgrade. Framing is not affected: Pingora reads the
 /// upstream body from the raw header it parsed, and frames the client's copy itself.
-pub fn remove_hop_by_hop(resp: &mut ResponseHeader) {
-    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+pub fn remove_hop_by_hop(resp: &mut impl Fields) {
+    let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let nominated: Vec<HeaderName> = resp
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
+        .get_all(&header::CONNECTION)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for name in &nominated {
-        if !(upgrade && *name == http::header::UPGRADE) {
-            resp.remove_header(name);
+        if !(upgrade && *name == header::UPGRADE) {
+            resp.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        if !(upgrade && (name == "connection" || name == "upgrade")) {
-            resp.remove_header(name);
+    for name in &HOP_BY_HOP {
+        if !(upgrade && (*name == header::CONNECTION || *name == header::UPGRADE)) {
+            resp.remove(name);
         }
     }
 }
@@ -264,6 +312,7 @@ pub fn add_vary(resp: &mut impl Fields, token: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::http::ResponseHeader;
 
     fn with_id(id: &[u8]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).expect("request");

@@ -167,3 +167,93 @@ fn configured_security_headers_replace_the_defaults() {
         Some("default-src 'self'")
     );
 }
+
+/// One exchange through Rampart with a raw upstream: what the upstream read (its head, as
+/// sent) and what the client read (the whole response, as sent).
+fn raw_exchange(server_extra: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up_addr = upstream.local_addr().expect("addr");
+    let seen = std::thread::spawn(move || {
+        // The health check's connections close without a request; the proxied one has one.
+        for _ in 0..10 {
+            let (mut conn, _) = upstream.accept().expect("accept");
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && matches!(conn.read(&mut byte), Ok(1)) {
+                head.push(byte[0]);
+            }
+            if head.ends_with(b"\r\n\r\n") {
+                conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Upstream-Thing: 1\r\nConnection: close\r\n\r\nok",
+                )
+                .expect("reply");
+                return String::from_utf8_lossy(&head).into_owned();
+            }
+        }
+        panic!("no request reached the upstream");
+    });
+    let config = format!(
+        "{}[[routes]]\nname = \"api\"\nprefix = \"/api/\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up_addr])
+    );
+    let r = Rampart::start_with(&config, server_extra);
+    let mut client = std::net::TcpStream::connect(r.addr).expect("connect");
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    client
+        .write_all(
+            b"GET /api/x HTTP/1.1\r\nHost: h\r\nX-Client-Thing: 2\r\nConnection: close\r\n\r\n",
+        )
+        .expect("send");
+    let mut response = Vec::new();
+    client.read_to_end(&mut response).expect("response");
+    let seen = seen.join().expect("upstream thread");
+    (seen, String::from_utf8_lossy(&response).into_owned())
+}
+
+/// By default field names cross Rampart as Pingora spells names it keeps no case for (a
+/// dozen common ones titled, the rest lower case), as Envoy and HAProxy send them;
+/// `preserve_header_case` keeps the client's and the upstream's spelling, as nginx does.
+/// Either way the same fields arrive, Rampart's own included.
+#[test]
+fn field_names_keep_their_spelling_only_when_configured() {
+    let (seen, response) = raw_exchange("");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(
+        response.contains("\r\nx-upstream-thing: 1\r\n"),
+        "{response}"
+    );
+    assert!(response.contains("\r\nContent-Length: 2\r\n"), "{response}");
+    assert!(
+        response.contains("\r\nx-frame-options: SAMEORIGIN\r\n"),
+        "{response}"
+    );
+    assert!(response.ends_with("\r\n\r\nok"), "{response}");
+    assert!(seen.contains("\r\nx-client-thing: 2\r\n"), "{seen}");
+    assert!(
+        seen.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+        "{seen}"
+    );
+
+    let (seen, response) = raw_exchange("preserve_header_case = true");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(
+        response.contains("\r\nX-Upstream-Thing: 1\r\n"),
+        "{response}"
+    );
+    assert!(response.contains("\r\nContent-Length: 2\r\n"), "{response}");
+    assert!(
+        response.contains("\r\nx-frame-options: SAMEORIGIN\r\n"),
+        "{response}"
+    );
+    assert!(response.ends_with("\r\n\r\nok"), "{response}");
+    assert!(seen.contains("\r\nX-Client-Thing: 2\r\n"), "{seen}");
+    assert!(
+        seen.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+        "{seen}"
+    );
+}

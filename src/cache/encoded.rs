@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use pingora::cache::CacheKey;
-use pingora::http::ResponseHeader;
 
 use crate::compress::{encoded_header, Coding};
+use crate::fields::Fields;
 
 /// The coding this request would be answered in, carried in the cache key's extensions, and
 /// what the lookup served it (the storage API passes nothing else per request).
@@ -89,9 +89,9 @@ impl Wanted {
 
     /// `response_filter` of a response served from the cache: when its body is the copy, the
     /// stored header rewritten to describe it.
-    pub(super) fn apply(&self, resp: &mut ResponseHeader) {
+    pub(super) fn apply(&self, resp: &mut impl Fields) {
         if let Served::Copy(len) = *self.lock() {
-            if resp.status == http::StatusCode::OK {
+            if resp.status() == http::StatusCode::OK {
                 encoded_header(resp, self.coding, len);
             }
         }
@@ -112,15 +112,14 @@ pub(super) struct Collector {
 impl Collector {
     /// `response_filter`, after compression decided: collect when this is a 200 from an
     /// identity hit, encoded in the wanted coding.
-    pub(super) fn begin(&mut self, resp: &ResponseHeader, limit: usize) {
+    pub(super) fn begin(&mut self, resp: &impl Fields, limit: usize) {
         let Some(wanted) = self.wanted.as_ref() else {
             return;
         };
         let encoded = resp
-            .headers
-            .get(http::header::CONTENT_ENCODING)
+            .get(&http::header::CONTENT_ENCODING)
             .is_some_and(|v| v.as_bytes() == wanted.coding.token().as_bytes());
-        if resp.status == http::StatusCode::OK && encoded && wanted.source().is_some() {
+        if resp.status() == http::StatusCode::OK && encoded && wanted.source().is_some() {
             self.body = Some(Vec::new());
             self.limit = limit;
         }
@@ -154,6 +153,7 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::http::ResponseHeader;
 
     fn source() -> Source {
         Source {

@@ -377,7 +377,7 @@ impl Cache {
     pub fn status_headers(
         &self,
         session: &Session,
-        resp: &mut ResponseHeader,
+        resp: &mut impl Fields,
         state: &mut RequestState,
     ) {
         let phase = session.cache.phase();
@@ -534,7 +534,7 @@ impl Cache {
 
     /// `response_filter`, before compression: a response served from a stored copy gets the
     /// header that describes the copy.
-    pub fn serve_copy(&self, session: &Session, resp: &mut ResponseHeader, state: &RequestState) {
+    pub fn serve_copy(&self, session: &Session, resp: &mut impl Fields, state: &RequestState) {
         let from_store = matches!(
             session.cache.phase(),
             CachePhase::Hit
@@ -550,7 +550,7 @@ impl Cache {
 
     /// `response_filter`, after compression decided: an identity hit encoded in the wanted
     /// coding is collected as the entry's copy.
-    pub fn begin_copy(&self, resp: &ResponseHeader, state: &mut RequestState) {
+    pub fn begin_copy(&self, resp: &impl Fields, state: &mut RequestState) {
         if let Some((_, policy)) = state.route.as_ref() {
             let limit = policy.max_body_bytes;
             state.copy.begin(resp, limit);

@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// Unix socket through which a binary upgrade (`rampart run --upgrade`) takes over the
     /// listening sockets of the running process; both must name the same path.
     pub upgrade_sock: String,
+    /// Send proxied responses with the upstream's spelling of each field name (nginx's
+    /// behaviour). Off: names are sent as Pingora spells them (twelve common ones titled,
+    /// the rest lower case), as Envoy and HAProxy do, and each field Rampart adds costs one
+    /// map insert instead of Pingora's case-keeping insert (`fields::Bare`).
+    pub preserve_header_case: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +82,7 @@ impl Default for ServerConfig {
             grace_period: Duration::secs(5),
             pid_file: None,
             upgrade_sock: "/tmp/rampart-upgrade.sock".into(),
+            preserve_header_case: false,
         }
     }
 }

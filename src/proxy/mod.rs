@@ -21,6 +21,7 @@ use pingora::ErrorSource;
 use crate::accesslog;
 use crate::cache;
 use crate::ctx::Ctx;
+use crate::fields::{Bare, Fields};
 use crate::headers;
 use crate::limits;
 use crate::metrics::{self, Metrics};
@@ -275,15 +276,22 @@ impl ProxyHttp for Proxy {
         let host = route
             .upstream
             .host_for(upstream_request.headers.contains_key(http::header::HOST));
-        if let Some(client) = &ctx.client {
+        let forwarding = ctx.client.as_ref().map(|client| {
+            let headers = &upstream_request.headers;
             ctx.runtime
                 .headers
-                .forward(upstream_request, client, &ctx.request_id, host);
-        }
-        if ctx.upstream.fresh {
-            // The retry's own connection: closed after this response, never pooled.
-            upstream_request.insert_header(http::header::CONNECTION, "close")?;
-        }
+                .forward(headers, client, &ctx.request_id, host)
+        });
+        // The retry's own connection: closed after this response, never pooled.
+        let close = ctx.upstream.fresh.then(|| {
+            headers::Edit(
+                http::header::CONNECTION,
+                Some(http::HeaderValue::from_static("close")),
+            )
+        });
+        let edits = forwarding.into_iter().flatten().flatten().chain(close);
+        let preserve_case = ctx.runtime.config.server.preserve_header_case;
+        headers::edit_upstream_request(upstream_request, edits, preserve_case);
         ctx.upstream.sent_at = Some(std::time::Instant::now());
         Ok(())
     }
@@ -314,7 +322,11 @@ impl ProxyHttp for Proxy {
             let status = upstream_response.status.as_u16();
             route.upstream.health.request_answered(backend, status);
         }
-        headers::remove_hop_by_hop(upstream_response);
+        if ctx.runtime.config.server.preserve_header_case {
+            headers::remove_hop_by_hop(upstream_response);
+        } else {
+            Bare::edit(upstream_response, headers::remove_hop_by_hop);
+        }
         ctx.runtime
             .cache
             .upstream_response(session, upstream_response, &mut ctx.cache);
@@ -334,19 +346,13 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let cache = &ctx.runtime.cache;
-        cache.status_headers(session, upstream_response, &mut ctx.cache);
-        cache.serve_copy(session, upstream_response, &ctx.cache);
-        respond::finish_headers(
-            &ctx.runtime.headers,
-            session.req_header(),
-            ctx,
-            upstream_response,
-        );
-        ctx.compress.response(upstream_response);
-        ctx.runtime
-            .cache
-            .begin_copy(upstream_response, &mut ctx.cache);
+        if ctx.runtime.config.server.preserve_header_case {
+            write_response_fields(session, upstream_response, ctx);
+        } else {
+            Bare::edit(upstream_response, |resp| {
+                write_response_fields(session, resp, ctx)
+            });
+        }
         Ok(())
     }
 
@@ -453,6 +459,16 @@ impl ProxyHttp for Proxy {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// `response_filter`'s steps, on Pingora's header (`preserve_header_case`) or on its parts.
+fn write_response_fields(session: &Session, resp: &mut impl Fields, ctx: &mut Ctx) {
+    let cache = &ctx.runtime.cache;
+    cache.status_headers(session, resp, &mut ctx.cache);
+    cache.serve_copy(session, resp, &ctx.cache);
+    respond::finish_headers(&ctx.runtime.headers, session.req_header(), ctx, resp);
+    ctx.compress.response(resp);
+    ctx.runtime.cache.begin_copy(resp, &mut ctx.cache);
 }
 
 impl Proxy {
