@@ -166,14 +166,50 @@ fn gzip_whole(level: u32, body: &[u8]) -> pingora::Result<Bytes> {
         compression_error("gzip", std::io::Error::other(format!("{e:?}")))
     };
     let level = libdeflater::CompressionLvl::new(level as i32).map_err(|e| failed(&e))?;
-    let mut encoder = libdeflater::Compressor::new(level);
-    let mut out = vec![0; encoder.gzip_compress_bound(body.len())];
-    let len = encoder
-        .gzip_compress(body, &mut out)
-        .map_err(|e| failed(&e))?;
-    // A copy of the output's length: `Bytes::from(Vec)` would keep the bound-sized buffer
-    // (about the input's size) alive until the body is written.
-    Ok(Bytes::copy_from_slice(out.get(..len).unwrap_or_default()))
+    WORKSPACE.with_borrow_mut(|workspace| {
+        let (encoder, out) = workspace.for_level(level, body.len());
+        let len = encoder.gzip_compress(body, out).map_err(|e| failed(&e))?;
+        // Copied out at its own length: the workspace stays for the thread's next body.
+        Ok(Bytes::copy_from_slice(out.get(..len).unwrap_or_default()))
+    })
+}
+
+thread_local! {
+    /// Each worker thread's gzip state, kept between bodies.
+    static WORKSPACE: std::cell::RefCell<Workspace> = const {
+        std::cell::RefCell::new(Workspace { encoder: None, out: Vec::new() })
+    };
+}
+
+/// A libdeflate compressor and an output buffer, reused: a compressor at level 6 is a few
+/// hundred KiB of match-finder tables and the buffer is about the body's size, so allocating
+/// both per response made each gzipped response two large allocations (and, with 64
+/// connections, a higher peak of resident memory). At most [`WHOLE_GZIP_MAX`] of output
+/// bound per thread is kept.
+struct Workspace {
+    encoder: Option<(libdeflater::CompressionLvl, libdeflater::Compressor)>,
+    out: Vec<u8>,
+}
+
+impl Workspace {
+    /// The compressor for `level` and a buffer that holds gzip of `len` input bytes.
+    fn for_level(
+        &mut self,
+        level: libdeflater::CompressionLvl,
+        len: usize,
+    ) -> (&mut libdeflater::Compressor, &mut [u8]) {
+        if self.encoder.as_ref().is_none_or(|(kept, _)| *kept != level) {
+            self.encoder = None;
+        }
+        let (_, encoder) = self
+            .encoder
+            .get_or_insert_with(|| (level, libdeflater::Compressor::new(level)));
+        let bound = encoder.gzip_compress_bound(len);
+        if self.out.len() < bound {
+            self.out.resize(bound, 0);
+        }
+        (encoder, &mut self.out[..bound])
+    }
 }
 
 /// Brotli compressor that finishes the stream. Written here because Pingora's ends with a
