@@ -154,7 +154,10 @@ pub fn prepare(
     }
     finish_headers(headers, req, ctx, &mut resp);
     let body = ctx.compress.encode_local(&mut resp, local.body);
-    resp.set(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    resp.set(
+        http::header::CONTENT_LENGTH,
+        crate::fields::number(body.len() as u64),
+    );
     (resp, body)
 }
 

@@ -488,7 +488,10 @@ impl Cache {
         } = held;
         self.store.served_held(&names.tag);
         state.route = Some(route);
-        header.set(http::header::AGE, HeaderValue::from(times.age().as_secs()));
+        header.set(
+            http::header::AGE,
+            crate::fields::number(times.age().as_secs()),
+        );
         if header.get(&http::header::CONTENT_LENGTH).is_some() {
             // As pingora's range filter marks a whole 200 it could have cut (nginx does too).
             header.set(
@@ -499,7 +502,7 @@ impl Cache {
             // Where the full path would send chunks: the whole body is here, so its length.
             header.set(
                 http::header::CONTENT_LENGTH,
-                HeaderValue::from(stored.body.len()),
+                crate::fields::number(stored.body.len() as u64),
             );
         }
         if let (true, Some(coding)) = (stored.encoded, coding) {

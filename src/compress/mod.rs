@@ -22,7 +22,7 @@ mod policy;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::compression::Encode;
 
@@ -162,7 +162,10 @@ impl RequestState {
         let Some(policy) = self.policy.as_ref() else {
             return body;
         };
-        resp.set(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        resp.set(
+            header::CONTENT_LENGTH,
+            crate::fields::number(body.len() as u64),
+        );
         let (vary, action) = decide(policy, &self.accept, self.head, resp);
         if vary {
             add_vary(resp, "Accept-Encoding");
@@ -185,6 +188,6 @@ impl RequestState {
 /// streams, with its exact length instead of chunked framing.
 pub fn encoded_header(resp: &mut impl Fields, coding: Coding, len: usize) {
     rewrite_header(resp, Action::Compress(coding), false);
-    resp.set(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp.set(header::CONTENT_LENGTH, crate::fields::number(len as u64));
     add_vary(resp, "Accept-Encoding");
 }

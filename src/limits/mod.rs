@@ -272,8 +272,12 @@ impl Refusal {
     }
 
     pub fn retry_after_header(&self) -> Option<(HeaderName, HeaderValue)> {
-        self.retry_after
-            .map(|s| (http::header::RETRY_AFTER, HeaderValue::from(s)))
+        self.retry_after.map(|s| {
+            (
+                http::header::RETRY_AFTER,
+                crate::fields::number(u64::from(s)),
+            )
+        })
     }
 }
 

@@ -29,7 +29,7 @@ impl Refusal {
     pub fn retry_after(&self) -> (HeaderName, HeaderValue) {
         (
             http::header::RETRY_AFTER,
-            HeaderValue::from(self.retry_after_secs),
+            crate::fields::number(self.retry_after_secs),
         )
     }
 }
@@ -98,9 +98,9 @@ impl Decision {
                 .iter()
                 .min_by_key(|v| (v.policy.report_only, v.remaining));
             if let Some(v) = tightest {
-                resp.set(X_RATELIMIT_LIMIT, HeaderValue::from(v.policy.burst));
-                resp.set(X_RATELIMIT_REMAINING, HeaderValue::from(v.remaining));
-                resp.set(X_RATELIMIT_RESET, HeaderValue::from(v.reset_secs));
+                resp.set(X_RATELIMIT_LIMIT, crate::fields::number(v.policy.burst));
+                resp.set(X_RATELIMIT_REMAINING, crate::fields::number(v.remaining));
+                resp.set(X_RATELIMIT_RESET, crate::fields::number(v.reset_secs));
             }
         }
     }
