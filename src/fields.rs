@@ -1,18 +1,20 @@
-//! The header fields of a response being written, wherever they live: Pingora's
-//! [`ResponseHeader`] (a proxied response) or a [`Response`] (one Rampart makes itself:
-//! `respond`, the connection gate; and a cache entry held in process, whose hits edit it).
+//! The header fields of a response being written, wherever they live: a proxied response
+//! taken apart from Pingora's header ([`Bare`]), Pingora's [`ResponseHeader`] itself (with
+//! `[server] preserve_header_case`), or a [`Response`] (one Rampart makes itself: `respond`,
+//! the connection gate; and a cache entry held in process, whose hits edit it).
 //!
 //! Phases: every one that writes a response header. The rules that add fields (security
 //! headers, CORS, rate-limit headers, compression, the cache's status fields) are written
 //! once, against [`Fields`].
 //!
-//! Why two: each `ResponseHeader::insert_header` parses its name again, copies a custom one
-//! and hashes it into a map (two with a case map); on a self-made 429 and on a cache hit
-//! those inserts were the largest single cost in callgrind. Such a response has a dozen or two
-//! fields: a list searched in place is cheaper than any map at that size. The gate writes it
-//! to the socket as it is (`Fields::head_to_h1`); a response Pingora sends becomes a
-//! `ResponseHeader` once, at the end ([`Response::into_pingora`]). A stored header keeps the
-//! upstream's spelling of each name ([`Response::of_pingora`]), as Pingora's case map does.
+//! Why three: each `ResponseHeader::insert_header` parses its name again, copies a custom one
+//! and hashes it into a map (two with a case map); on a self-made 429, on a cache hit and on
+//! a passthrough those inserts were the largest single cost of Rampart's own in callgrind.
+//! A proxied response is edited in `http`'s map, one insert per field ([`Bare`]). A response
+//! Rampart makes has a dozen or two fields: a list searched in place is cheaper than any map
+//! at that size. The gate writes it to the socket as it is (`Fields::head_to_h1`); a response
+//! Pingora sends becomes a `ResponseHeader` once, at the end ([`Response::into_pingora`]). A
+//! stored header keeps the spelling it was stored with ([`Response::of_pingora`]).
 //!
 //! Invariants: [`Fields::set`] replaces every value under the name and [`Fields::add`] keeps
 //! them, as `insert_header` and `append_header` do; a [`Response`] is written with the bytes

@@ -1,8 +1,9 @@
 //! Headers: what the upstream is told about the client, and what every client response carries.
 //!
-//! Phases: `upstream_request_filter` ([`Headers::forward`]); `upstream_response_filter`
-//! ([`remove_hop_by_hop`]); `response_filter` and `respond` ([`Headers::downstream`]), so
-//! proxied, cached and self-made responses are treated alike.
+//! Phases: `upstream_request_filter` ([`Headers::forward`], written by
+//! [`edit_upstream_request`]); `upstream_response_filter` ([`remove_hop_by_hop`]);
+//! `response_filter` and `respond` ([`Headers::downstream`]), so proxied, cached and
+//! self-made responses are treated alike.
 //!
 //! Invariants: every response leaves with the security headers and the request id; a header
 //! value the upstream chose (e.g. a stricter `X-Frame-Options: DENY`) is kept, not overwritten;

@@ -145,7 +145,8 @@ fn may_hit(rt: &Runtime, head: &[u8]) -> bool {
 }
 
 /// The head as Pingora would parse it (the gate checked it already: `limits::head::check`).
-/// Names keep no case: nothing here forwards them.
+/// Names keep no case: nothing here forwards them. Fields go straight into `http`'s map: each
+/// `append_header` would copy the name twice and parse it back (`fields::Bare` says why).
 fn request_header(head: &[u8]) -> Option<RequestHeader> {
     // More fields than this (rare) and Pingora parses the head instead.
     let mut fields = [httparse::EMPTY_HEADER; 32];
@@ -153,18 +154,20 @@ fn request_header(head: &[u8]) -> Option<RequestHeader> {
     let httparse::Status::Complete(_) = parsed.parse(head).ok()? else {
         return None;
     };
-    let method = parsed.method?;
-    let target = parsed.path?;
-    let mut req =
-        RequestHeader::build_no_case(method, target.as_bytes(), Some(parsed.headers.len())).ok()?;
-    req.set_version(match parsed.version? {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+    parts.version = match parsed.version? {
         0 => Version::HTTP_10,
         _ => Version::HTTP_11,
-    });
+    };
+    parts.headers.reserve(parsed.headers.len());
     for field in parsed.headers.iter() {
+        let name = http::HeaderName::from_bytes(field.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(field.value).ok()?;
-        req.append_header(field.name.to_string(), value).ok()?;
+        parts.headers.try_append(name, value).ok()?;
     }
+    let mut req = RequestHeader::from(parts);
+    req.set_raw_path(parsed.path?.as_bytes()).ok()?;
     Some(req)
 }
 
