@@ -420,13 +420,13 @@ impl Cache {
     /// process holds fresh (the in-process store, or the Redis store's near tier) with the
     /// header a hit through pingora-cache gets from `cache_hit_header` and
     /// [`Cache::status_headers`] (`Age`, `X-Cache: HIT`, `Cache-Status`, a copy's fields).
-    /// Pingora's cache state machine
-    /// (key, lookup, hit handler, range and conditional filters) was the largest part of a
-    /// hit's cost in perf; a fresh, whole, unconditional hit needs none of it. Everything else
-    /// returns `None` and takes that full path: HEAD, ranges, conditional requests,
-    /// credentials, a request body, a store known down, variants (`Vary`), stale or non-200
-    /// entries, and an identity entry this client would get compressed (`keeps_identity`
-    /// false: the full path compresses it and keeps the copy for the next hit).
+    /// Pingora's cache state machine (key, lookup, hit handler, range and conditional filters)
+    /// was the largest part of a hit's cost in perf; a fresh, whole, unconditional hit needs
+    /// none of it. Everything else returns `None` and takes that full path: HEAD, ranges,
+    /// conditional requests, credentials, a request body, a store known down, variants
+    /// (`Vary`), stale or non-200 entries, and an identity entry this client would get
+    /// compressed (`keeps_identity` false: the full path compresses it and keeps the copy for
+    /// the next hit).
     ///
     /// The lookup counts nothing: the gate looks first and serves only once the rate limits
     /// admitted the request, as `request_filter` orders them.

@@ -105,9 +105,9 @@ impl Proxy {
         Ok(route)
     }
 
-    /// A fresh cache hit this process holds (`Cache::held_hit`, `Cache::serve_hit`), with what `response_filter`
-    /// adds to a hit after the cache status, in the same order: the headers every response
-    /// gets, then compression's decision (`Vary`; the body is sent as it is).
+    /// A fresh cache hit this process holds (`Cache::held_hit`, `Cache::serve_hit`), with what
+    /// `response_filter` adds to a hit after the cache status, in the same order: the headers
+    /// every response gets, then compression's decision (`Vary`; the body is sent as it is).
     pub(super) fn fresh_hit(&self, req: &RequestHeader, ctx: &mut Ctx) -> Option<FreshHit> {
         let held = held_hit(req, ctx)?;
         Some(serve_hit(req, held, ctx))
