@@ -21,8 +21,9 @@
 //! A cluster is up only while every primary answers: a dead primary is one outage for every
 //! feature until its replica is promoted, not a flicker between healthy nodes and the dead
 //! one. During it, a probe first checks every primary ([`Redis::nodes`], [`Conn::on`]), and only
-//! that check ends the outage, never a keyed call that reached a healthy node. An outage that
-//! outlasts [`RECONNECT_AFTER`] gets a new cluster connection seeded with every node seen.
+//! that check ends the outage, never a keyed call that reached a healthy node. Each probe makes
+//! a new cluster connection, seeded with every node seen, and the one that passes the check
+//! becomes the shared connection ([`Redis::probe_connection`] says why).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -58,10 +59,6 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// run at the 50 ms default) answers the next call: that call alone falls back. A Redis that
 /// hangs fails every call, so concurrent requests reach this count within one `timeout`.
 pub const TIMEOUTS_FOR_OUTAGE: u32 = 3;
-
-/// A cluster outage this old, still failing, gets a fresh cluster connection (at most once per
-/// this interval): redis-rs cannot recover by itself once it lost its only seed.
-pub const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 
 /// Why a store call failed; callers decide what that means for the request.
 #[derive(Debug, thiserror::Error)]
@@ -172,9 +169,6 @@ pub struct Redis {
     last_probe_ms: AtomicU64,
     /// Milliseconds since `started` when the last outage ended.
     up_since_ms: AtomicU64,
-    /// Milliseconds since `started` when the current outage began, or the cluster connection
-    /// was last made anew during it.
-    reconnect_clock_ms: AtomicU64,
     started: Instant,
 }
 
@@ -232,7 +226,6 @@ impl Redis {
             timeouts_in_a_row: AtomicU32::new(0),
             last_probe_ms: AtomicU64::new(0),
             up_since_ms: AtomicU64::new(0),
-            reconnect_clock_ms: AtomicU64::new(0),
             started: Instant::now(),
         })))
     }
@@ -291,10 +284,14 @@ impl Redis {
         let cluster = self.is_cluster();
         let probe = cluster && self.is_down();
         self.timed(op, !cluster || probe, async {
-            let conn = self.connection().await?;
-            if probe {
+            let conn = if probe {
+                let conn = self.probe_connection().await?;
                 self.check(conn.clone()).await?;
-            }
+                self.keep(conn.clone());
+                conn
+            } else {
+                self.connection().await?
+            };
             f(conn).await
         })
         .await
@@ -315,9 +312,33 @@ impl Redis {
     /// Whether every node answers PING now (see [`Redis::check`]); ends an outage when it does.
     pub async fn health(&self) -> Result<(), Error> {
         self.timed("ping", true, async {
-            self.check(self.connection().await?).await
+            let conn = self.probe_connection().await?;
+            self.check(conn.clone()).await?;
+            self.keep(conn);
+            Ok(())
         })
         .await
+    }
+
+    /// The connection a check runs on: the shared one, or, during a cluster outage, a new one.
+    /// redis-rs routes keyed calls by the slot map its connection read when it was made, and
+    /// refreshes it only after a call failed on it; the check's PINGs go to nodes by address,
+    /// so they pass on a connection whose map still sends a failed primary's slots to the dead
+    /// node. Ended on such a connection, the outage would start again at the next keyed calls
+    /// (they retry the dead node until `store.timeout`). A new connection reads the slots now:
+    /// the outage ends only on one that routes every slot to a primary that answered.
+    async fn probe_connection(&self) -> RedisResult<Conn> {
+        match &self.client {
+            Client::Cluster(seeds) if self.is_down() => seeds.connect().await.map(Conn::Cluster),
+            _ => self.connection().await,
+        }
+    }
+
+    /// After a check passed on `conn`: it becomes the shared connection if it is a new one.
+    fn keep(&self, conn: Conn) {
+        if self.is_cluster() && self.is_down() {
+            self.slot.send_replace(Slot::Ready(conn));
+        }
     }
 
     /// PING every node that holds keys. On a cluster that is each primary `CLUSTER SLOTS`
@@ -328,18 +349,9 @@ impl Redis {
     async fn check(&self, conn: Conn) -> RedisResult<()> {
         let topology = topology(conn.clone()).await?;
         for node in &topology.primaries {
-            let pinged = redis::cmd("PING")
+            redis::cmd("PING")
                 .query_async::<String>(&mut conn.clone().on(node))
-                .await;
-            if let Err(e) = pinged {
-                // redis-rs answers a node it holds no connection to with a client error: the
-                // cluster names a primary this connection never heard of (its topology is
-                // older than the failover), and only a new connection will learn it.
-                if e.kind() == ErrorKind::ClientError {
-                    self.maybe_reconnect(PROBE_INTERVAL);
-                }
-                return Err(e);
-            }
+                .await?;
         }
         if let Client::Cluster(seeds) = &self.client {
             seeds.learn(topology.all);
@@ -383,7 +395,6 @@ impl Redis {
                 if self.starts_outage(e, began_ms) {
                     self.mark_down(op, e);
                 }
-                self.maybe_reconnect(RECONNECT_AFTER);
             }
         }
         result
@@ -454,33 +465,6 @@ impl Redis {
         }
     }
 
-    /// During a cluster outage, at most once per `every`: drop the connection so the next
-    /// call makes a new one from every known node.
-    fn maybe_reconnect(&self, every: Duration) {
-        if !self.is_cluster() || !self.is_down() {
-            return;
-        }
-        let now = self.now_ms();
-        let last = self.reconnect_clock_ms.load(Ordering::Relaxed);
-        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
-        if now.saturating_sub(last) < every
-            || self
-                .reconnect_clock_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        self.slot.send_if_modified(|slot| {
-            let ready = matches!(slot, Slot::Ready(_));
-            if ready {
-                *slot = Slot::Empty;
-            }
-            ready
-        });
-        log::info!("redis cluster still unavailable; reconnecting through every known node");
-    }
-
     /// Milliseconds since this store was created.
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -488,8 +472,6 @@ impl Redis {
 
     fn mark_down(&self, op: &str, e: &Error) {
         if !self.down.swap(true, Ordering::Relaxed) {
-            self.reconnect_clock_ms
-                .store(self.now_ms(), Ordering::Relaxed);
             let hint = match e {
                 Error::Redis(e) if is_auth_error(e) => {
                     " (authentication: check store.redis_password / RAMPART_REDIS_PASSWORD)"
