@@ -141,7 +141,7 @@ impl Conn {
         self.scanner = Scanner::default();
         let mut shutdown = shutdown.clone();
         let mut idle = wait.idle.filter(|_| self.buf.is_empty());
-        let mut deadline = tokio::time::Instant::now() + idle.unwrap_or(wait.head);
+        let mut deadline = std::time::Instant::now() + idle.unwrap_or(wait.head);
         loop {
             match self.scanner.scan(&self.buf, limits) {
                 Scan::Complete(len) => {
@@ -180,9 +180,16 @@ impl Conn {
             // Read into the buffer's spare room: no zeroed chunk to fill and copy on every head.
             self.buf.reserve(HEAD_ROOM);
             let mut spare = (&mut self.buf).limit(max);
+            // The read first: a head already sent (pipelined, or arrived) is read without a
+            // timer. Pingora's timer rather than tokio's: tokio's is registered and removed
+            // under a lock per request, and a new earliest deadline wakes the worker parked on
+            // the timer (an eventfd write per request); Pingora's shares one timer per 10 ms
+            // tick, so a deadline is up to 10 ms late.
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
             let read = tokio::select! {
+                biased;
                 read = self.inner.read_buf(&mut spare) => read,
-                () = tokio::time::sleep_until(deadline) => {
+                () = pingora_timeout::fast_timeout::fast_sleep(left) => {
                     return if idle.is_some() || empty {
                         HeadRead::Closed("idle too long")
                     } else {
@@ -197,7 +204,7 @@ impl Conn {
                 Ok(0) => self.eof = true,
                 Ok(_) => {
                     if idle.take().is_some() {
-                        deadline = tokio::time::Instant::now() + wait.head;
+                        deadline = std::time::Instant::now() + wait.head;
                     }
                 }
                 Err(_) => return HeadRead::Closed("read error"),
