@@ -6,6 +6,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod cache;
 pub mod cli;

@@ -11,7 +11,7 @@ use rampart::{app, config, demo, signal};
 // mimalloc instead of glibc malloc: per-request allocations across worker threads made libc
 // malloc/free about a fifth of the CPU profile; figures in BENCHMARKS.md.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: rampart::alloc::MiMalloc = rampart::alloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
