@@ -320,13 +320,23 @@ pub(super) fn decide(
     resp: &impl Fields,
 ) -> (bool, Action) {
     let status = resp.status().as_u16();
-    if !policy.enabled || resp.status().is_informational() || status == 204 || no_transform(resp) {
+    if !policy.enabled || resp.status().is_informational() || status == 204 {
+        return (false, Action::Keep);
+    }
+    let encoded = content_encoding(resp);
+    // A body below the threshold goes out as it is to everyone, so it does not vary (nginx
+    // omits Vary there too); when it grows, its new response carries Vary. An empty body stays
+    // empty: Pingora may not run the body filter for it at all. Checked first because it is
+    // the cheapest test and settles Rampart's own small answers (a 429's problem+json) and
+    // short proxied bodies, whatever their other fields say.
+    let sized = content_length(resp).is_none_or(|n| n > 0 && n >= policy.min_size);
+    if (matches!(encoded, Encoded::Identity) && !sized) || no_transform(resp) {
         return (false, Action::Keep);
     }
     // The body is not the full representation, or there is none to encode.
     let untouchable =
         head || status == 304 || status == 206 || resp.get(&header::CONTENT_RANGE).is_some();
-    match content_encoding(resp) {
+    match encoded {
         Encoded::Unknown => (false, Action::Keep),
         Encoded::By(c) => {
             if !policy.decompress {
@@ -338,15 +348,9 @@ pub(super) fn decide(
             }
         }
         Encoded::Identity => {
-            // A 304 rarely names its type; it stands for the 200 that would have varied. A
-            // body below the threshold goes out as it is to everyone, so it does not vary
-            // (nginx omits Vary there too); when it grows, its new response carries Vary.
-            // An empty body stays empty: Pingora may not run the body filter for it at all.
-            // The length is read before the type is matched: cheaper, and Rampart's own small
-            // answers (a 429's problem+json) stop there.
-            let negotiable = !policy.order.is_empty()
-                && content_length(resp).is_none_or(|n| n > 0 && n >= policy.min_size)
-                && (status == 304 || policy.compressible(resp));
+            // A 304 rarely names its type; it stands for the 200 that would have varied.
+            let negotiable =
+                !policy.order.is_empty() && (status == 304 || policy.compressible(resp));
             if !negotiable {
                 return (false, Action::Keep);
             }
