@@ -33,6 +33,24 @@ fn plain(align: usize, size: usize) -> bool {
     align <= WORD && align <= size
 }
 
+/// A new block for `layout`: from `plain` (`mi_malloc`, `mi_zalloc`) where its blocks have the
+/// alignment, else from `aligned` (their `_aligned` forms).
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`: `layout` has a non-zero size.
+#[inline]
+unsafe fn new_block(
+    layout: Layout,
+    plain_call: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned_call: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    if plain(layout.align(), layout.size()) {
+        unsafe { plain_call(layout.size()) }.cast()
+    } else {
+        unsafe { aligned_call(layout.size(), layout.align()) }.cast()
+    }
+}
+
 // SAFETY: each call passes the layout's size (and, for the aligned calls, its alignment, a
 // power of two as `Layout` guarantees) to the mimalloc function with the same contract as the
 // `GlobalAlloc` method; `plain` holds only where mimalloc's plain blocks have the alignment.
@@ -40,20 +58,12 @@ fn plain(align: usize, size: usize) -> bool {
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if plain(layout.align(), layout.size()) {
-            unsafe { mi::mi_malloc(layout.size()) }.cast()
-        } else {
-            unsafe { mi::mi_malloc_aligned(layout.size(), layout.align()) }.cast()
-        }
+        unsafe { new_block(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if plain(layout.align(), layout.size()) {
-            unsafe { mi::mi_zalloc(layout.size()) }.cast()
-        } else {
-            unsafe { mi::mi_zalloc_aligned(layout.size(), layout.align()) }.cast()
-        }
+        unsafe { new_block(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
