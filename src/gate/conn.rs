@@ -23,6 +23,11 @@ use crate::limits::head::{self, Framing, Scan, Scanner};
 use super::wait::{HeadRead, Wait};
 use super::{HOLD_MAX, LINGER, LINGER_BYTES};
 
+/// The longest wait for a head on Pingora's shared timers. Under steady traffic each worker
+/// thread holds one of them per 10 ms tick of the wait until it expires: 7,500 at the default
+/// 75 s `keepalive_timeout`, 12,000 at this bound.
+const SHARED_TIMER_MAX: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The most one read of a request head takes from the socket.
 const HEAD_READ: usize = 8192;
 /// Room a connection's buffer is given for a head (nginx's `client_header_buffer_size`): the
@@ -184,12 +189,21 @@ impl Conn {
             // timer. Pingora's timer rather than tokio's: tokio's is registered and removed
             // under a lock per request, and a new earliest deadline wakes the worker parked on
             // the timer (an eventfd write per request); Pingora's shares one timer per 10 ms
-            // tick, so a deadline is up to 10 ms late.
+            // tick, so a deadline is up to 10 ms late. But Pingora keeps each of its timers
+            // until its deadline, so a longer wait (a `keepalive_timeout` over
+            // [`SHARED_TIMER_MAX`]) takes tokio's, which leaves when the read wins.
             let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let timer = async {
+                if left <= SHARED_TIMER_MAX {
+                    pingora_timeout::fast_timeout::fast_sleep(left).await;
+                } else {
+                    tokio::time::sleep(left).await;
+                }
+            };
             let read = tokio::select! {
                 biased;
                 read = self.inner.read_buf(&mut spare) => read,
-                () = pingora_timeout::fast_timeout::fast_sleep(left) => {
+                () = timer => {
                     return if idle.is_some() || empty {
                         HeadRead::Closed("idle too long")
                     } else {
