@@ -153,11 +153,8 @@ pub fn prepare(
         resp.set(name, value);
     }
     finish_headers(headers, req, ctx, &mut resp);
+    // Framed there too: `Content-Length` of the body as sent.
     let body = ctx.compress.encode_local(&mut resp, local.body);
-    resp.set(
-        http::header::CONTENT_LENGTH,
-        crate::fields::number(body.len() as u64),
-    );
     (resp, body)
 }
 

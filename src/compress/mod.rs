@@ -157,15 +157,15 @@ impl RequestState {
     }
 
     /// A whole body Rampart wrote itself: same decision as a proxied response, encoded in one
-    /// go and framed with its exact `Content-Length`.
+    /// go and framed with its exact `Content-Length` (set here, whatever the outcome).
     pub fn encode_local(&self, resp: &mut impl Fields, body: Bytes) -> Bytes {
-        let Some(policy) = self.policy.as_ref() else {
-            return body;
-        };
         resp.set(
             header::CONTENT_LENGTH,
             crate::fields::number(body.len() as u64),
         );
+        let Some(policy) = self.policy.as_ref() else {
+            return body;
+        };
         let (vary, action) = decide(policy, &self.accept, self.head, resp);
         if vary {
             add_vary(resp, "Accept-Encoding");
