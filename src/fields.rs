@@ -357,9 +357,14 @@ fn titled(name: &HeaderName) -> &str {
 }
 
 impl Response {
+    /// Whether a name of key `key` may be in the list (its bit is set).
+    fn may_hold(&self, key: u64) -> bool {
+        self.names & bit(key) != 0
+    }
+
     /// Where the first field named `name` (of key `key`) is.
     fn position(&self, key: u64, name: &HeaderName) -> Option<usize> {
-        if self.names & bit(key) == 0 {
+        if !self.may_hold(key) {
             return None;
         }
         self.fields.iter().position(|f| f.is(key, name))
@@ -422,18 +427,20 @@ impl Fields for Response {
             value,
             spelling: None,
         };
-        match self.position(key, &field.name) {
-            Some(first) => {
-                let last = self.fields.iter().rposition(|f| f.is(key, &field.name));
-                self.fields.insert(last.unwrap_or(first) + 1, field);
-            }
+        let last = if self.may_hold(key) {
+            self.fields.iter().rposition(|f| f.is(key, &field.name))
+        } else {
+            None
+        };
+        match last {
+            Some(last) => self.fields.insert(last + 1, field),
             None => self.push(field),
         }
     }
 
     fn remove(&mut self, name: &HeaderName) {
         let key = key(name);
-        if self.position(key, name).is_some() {
+        if self.may_hold(key) {
             self.fields.retain(|f| !f.is(key, name));
         }
     }
