@@ -285,10 +285,7 @@ impl Redis {
         let probe = cluster && self.is_down();
         self.timed(op, !cluster || probe, async {
             let conn = if probe {
-                let conn = self.probe_connection().await?;
-                self.check(conn.clone()).await?;
-                self.keep(conn.clone());
-                conn
+                self.checked_connection().await?
             } else {
                 self.connection().await?
             };
@@ -312,12 +309,18 @@ impl Redis {
     /// Whether every node answers PING now (see [`Redis::check`]); ends an outage when it does.
     pub async fn health(&self) -> Result<(), Error> {
         self.timed("ping", true, async {
-            let conn = self.probe_connection().await?;
-            self.check(conn.clone()).await?;
-            self.keep(conn);
-            Ok(())
+            self.checked_connection().await.map(drop)
         })
         .await
+    }
+
+    /// A connection on which every node answered ([`Redis::check`]): the shared one, or during
+    /// a cluster outage a new one ([`Redis::probe_connection`]), which then becomes shared.
+    async fn checked_connection(&self) -> RedisResult<Conn> {
+        let conn = self.probe_connection().await?;
+        self.check(conn.clone()).await?;
+        self.keep(conn.clone());
+        Ok(conn)
     }
 
     /// The connection a check runs on: the shared one, or, during a cluster outage, a new one.
