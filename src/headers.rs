@@ -178,12 +178,22 @@ impl Headers {
         if let Ok(id) = HeaderValue::from_str(request.request_id) {
             resp.set(X_REQUEST_ID, id);
         }
+        let [(process_time, took), (server_timing, total)] = self.timing(request);
+        if let Some(value) = took {
+            resp.set(process_time, value);
+        }
+        if let Some(value) = total {
+            resp.add(server_timing, value);
+        }
+    }
+
+    /// The fields of [`Self::downstream`] that change with every request's timing, each with
+    /// its value when it is configured: `X-Process-Time`, then `Server-Timing`.
+    pub fn timing(&self, request: &Downstream<'_>) -> [(HeaderName, Option<HeaderValue>); 2] {
         // Time so far: the response header is about to leave, the body may still stream.
         let elapsed = request.started.elapsed();
-        if self.process_time {
-            resp.set(X_PROCESS_TIME, seconds_with_micros(elapsed));
-        }
-        if self.server_timing {
+        let took = self.process_time.then(|| seconds_with_micros(elapsed));
+        let total = self.server_timing.then(|| {
             let total = elapsed.as_secs_f64() * 1000.0;
             let value = match request.upstream_time {
                 Some(up) => format!(
@@ -192,10 +202,9 @@ impl Headers {
                 ),
                 None => format!("total;dur={total:.3}"),
             };
-            if let Ok(value) = HeaderValue::try_from(value) {
-                resp.add(SERVER_TIMING, value);
-            }
-        }
+            HeaderValue::try_from(value).ok()
+        });
+        [(X_PROCESS_TIME, took), (SERVER_TIMING, total.flatten())]
     }
 }
 

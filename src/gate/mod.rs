@@ -66,10 +66,21 @@ pub(super) const LINGER_BYTES: usize = 256 * 1024;
 /// Requests the proxy answers from their head alone, in the gate, so Pingora never parses
 /// them (`proxy::early`: clients known to be over their rate limits).
 pub trait Early: Send + Sync {
+    /// What one connection's early answers keep for its next request (`proxy::repeat`: the
+    /// last refusal, sent again for the same head); made when the connection opens.
+    type Memo: Default + Send;
+
     /// The whole response to a checked head of a request without a body, or `None` for
     /// Pingora to serve it. `last`: the connection closes after this request (its request
     /// budget is spent, or the server is shutting down), so the answer must say so.
-    fn answer(&self, head: &[u8], peer: Option<IpAddr>, tls: bool, last: bool) -> Option<Answer>;
+    fn answer(
+        &self,
+        memo: &mut Self::Memo,
+        head: &[u8],
+        peer: Option<IpAddr>,
+        tls: bool,
+        last: bool,
+    ) -> Option<Answer>;
 }
 
 /// A response the gate writes itself.
@@ -81,9 +92,9 @@ pub struct Answer {
 }
 
 /// The proxy service's application: Pingora's `HttpProxy` behind the gate.
-pub struct Gate<SV> {
+pub struct Gate<SV, E> {
     app: Arc<HttpProxy<SV>>,
-    early: Arc<dyn Early>,
+    early: Arc<E>,
     limits: limits::Config,
     head: head::Limits,
     open: AtomicUsize,
@@ -94,12 +105,12 @@ pub struct Gate<SV> {
     access_log: accesslog::Config,
 }
 
-impl<SV> Gate<SV> {
+impl<SV, E> Gate<SV, E> {
     /// `app` is configured here too: HTTP/2's head size and idle connections follow
     /// `[limits]` as HTTP/1's do.
     pub fn new(
         mut app: HttpProxy<SV>,
-        early: Arc<dyn Early>,
+        early: Arc<E>,
         limits: &limits::Config,
         trusted: Cidrs,
         metrics: Arc<Metrics>,
@@ -143,10 +154,11 @@ impl Drop for Slot<'_> {
 }
 
 #[async_trait]
-impl<SV> ServerApp for Gate<SV>
+impl<SV, E> ServerApp for Gate<SV, E>
 where
     SV: ProxyHttp + Send + Sync + 'static,
     SV::CTX: Send + Sync,
+    E: Early + 'static,
 {
     async fn process_new(
         self: &Arc<Self>,
@@ -204,10 +216,11 @@ where
     }
 }
 
-impl<SV> Gate<SV>
+impl<SV, E> Gate<SV, E>
 where
     SV: ProxyHttp + Send + Sync + 'static,
     SV::CTX: Send + Sync,
+    E: Early,
 {
     /// One HTTP/1.x connection: head by head, each checked, then served by Pingora.
     async fn serve_h1(
@@ -223,6 +236,7 @@ where
         let mut settings = None;
         // Requests on this connection so far, whoever answered them.
         let mut served = 0;
+        let mut memo = E::Memo::default();
         loop {
             let started = Instant::now();
             let wait = if first {
@@ -245,7 +259,7 @@ where
                     let last = budget == 0 || *shutdown.borrow();
                     if let Some(answer) = conn
                         .bodiless_head()
-                        .and_then(|head| self.early.answer(head, peer, tls, last))
+                        .and_then(|head| self.early.answer(&mut memo, head, peer, tls, last))
                     {
                         conn.skip_head();
                         if !self.send_answer(&mut conn, answer).await {

@@ -33,38 +33,60 @@ use crate::ratelimit::Here;
 use crate::respond;
 use crate::runtime::Runtime;
 
+use super::repeat::{Repeat, Sent, Template};
 use super::steps::{held_hit, identify, limited, serve_hit};
 use super::Proxy;
 
 impl Early for Proxy {
-    fn answer(&self, head: &[u8], peer: Option<IpAddr>, tls: bool, last: bool) -> Option<Answer> {
+    type Memo = Repeat;
+
+    fn answer(
+        &self,
+        repeat: &mut Repeat,
+        head: &[u8],
+        peer: Option<IpAddr>,
+        tls: bool,
+        last: bool,
+    ) -> Option<Answer> {
         let runtime = self.live.current();
         let refusing = runtime.ratelimit.refuses_any();
         if !refusing && !may_hit(&runtime, head) {
             return None;
         }
-        let mut req = request_header(head)?;
+        let (mut req, kept) = match repeat.take(head, &runtime, last) {
+            Some((req, refusal)) => (req, Some(refusal)),
+            None => (request_header(head)?, None),
+        };
         let mut ctx = Ctx::new(runtime);
         identify(&req, peer, tls, &mut ctx);
-        let answer = self.early(&mut req, &mut ctx, refusing, last);
-        if let Some(answer) = &answer {
+        let reply = self.early(&mut req, &mut ctx, refusing, last, kept.as_ref());
+        if let Some(reply) = &reply {
+            let sent = reply.sent();
             self.metrics.request_started();
-            self.record(&req, &ctx, answer.status, answer.body_len, None);
+            self.record(&req, &ctx, sent.status, sent.body_len, None);
         }
         ctx.unfinished.finish();
-        answer.map(|a| Answer {
-            bytes: a.bytes,
-            keep_alive: a.keep_alive,
+        let sent = match reply? {
+            Reply::Hit(sent) => sent,
+            Reply::Again(sent) => {
+                if let Some(kept) = kept {
+                    repeat.keep(head, ctx.runtime.clone(), last, req, kept);
+                }
+                sent
+            }
+            Reply::Refused(sent) => {
+                if let Some(decision) = ctx.ratelimit.take() {
+                    let refusal = Template::new(sent.clone(), decision, &ctx);
+                    repeat.keep(head, ctx.runtime.clone(), last, req, refusal);
+                }
+                sent
+            }
+        };
+        Some(Answer {
+            bytes: sent.bytes,
+            keep_alive: sent.keep_alive,
         })
     }
-}
-
-/// An early answer as it is written, with what the access log needs of it.
-struct Sent {
-    status: u16,
-    body_len: usize,
-    bytes: Vec<u8>,
-    keep_alive: bool,
 }
 
 impl Sent {
@@ -86,42 +108,69 @@ impl Sent {
     }
 }
 
+/// How an early answer was made.
+enum Reply {
+    /// A fresh hit held here.
+    Hit(Sent),
+    /// A refusal, built.
+    Refused(Sent),
+    /// The connection's kept refusal, sent again (`repeat`).
+    Again(Sent),
+}
+
+impl Reply {
+    fn sent(&self) -> &Sent {
+        match self {
+            Reply::Hit(sent) | Reply::Refused(sent) | Reply::Again(sent) => sent,
+        }
+    }
+}
+
 impl Proxy {
     /// `request_filter`'s steps up to the rate limits; then, for a fresh hit held here, the
     /// limiter's decision when it needs no store and the hit or the refusal; otherwise only a
     /// known refusal. A step that answers itself (400, 404, the public metrics, a preflight,
-    /// 503) leaves the request to Pingora, which takes it again from the start.
+    /// 503) leaves the request to Pingora, which takes it again from the start. `kept`: the
+    /// connection's last refusal, for this same head (`req` is its parse, already canonical).
     fn early(
         &self,
         req: &mut RequestHeader,
         ctx: &mut Ctx,
         refusing: bool,
         last: bool,
-    ) -> Option<Sent> {
-        path::canonicalize(req).ok()?;
+        kept: Option<&Template>,
+    ) -> Option<Reply> {
+        if kept.is_none() {
+            path::canonicalize(req).ok()?;
+        }
         let route = self.before_limits(req, ctx).ok()?;
-        let refusal = if let Some(held) = held_hit(req, ctx) {
+        let decision = if let Some(held) = held_hit(req, ctx) {
             let limiter = &ctx.runtime.ratelimit;
             let Here::Decided(decision) = limiter.check_here(req, &route.name, ctx.client.as_ref())
             else {
                 return None;
             };
-            match decision.and_then(|d| limited(d, ctx)) {
-                Some(refusal) => refusal,
-                None => {
+            match decision {
+                Some(decision) if decision.refusal.is_some() => decision,
+                decision => {
+                    ctx.ratelimit = decision;
                     let hit = serve_hit(req, held, ctx);
-                    return Some(Sent::of(hit.header, &hit.body, req, last));
+                    return Some(Reply::Hit(Sent::of(hit.header, &hit.body, req, last)));
                 }
             }
         } else if refusing {
             let limiter = &ctx.runtime.ratelimit;
-            let decision = limiter.known_refusal(req, &route.name, ctx.client.as_ref())?;
-            limited(decision, ctx)?
+            limiter.known_refusal(req, &route.name, ctx.client.as_ref())?
         } else {
             return None;
         };
+        if let Some(sent) = kept.and_then(|kept| kept.again(&decision, ctx)) {
+            ctx.ratelimit = Some(decision);
+            return Some(Reply::Again(sent));
+        }
+        let refusal = limited(decision, ctx)?;
         let (resp, body) = respond::prepare(&ctx.runtime.headers, req, ctx, refusal);
-        Some(Sent::of(resp, &body, req, last))
+        Some(Reply::Refused(Sent::of(resp, &body, req, last)))
     }
 }
 
@@ -266,13 +315,17 @@ routes = ["api"]
         let client = Some(IpAddr::from([192, 0, 2, 1]));
         let get = "GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n";
         assert!(
-            proxy.answer(get.as_bytes(), client, false, false).is_none(),
+            proxy
+                .answer(&mut Repeat::default(), get.as_bytes(), client, false, false)
+                .is_none(),
             "nothing refused yet"
         );
         assert_eq!(checked(&proxy, get).await, 200);
         assert_eq!(checked(&proxy, get).await, 200);
         assert!(
-            proxy.answer(get.as_bytes(), client, false, false).is_none(),
+            proxy
+                .answer(&mut Repeat::default(), get.as_bytes(), client, false, false)
+                .is_none(),
             "not refused yet"
         );
         assert_eq!(
@@ -282,7 +335,7 @@ routes = ["api"]
         );
 
         let answer = proxy
-            .answer(get.as_bytes(), client, false, false)
+            .answer(&mut Repeat::default(), get.as_bytes(), client, false, false)
             .expect("known refusing");
         assert!(answer.keep_alive);
         // Field names as Pingora writes them; compared without case.
@@ -308,13 +361,14 @@ routes = ["api"]
 
         // The connection's last request says so; HEAD has no body; the client may close.
         let last = proxy
-            .answer(get.as_bytes(), client, false, true)
+            .answer(&mut Repeat::default(), get.as_bytes(), client, false, true)
             .expect("refused");
         assert!(!last.keep_alive);
         let last = String::from_utf8_lossy(&last.bytes).to_ascii_lowercase();
         assert!(last.contains("\r\nconnection: close\r\n"), "{last}");
         let head = proxy
             .answer(
+                &mut Repeat::default(),
                 b"HEAD /api/x HTTP/1.1\r\nHost: h\r\n\r\n",
                 client,
                 false,
@@ -328,17 +382,31 @@ routes = ["api"]
         let close = "GET /api/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
         assert!(
             !proxy
-                .answer(close.as_bytes(), client, false, false)
+                .answer(
+                    &mut Repeat::default(),
+                    close.as_bytes(),
+                    client,
+                    false,
+                    false
+                )
                 .expect("refused")
                 .keep_alive
         );
 
         // Another client, another route, no route: Pingora's to decide.
         let other = Some(IpAddr::from([192, 0, 2, 2]));
-        assert!(proxy.answer(get.as_bytes(), other, false, false).is_none());
+        assert!(proxy
+            .answer(&mut Repeat::default(), get.as_bytes(), other, false, false)
+            .is_none());
         let unlimited = "GET /site HTTP/1.1\r\nHost: h\r\n\r\n";
         assert!(proxy
-            .answer(unlimited.as_bytes(), client, false, false)
+            .answer(
+                &mut Repeat::default(),
+                unlimited.as_bytes(),
+                client,
+                false,
+                false
+            )
             .is_none());
 
         // Counted as the limiter counts a refusal, and as a request.
@@ -351,6 +419,83 @@ routes = ["api"]
         );
         assert!(
             metrics.contains("http_requests_total{method=\"GET\",route=\"api\",status=\"429\"} 3"),
+            "the gate's GETs: {metrics}"
+        );
+    }
+
+    /// `bytes` as text, with the values that differ per request (the request id, wherever
+    /// it occurs, `X-Process-Time` and `Date`) blanked.
+    fn without_per_request(bytes: &[u8]) -> (String, String) {
+        let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        let value = |name: &str| {
+            let start = text.find(&format!("\r\n{name}: ")).expect(name) + name.len() + 4;
+            let end = start + text[start..].find("\r\n").expect("line end");
+            text[start..end].to_string()
+        };
+        let id = value("x-request-id");
+        let mut blank = text.replace(&id, "<id>");
+        for name in ["x-process-time", "Date"] {
+            blank = blank.replace(&format!("{name}: {}\r\n", value(name)), "");
+        }
+        (blank, id)
+    }
+
+    /// A refused head sent again on the connection gets the kept answer with its own request
+    /// id and timing; whatever changes the answer builds it again.
+    #[tokio::test]
+    async fn a_repeated_refusal_is_the_kept_answer_with_its_own_id() {
+        let proxy = proxy();
+        let client = Some(IpAddr::from([192, 0, 2, 1]));
+        let get = "GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n";
+        for _ in 0..3 {
+            checked(&proxy, get).await;
+        }
+        let mut repeat = Repeat::default();
+        let answer = |repeat: &mut Repeat, head: &str, last: bool| {
+            proxy
+                .answer(repeat, head.as_bytes(), client, false, last)
+                .expect("refused")
+        };
+        let first = answer(&mut repeat, get, false);
+        assert_eq!(repeat.kept_head(), Some(get.as_bytes()), "kept");
+        let (built, first_id) = without_per_request(&first.bytes);
+        for _ in 0..3 {
+            let again = answer(&mut repeat, get, false);
+            assert_eq!(repeat.kept_head(), Some(get.as_bytes()), "still kept");
+            assert!(again.keep_alive);
+            let (kept, id) = without_per_request(&again.bytes);
+            assert_eq!(kept, built, "the same answer");
+            assert_ne!(id, first_id, "each with an id of its own");
+            assert_eq!(kept.matches("<id>").count(), 2, "in its field and its body");
+        }
+        // The connection's last request: `Connection: close`, built again.
+        let last = answer(&mut repeat, get, true);
+        assert!(!last.keep_alive);
+        assert!(String::from_utf8_lossy(&last.bytes).contains("\r\nConnection: close\r\n"));
+        // The client's own id is kept as it is, request after request.
+        let with_id = "GET /api/x HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-1\r\n\r\n";
+        for _ in 0..2 {
+            let (text, id) = without_per_request(&answer(&mut repeat, with_id, false).bytes);
+            assert_eq!(id, "abc-1");
+            assert_eq!(text.matches("<id>").count(), 2, "{text}");
+        }
+        // A head with another method is another answer: no body after a HEAD's header.
+        let head_req = answer(
+            &mut repeat,
+            "HEAD /api/x HTTP/1.1\r\nHost: h\r\n\r\n",
+            false,
+        );
+        assert!(head_req.bytes.ends_with(b"\r\n\r\n"));
+
+        let metrics = proxy.metrics.render();
+        let metrics = String::from_utf8_lossy(&metrics);
+        assert!(
+            metrics
+                .contains("rampart_ratelimit_decisions_total{outcome=\"limited\",policy=\"p\"} 9"),
+            "the check's refusal and every answer's: {metrics}"
+        );
+        assert!(
+            metrics.contains("http_requests_total{method=\"GET\",route=\"api\",status=\"429\"} 7"),
             "the gate's GETs: {metrics}"
         );
     }

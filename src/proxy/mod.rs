@@ -6,6 +6,7 @@
 //! generation the request started on (`new_ctx`), never from the current one: a reload in the
 //! middle of a request does not change its route, policies or headers.
 mod early;
+mod repeat;
 mod steps;
 
 use std::sync::Arc;

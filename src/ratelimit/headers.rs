@@ -56,6 +56,31 @@ impl Decision {
         }
     }
 
+    /// Whether `other` is answered exactly as this decision is: the same refusal, and the same
+    /// policies with the same numbers in the same order, so [`Self::write_headers`] writes the
+    /// same fields. The connection gate sends a kept refusal again on it (`proxy::repeat`).
+    pub fn answers_as(&self, other: &Decision) -> bool {
+        let same_refusal = match (&self.refusal, &other.refusal) {
+            (Some(a), Some(b)) => {
+                a.status == b.status
+                    && a.retry_after_secs == b.retry_after_secs
+                    && a.detail == b.detail
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        same_refusal
+            && self.legacy_headers == other.legacy_headers
+            && self.verdicts.len() == other.verdicts.len()
+            && self.verdicts.iter().zip(&other.verdicts).all(|(a, b)| {
+                std::sync::Arc::ptr_eq(&a.policy, &b.policy)
+                    && a.admitted == b.admitted
+                    && a.remaining == b.remaining
+                    && a.reset_secs == b.reset_secs
+                    && a.retry_after_secs == b.retry_after_secs
+            })
+    }
+
     /// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured-field
     /// lists, one item per policy) and, if configured, the legacy trio for the tightest policy.
     /// Written on every response of a limited route: the policy item is made once, numbers go

@@ -1,0 +1,284 @@
+//! A refusal sent again: the last refusal the connection gate answered on a connection, kept so
+//! that the same head, refused the same way, is answered by patching its bytes.
+//!
+//! Phase: the gate's early answers (`proxy::early`); one [`Repeat`] per connection, made when
+//! it opens (`gate::Early::Memo`). A client over its limit sends the same request again and
+//! again, usually on one connection. Parsing each head, then building each refusal (the
+//! problem body, some 17 fields, their bytes), cost about as much as the gate's read and write
+//! together (BENCHMARKS.md, session 11). Kept, the head's parse and the answer's bytes are used
+//! again; what decides the answer still runs for every request (`steps::identify`,
+//! `before_limits`, the limiter's decision), and the request is counted and recorded as any.
+//!
+//! Invariant: kept bytes are sent again only for a byte-identical head on the same connection
+//! (so the same peer and TLS), under the same configuration generation, with the same `last`,
+//! for a decision that writes the same fields and body (`Decision::answers_as`). What differs
+//! per request is patched in place at the same length: the request id wherever the kept one
+//! occurs, the timing fields (`Headers::timing`) and `Date`. Anything else, or a value of
+//! another length, builds the answer again.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use http::HeaderName;
+use pingora::http::RequestHeader;
+
+use crate::ctx::Ctx;
+use crate::ratelimit::Decision;
+use crate::runtime::Runtime;
+
+/// What one connection keeps between its early answers: nothing, or the last refused head.
+#[derive(Default)]
+pub struct Repeat {
+    kept: Option<Kept>,
+}
+
+struct Kept {
+    runtime: Arc<Runtime>,
+    head: Vec<u8>,
+    last: bool,
+    /// `head` parsed, its path canonical.
+    req: RequestHeader,
+    refusal: Template,
+}
+
+impl Repeat {
+    /// The parse and refusal kept for `head`, if it is the kept head again under the same
+    /// generation and `last`. Whatever is kept is taken: a different head forgets it.
+    pub(super) fn take(
+        &mut self,
+        head: &[u8],
+        runtime: &Arc<Runtime>,
+        last: bool,
+    ) -> Option<(RequestHeader, Template)> {
+        let kept = self.kept.take()?;
+        let same = kept.head == head && kept.last == last && Arc::ptr_eq(&kept.runtime, runtime);
+        same.then_some((kept.req, kept.refusal))
+    }
+
+    /// Keep `req`, parsed from `head` and canonical, with the refusal it got.
+    pub(super) fn keep(
+        &mut self,
+        head: &[u8],
+        runtime: Arc<Runtime>,
+        last: bool,
+        req: RequestHeader,
+        refusal: Template,
+    ) {
+        self.kept = Some(Kept {
+            runtime,
+            head: head.to_vec(),
+            last,
+            req,
+            refusal,
+        });
+    }
+}
+
+/// An early answer as it is written, with what the access log needs of it.
+#[derive(Clone)]
+pub(super) struct Sent {
+    pub status: u16,
+    pub body_len: usize,
+    pub bytes: Vec<u8>,
+    pub keep_alive: bool,
+}
+
+#[cfg(test)]
+impl Repeat {
+    /// The head kept, if any.
+    pub(super) fn kept_head(&self) -> Option<&[u8]> {
+        self.kept.as_ref().map(|k| k.head.as_slice())
+    }
+}
+
+/// A refusal as it was sent, and where the values that change per request are in its bytes.
+pub(super) struct Template {
+    /// The decision the refusal was built on.
+    decision: Decision,
+    request_id: String,
+    sent: Sent,
+    /// Where `request_id` occurs in `bytes` (its field and the problem body).
+    id_at: Vec<usize>,
+    /// The value of `Date` and of each timing field in `bytes`.
+    fields: Vec<(HeaderName, Range<usize>)>,
+}
+
+impl Template {
+    /// `sent`: the answer to a request refused on `decision`, with `ctx`'s request id.
+    pub(super) fn new(sent: Sent, decision: Decision, ctx: &Ctx) -> Self {
+        let request_id = ctx.request_id.clone();
+        let bytes = &sent.bytes;
+        let id_at = occurrences(bytes, request_id.as_bytes());
+        let timing = ctx.runtime.headers.timing(&ctx.downstream());
+        let names = std::iter::once(http::header::DATE).chain(
+            timing
+                .into_iter()
+                .filter(|(_, v)| v.is_some())
+                .map(|(n, _)| n),
+        );
+        let fields = names
+            .filter_map(|name| Some((name.clone(), value_at(bytes, &name)?)))
+            .collect();
+        Self {
+            decision,
+            request_id,
+            sent,
+            id_at,
+            fields,
+        }
+    }
+
+    /// The kept answer for a request refused on `decision` with `ctx`'s request id and timing,
+    /// or `None` when it would differ from it in more than those values.
+    pub(super) fn again(&self, decision: &Decision, ctx: &Ctx) -> Option<Sent> {
+        if !decision.answers_as(&self.decision) {
+            return None;
+        }
+        let mut sent = self.sent.clone();
+        let bytes = &mut sent.bytes;
+        // Ids first: a kept id the client chose (not a generated one) is the same again, and
+        // is left as it is, so its occurrences may be anywhere.
+        if ctx.request_id != self.request_id {
+            let id = ctx.request_id.as_bytes();
+            for &at in &self.id_at {
+                place(bytes, at..at + self.request_id.len(), id)?;
+            }
+        }
+        let date = pingora::protocols::http::date::get_cached_date();
+        let timing = ctx.runtime.headers.timing(&ctx.downstream());
+        let values = std::iter::once((http::header::DATE, Some(date))).chain(timing);
+        for (name, value) in values {
+            let Some(value) = value else { continue };
+            let (_, at) = self.fields.iter().find(|(n, _)| *n == name)?;
+            place(bytes, at.clone(), value.as_bytes())?;
+        }
+        Some(sent)
+    }
+}
+
+/// Write `value` over `at` if it has that length.
+fn place(bytes: &mut [u8], at: Range<usize>, value: &[u8]) -> Option<()> {
+    let slot = bytes.get_mut(at)?;
+    (slot.len() == value.len()).then(|| slot.copy_from_slice(value))
+}
+
+/// Where `needle` starts in `bytes`, without overlaps.
+fn occurrences(bytes: &[u8], needle: &[u8]) -> Vec<usize> {
+    let mut found = Vec::with_capacity(2);
+    if needle.is_empty() {
+        return found;
+    }
+    let mut at = 0;
+    while let Some(i) = bytes
+        .get(at..)
+        .and_then(|rest| rest.windows(needle.len()).position(|w| w == needle))
+    {
+        found.push(at + i);
+        at += i + needle.len();
+    }
+    found
+}
+
+/// Where the value of the field `name` is in the head that starts `bytes` (the status line
+/// and field lines as `Fields::head_to_h1` writes them); `None` when it is absent, or there
+/// more than once.
+fn value_at(bytes: &[u8], name: &HeaderName) -> Option<Range<usize>> {
+    let mut found = None;
+    let mut lines = Lines { bytes, at: 0 };
+    lines.next(); // the status line
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let text = &bytes[line.clone()];
+        let Some(colon) = text.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if !text[..colon].eq_ignore_ascii_case(name.as_str().as_bytes()) {
+            continue;
+        }
+        if found.is_some() {
+            return None;
+        }
+        let blanks = text[colon + 1..]
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        found = Some(line.start + colon + 1 + blanks..line.end);
+    }
+    found
+}
+
+/// The lines of `bytes` ended by CRLF, as ranges without their ends.
+struct Lines<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for Lines<'_> {
+    type Item = Range<usize>;
+
+    fn next(&mut self) -> Option<Range<usize>> {
+        let rest = self.bytes.get(self.at..)?;
+        let end = self.at + rest.windows(2).position(|w| w == b"\r\n")?;
+        let line = self.at..end;
+        self.at = end + 2;
+        Some(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn value_in(bytes: &[u8], name: &HeaderName) -> Option<HeaderValue> {
+        value_at(bytes, name).and_then(|at| HeaderValue::from_bytes(&bytes[at]).ok())
+    }
+
+    const HEAD: &[u8] =
+        b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/problem+json\r\n\
+x-request-id: 95b08b5a-9605-403c-979d-fb17bf7892c7\r\nx-process-time:  0.000049\r\n\
+Date: Tue, 01 Dec 2026 12:46:08 GMT\r\nserver-timing: a\r\nserver-timing: b\r\n\r\n\
+{\"request_id\":\"95b08b5a-9605-403c-979d-fb17bf7892c7\"}";
+
+    #[test]
+    fn field_values_are_found_by_name_once() {
+        let date = value_in(HEAD, &http::header::DATE).expect("date");
+        assert_eq!(date, "Tue, 01 Dec 2026 12:46:08 GMT");
+        let took = value_in(HEAD, &HeaderName::from_static("x-process-time")).expect("time");
+        assert_eq!(took, "0.000049", "blanks after the colon are not the value");
+        assert!(
+            value_at(HEAD, &HeaderName::from_static("server-timing")).is_none(),
+            "a field there twice is not patched"
+        );
+        assert!(value_at(HEAD, &http::header::RETRY_AFTER).is_none());
+        assert!(
+            value_at(b"HTTP/1.1 200 OK\r\n\r\nDate: x\r\n", &http::header::DATE).is_none(),
+            "the body is not the head"
+        );
+    }
+
+    #[test]
+    fn ids_are_found_wherever_they_occur() {
+        let id = b"95b08b5a-9605-403c-979d-fb17bf7892c7";
+        let at = occurrences(HEAD, id);
+        assert_eq!(at.len(), 2);
+        assert!(at.iter().all(|&i| &HEAD[i..i + id.len()] == id));
+        assert_eq!(occurrences(b"aaaa", b"aa"), vec![0, 2], "without overlaps");
+        assert!(occurrences(HEAD, b"").is_empty());
+    }
+
+    #[test]
+    fn a_value_of_another_length_is_not_placed() {
+        let mut bytes = b"abcdef".to_vec();
+        assert!(place(&mut bytes, 1..3, b"XY").is_some());
+        assert_eq!(bytes, b"aXYdef");
+        assert!(place(&mut bytes, 1..3, b"XYZ").is_none());
+        assert!(
+            place(&mut bytes, 5..9, b"WXYZ").is_none(),
+            "out of the bytes"
+        );
+        assert_eq!(bytes, b"aXYdef");
+    }
+}
