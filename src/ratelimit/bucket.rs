@@ -40,6 +40,8 @@ pub struct Policy {
     /// This policy's item of `RateLimit-Policy` (`"name";q=burst;w=window`), made once: it is
     /// the same on every response, and the whole header when the route has one policy.
     pub header_item: http::HeaderValue,
+    /// The problem detail of a refusal by this policy, made once.
+    pub refusal_detail: String,
 }
 
 impl Policy {
@@ -57,6 +59,7 @@ impl Policy {
                 "\"{name}\";q={burst};w={window_secs}"
             ))
             .unwrap_or(http::HeaderValue::from_static("")),
+            refusal_detail: format!("rate limit exceeded (policy \"{name}\")"),
             name: name.to_string(),
             key: c.key.clone(),
             routes: c.routes.clone(),

@@ -61,6 +61,8 @@ pub struct Limiter {
     /// Tokens of leased policies taken from Redis and not spent yet (Redis store only).
     leases: lease::Leases,
     metrics: Arc<Metrics>,
+    /// Each policy's decision counters, by its index in `policies`.
+    counted: Vec<Counted>,
     /// Running on the fallback (logged and gauged once per outage).
     fallback: AtomicBool,
 }
@@ -95,8 +97,10 @@ impl Limiter {
                 .memory
                 .carried_over(&r.policies, &policies, config.memory_slots),
         };
+        let counted = policies.iter().map(|p| Counted::new(&metrics, p)).collect();
         Self {
             memory,
+            counted,
             redis: redis.map(|r| redis::RedisBuckets::new(r, cluster)),
             refused: Default::default(),
             leases: Default::default(),
@@ -267,20 +271,20 @@ impl Limiter {
             .map(|(c, o)| self.policies[c.policy].verdict(o))
             .collect();
         let mut refusal: Option<Refusal> = None;
-        for v in &verdicts {
-            let outcome = match (v.admitted, v.policy.report_only) {
-                (true, _) => "allowed",
-                (false, true) => "report_only_limited",
-                (false, false) => "limited",
-            };
-            self.count(&v.policy.name, outcome);
+        for (c, v) in charges.iter().zip(&verdicts) {
+            let counted = &self.counted[c.policy];
+            if v.admitted {
+                counted.allowed.inc();
+            } else {
+                counted.refused.inc();
+            }
             if fallback {
-                self.count(&v.policy.name, "fallback");
+                self.count_fallback(&v.policy.name);
             }
             if !v.admitted && !v.policy.report_only {
                 let r = refusal.get_or_insert_with(|| Refusal {
                     status: 429,
-                    detail: format!("rate limit exceeded (policy \"{}\")", v.policy.name),
+                    detail: v.policy.refusal_detail.clone(),
                     retry_after_secs: 0,
                 });
                 r.retry_after_secs = r.retry_after_secs.max(v.retry_after_secs);
@@ -313,7 +317,7 @@ impl Limiter {
     /// `allow` / `deny` while the store is out: no bucket was consulted.
     fn without_store(&self, charges: &[Charge]) -> Decision {
         for c in charges {
-            self.count(&self.policies[c.policy].name, "fallback");
+            self.count_fallback(&self.policies[c.policy].name);
         }
         Decision {
             verdicts: Vec::new(),
@@ -326,10 +330,11 @@ impl Limiter {
         }
     }
 
-    fn count(&self, policy: &str, outcome: &str) {
+    /// Looked up when it happens: a series only appears once the limiter has fallen back.
+    fn count_fallback(&self, policy: &str) {
         self.metrics
             .ratelimit_decisions
-            .with_label_values(&[policy, outcome])
+            .with_label_values(&[policy, "fallback"])
             .inc();
     }
 
@@ -361,6 +366,33 @@ impl Limiter {
                 .store_fallback
                 .with_label_values(&["ratelimit"])
                 .set(0);
+        }
+    }
+}
+
+/// One policy's `rampart_ratelimit_decisions_total` series for its two verdicts, resolved
+/// once: looking a series up by its labels hashed them on every decision.
+struct Counted {
+    allowed: prometheus::IntCounter,
+    /// `limited`, or `report_only_limited` for a report-only policy.
+    refused: prometheus::IntCounter,
+}
+
+impl Counted {
+    fn new(metrics: &Metrics, policy: &Policy) -> Self {
+        let series = |outcome: &str| {
+            metrics
+                .ratelimit_decisions
+                .with_label_values(&[policy.name.as_str(), outcome])
+        };
+        let refused = if policy.report_only {
+            "report_only_limited"
+        } else {
+            "limited"
+        };
+        Self {
+            allowed: series("allowed"),
+            refused: series(refused),
         }
     }
 }
