@@ -18,6 +18,67 @@ use prometheus::{
     TextEncoder,
 };
 
+/// Ids of [`Metrics`] made so far.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many label sets of finished requests a thread keeps handles on ([`RECENT`]).
+const RECENT_SLOTS: usize = 32;
+
+thread_local! {
+    /// Each thread's handles on the `http_requests_total` and duration series it recorded
+    /// lately, direct-mapped by their labels. `with_label_values` hashes the labels, takes the
+    /// family's lock and clones the series' `Arc` for every request: two per request, with the
+    /// lock and the reference count on cache lines every worker thread writes.
+    static RECENT: std::cell::RefCell<[Option<Series>; RECENT_SLOTS]> =
+        const { std::cell::RefCell::new([const { None }; RECENT_SLOTS]) };
+}
+
+/// The series of one label set of finished requests.
+struct Series {
+    metrics: u64,
+    method: &'static str,
+    route: Box<str>,
+    status: u16,
+    requests: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+}
+
+impl Series {
+    fn new(metrics: &Metrics, method: &'static str, route: &str, status: u16) -> Self {
+        let mut buf = [0u8; 3];
+        let status_text = status_label(status, &mut buf);
+        Self {
+            metrics: metrics.id,
+            method,
+            route: route.into(),
+            status,
+            requests: metrics
+                .requests
+                .with_label_values(&[method, route, status_text]),
+            duration: metrics.duration.with_label_values(&[method, route]),
+        }
+    }
+
+    fn is(&self, metrics: u64, method: &str, route: &str, status: u16) -> bool {
+        self.metrics == metrics
+            && self.status == status
+            && self.method == method
+            && *self.route == *route
+    }
+
+    /// Where a label set's handles go in [`RECENT`]: FNV-1a over its labels.
+    fn slot(method: &str, route: &str, status: u16) -> usize {
+        let bytes = method
+            .bytes()
+            .chain(route.bytes())
+            .chain(status.to_le_bytes());
+        let hash = bytes.fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (hash % RECENT_SLOTS as u64) as usize
+    }
+}
+
 /// `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -110,6 +171,9 @@ impl PublicEndpoint {
 /// the tests do, without mixing their figures).
 pub struct Metrics {
     registry: Registry,
+    /// This set of families among others in the process (tests make several): the key of
+    /// its series among a thread's [`RECENT`] handles.
+    id: u64,
     /// `[metrics] enabled`: per-request recording on or off.
     per_request: bool,
     /// Old stack's name: `http_requests_total{method,route,status}`.
@@ -333,6 +397,7 @@ impl Metrics {
             )?,
             registry,
             per_request: config.enabled,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -365,14 +430,15 @@ impl Metrics {
         self.in_flight.dec();
         let method = method_label(method);
         let route = route.unwrap_or(UNMATCHED);
-        let mut buf = [0u8; 3];
-        let status = status_label(status, &mut buf);
-        self.requests
-            .with_label_values(&[method, route, status])
-            .inc();
-        self.duration
-            .with_label_values(&[method, route])
-            .observe(secs);
+        RECENT.with_borrow_mut(|recent| {
+            let slot = &mut recent[Series::slot(method, route, status)];
+            let series = match slot {
+                Some(series) if series.is(self.id, method, route, status) => series,
+                _ => slot.insert(Series::new(self, method, route, status)),
+            };
+            series.requests.inc();
+            series.duration.observe(secs);
+        });
     }
 
     /// An upstream answered after `took`; a 5xx also counts as an error of the group.
@@ -467,6 +533,40 @@ fn status_label(status: u16, buf: &mut [u8; 3]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finished requests land in their own series, whichever handles a thread kept: more label
+    /// sets than slots, in turns, and two sets of families on one thread.
+    #[test]
+    fn finished_requests_are_counted_by_their_labels() {
+        let config = Config::default();
+        let (a, b) = (
+            Metrics::new(&config).expect("a"),
+            Metrics::new(&config).expect("b"),
+        );
+        let routes: Vec<String> = (0..RECENT_SLOTS * 2).map(|i| format!("r{i}")).collect();
+        for round in 0..3 {
+            for (i, route) in routes.iter().enumerate() {
+                let status = if i % 2 == 0 { 200 } else { 429 };
+                a.request_started();
+                a.request_done(&http::Method::GET, Some(route), status, 0.001);
+                if round == 0 {
+                    b.request_started();
+                    b.request_done(&http::Method::POST, Some(route), status, 0.001);
+                }
+            }
+        }
+        let (a, b) = (a.render(), b.render());
+        let (a, b) = (String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+        for (i, route) in routes.iter().enumerate() {
+            let status = if i % 2 == 0 { 200 } else { 429 };
+            let line = |method| {
+                format!("http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}}")
+            };
+            assert!(a.contains(&format!("{} 3\n", line("GET"))), "{route}: {a}");
+            assert!(b.contains(&format!("{} 1\n", line("POST"))), "{route}: {b}");
+            assert!(!a.contains(&line("POST")) && !b.contains(&line("GET")));
+        }
+    }
 
     #[test]
     fn upstream_errors_are_counted_by_kind() {
