@@ -73,20 +73,21 @@ pub trait Early: Send + Sync {
     /// The whole response to a checked head of a request without a body, or `None` for
     /// Pingora to serve it. `last`: the connection closes after this request (its request
     /// budget is spent, or the server is shutting down), so the answer must say so.
-    fn answer(
+    fn answer<'m>(
         &self,
-        memo: &mut Self::Memo,
+        memo: &'m mut Self::Memo,
         head: &[u8],
         peer: Option<IpAddr>,
         tls: bool,
         last: bool,
-    ) -> Option<Answer>;
+    ) -> Option<Answer<'m>>;
 }
 
 /// A response the gate writes itself.
-pub struct Answer {
-    /// Status line, fields and body, as Pingora would have written them.
-    pub bytes: Vec<u8>,
+pub struct Answer<'a> {
+    /// Status line, fields and body, as Pingora would have written them: made for this
+    /// request, or lent by the connection's memo (a kept answer, patched).
+    pub bytes: std::borrow::Cow<'a, [u8]>,
     /// The connection stays open for the next request.
     pub keep_alive: bool,
 }
@@ -307,7 +308,7 @@ where
     }
 
     /// Write an early answer; whether the connection goes on to its next request.
-    async fn send_answer(&self, conn: &mut Conn, answer: Answer) -> bool {
+    async fn send_answer(&self, conn: &mut Conn, answer: Answer<'_>) -> bool {
         let write = async {
             conn.inner.write_all(&answer.bytes).await?;
             conn.inner.flush().await?;

@@ -18,6 +18,7 @@
 //! answer otherwise (404, 400, a preflight, a miss) leaves the request to Pingora, which
 //! decides it from the start: nothing was charged or counted here.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{HeaderValue, CONNECTION};
@@ -40,56 +41,66 @@ use super::Proxy;
 impl Early for Proxy {
     type Memo = Repeat;
 
-    fn answer(
+    fn answer<'m>(
         &self,
-        repeat: &mut Repeat,
+        repeat: &'m mut Repeat,
         head: &[u8],
         peer: Option<IpAddr>,
         tls: bool,
         last: bool,
-    ) -> Option<Answer> {
+    ) -> Option<Answer<'m>> {
         let runtime = self.live.current();
         let refusing = runtime.ratelimit.refuses_any();
         if !refusing && !may_hit(&runtime, head) {
             return None;
         }
-        let (mut req, kept) = match repeat.take(head, &runtime, last) {
+        let mut parsed = None;
+        let (req, kept) = match repeat.same(head, &runtime, last) {
             Some((req, refusal)) => (req, Some(refusal)),
-            None => (request_header(head)?, None),
+            None => (parsed.insert(request_header(head)?), None),
         };
         let mut ctx = Ctx::new(runtime);
-        identify(&req, peer, tls, &mut ctx);
-        let reply = self.early(&mut req, &mut ctx, refusing, last, kept.as_ref());
+        identify(req, peer, tls, &mut ctx);
+        let reply = self.early(req, &mut ctx, refusing, last, kept);
         if let Some(reply) = &reply {
-            let sent = reply.sent();
+            let (status, body_len) = reply.recorded();
             self.metrics.request_started();
-            self.record(&req, &ctx, sent.status, sent.body_len, None);
+            self.record(req, &ctx, status, body_len, None);
         }
         ctx.unfinished.finish();
-        let sent = match reply? {
-            Reply::Hit(sent) => sent,
-            Reply::Again(sent) => {
-                if let Some(kept) = kept {
-                    repeat.keep(head, ctx.runtime.clone(), last, req, kept);
+        match reply? {
+            Reply::Hit(sent) => Some(sent.owned()),
+            // `limited` left the decision in `ctx`; the answer is kept with it, and lent.
+            Reply::Refused(sent) => match ctx.ratelimit.take() {
+                Some(decision) => {
+                    let refusal = Template::new(sent, decision, &ctx);
+                    repeat.keep(head, &ctx.runtime, last, parsed, refusal);
+                    repeat.answer().map(Sent::lent)
                 }
-                sent
-            }
-            Reply::Refused(sent) => {
-                if let Some(decision) = ctx.ratelimit.take() {
-                    let refusal = Template::new(sent.clone(), decision, &ctx);
-                    repeat.keep(head, ctx.runtime.clone(), last, req, refusal);
-                }
-                sent
-            }
-        };
-        Some(Answer {
-            bytes: sent.bytes,
-            keep_alive: sent.keep_alive,
-        })
+                None => Some(sent.owned()),
+            },
+            Reply::Again { .. } => repeat.answer().map(Sent::lent),
+        }
     }
 }
 
 impl Sent {
+    /// The answer the gate writes.
+    fn owned(self) -> Answer<'static> {
+        Answer {
+            bytes: Cow::Owned(self.bytes),
+            keep_alive: self.keep_alive,
+        }
+    }
+
+    /// The answer the gate writes, lent.
+    fn lent(&self) -> Answer<'_> {
+        Answer {
+            bytes: Cow::Borrowed(&self.bytes),
+            keep_alive: self.keep_alive,
+        }
+    }
+
     /// `resp` and `body` as the client gets them (no body for HEAD), with `Date` and
     /// `Connection`.
     fn of(resp: impl Fields, body: &[u8], req: &RequestHeader, last: bool) -> Self {
@@ -114,14 +125,16 @@ enum Reply {
     Hit(Sent),
     /// A refusal, built.
     Refused(Sent),
-    /// The connection's kept refusal, sent again (`repeat`).
-    Again(Sent),
+    /// The connection's kept refusal, patched to be sent again (`repeat`).
+    Again { status: u16, body_len: usize },
 }
 
 impl Reply {
-    fn sent(&self) -> &Sent {
+    /// Its status and body length, for the record.
+    fn recorded(&self) -> (u16, usize) {
         match self {
-            Reply::Hit(sent) | Reply::Refused(sent) | Reply::Again(sent) => sent,
+            Reply::Hit(sent) | Reply::Refused(sent) => (sent.status, sent.body_len),
+            Reply::Again { status, body_len } => (*status, *body_len),
         }
     }
 }
@@ -138,7 +151,7 @@ impl Proxy {
         ctx: &mut Ctx,
         refusing: bool,
         last: bool,
-        kept: Option<&Template>,
+        kept: Option<&mut Template>,
     ) -> Option<Reply> {
         if kept.is_none() {
             path::canonicalize(req).ok()?;
@@ -165,8 +178,12 @@ impl Proxy {
             return None;
         };
         if let Some(sent) = kept.and_then(|kept| kept.again(&decision, ctx)) {
+            let again = Reply::Again {
+                status: sent.status,
+                body_len: sent.body_len,
+            };
             ctx.ratelimit = Some(decision);
-            return Some(Reply::Again(sent));
+            return Some(again);
         }
         let refusal = limited(decision, ctx)?;
         let (resp, body) = respond::prepare(&ctx.runtime.headers, req, ctx, refusal);
@@ -315,17 +332,13 @@ routes = ["api"]
         let client = Some(IpAddr::from([192, 0, 2, 1]));
         let get = "GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n";
         assert!(
-            proxy
-                .answer(&mut Repeat::default(), get.as_bytes(), client, false, false)
-                .is_none(),
+            answer_once(&proxy, get.as_bytes(), client, false).is_none(),
             "nothing refused yet"
         );
         assert_eq!(checked(&proxy, get).await, 200);
         assert_eq!(checked(&proxy, get).await, 200);
         assert!(
-            proxy
-                .answer(&mut Repeat::default(), get.as_bytes(), client, false, false)
-                .is_none(),
+            answer_once(&proxy, get.as_bytes(), client, false).is_none(),
             "not refused yet"
         );
         assert_eq!(
@@ -334,12 +347,10 @@ routes = ["api"]
             "the limiter refuses and learns it"
         );
 
-        let answer = proxy
-            .answer(&mut Repeat::default(), get.as_bytes(), client, false, false)
-            .expect("known refusing");
+        let answer = answer_once(&proxy, get.as_bytes(), client, false).expect("known refusing");
         assert!(answer.keep_alive);
         // Field names as Pingora writes them; compared without case.
-        let text = String::from_utf8(answer.bytes)
+        let text = String::from_utf8(answer.bytes.into_owned())
             .expect("utf-8")
             .to_ascii_lowercase();
         assert!(
@@ -360,54 +371,33 @@ routes = ["api"]
         assert!(text.ends_with('}'), "the problem body follows: {text}");
 
         // The connection's last request says so; HEAD has no body; the client may close.
-        let last = proxy
-            .answer(&mut Repeat::default(), get.as_bytes(), client, false, true)
-            .expect("refused");
+        let last = answer_once(&proxy, get.as_bytes(), client, true).expect("refused");
         assert!(!last.keep_alive);
         let last = String::from_utf8_lossy(&last.bytes).to_ascii_lowercase();
         assert!(last.contains("\r\nconnection: close\r\n"), "{last}");
-        let head = proxy
-            .answer(
-                &mut Repeat::default(),
-                b"HEAD /api/x HTTP/1.1\r\nHost: h\r\n\r\n",
-                client,
-                false,
-                false,
-            )
-            .expect("refused");
+        let head = answer_once(
+            &proxy,
+            b"HEAD /api/x HTTP/1.1\r\nHost: h\r\n\r\n",
+            client,
+            false,
+        )
+        .expect("refused");
         assert!(
             head.bytes.ends_with(b"\r\n\r\n"),
             "no body after a HEAD's header"
         );
         let close = "GET /api/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
         assert!(
-            !proxy
-                .answer(
-                    &mut Repeat::default(),
-                    close.as_bytes(),
-                    client,
-                    false,
-                    false
-                )
+            !answer_once(&proxy, close.as_bytes(), client, false)
                 .expect("refused")
                 .keep_alive
         );
 
         // Another client, another route, no route: Pingora's to decide.
         let other = Some(IpAddr::from([192, 0, 2, 2]));
-        assert!(proxy
-            .answer(&mut Repeat::default(), get.as_bytes(), other, false, false)
-            .is_none());
+        assert!(answer_once(&proxy, get.as_bytes(), other, false).is_none());
         let unlimited = "GET /site HTTP/1.1\r\nHost: h\r\n\r\n";
-        assert!(proxy
-            .answer(
-                &mut Repeat::default(),
-                unlimited.as_bytes(),
-                client,
-                false,
-                false
-            )
-            .is_none());
+        assert!(answer_once(&proxy, unlimited.as_bytes(), client, false).is_none());
 
         // Counted as the limiter counts a refusal, and as a request.
         let metrics = proxy.metrics.render();
@@ -452,9 +442,13 @@ routes = ["api"]
         }
         let mut repeat = Repeat::default();
         let answer = |repeat: &mut Repeat, head: &str, last: bool| {
-            proxy
+            let lent = proxy
                 .answer(repeat, head.as_bytes(), client, false, last)
-                .expect("refused")
+                .expect("refused");
+            Answer {
+                bytes: Cow::Owned(lent.bytes.into_owned()),
+                keep_alive: lent.keep_alive,
+            }
         };
         let first = answer(&mut repeat, get, false);
         assert_eq!(repeat.kept_head(), Some(get.as_bytes()), "kept");
@@ -498,6 +492,21 @@ routes = ["api"]
             metrics.contains("http_requests_total{method=\"GET\",route=\"api\",status=\"429\"} 7"),
             "the gate's GETs: {metrics}"
         );
+    }
+
+    /// `answer` on a connection of its own, the answer owned.
+    fn answer_once(
+        proxy: &Proxy,
+        head: &[u8],
+        client: Option<IpAddr>,
+        last: bool,
+    ) -> Option<Answer<'static>> {
+        let mut repeat = Repeat::default();
+        let lent = proxy.answer(&mut repeat, head, client, false, last)?;
+        Some(Answer {
+            bytes: Cow::Owned(lent.bytes.into_owned()),
+            keep_alive: lent.keep_alive,
+        })
     }
 
     fn head(text: &str) -> RequestHeader {

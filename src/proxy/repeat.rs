@@ -43,34 +43,47 @@ struct Kept {
 
 impl Repeat {
     /// The parse and refusal kept for `head`, if it is the kept head again under the same
-    /// generation and `last`. Whatever is kept is taken: a different head forgets it.
-    pub(super) fn take(
+    /// generation and `last`. A different head forgets what was kept.
+    pub(super) fn same(
         &mut self,
         head: &[u8],
         runtime: &Arc<Runtime>,
         last: bool,
-    ) -> Option<(RequestHeader, Template)> {
-        let kept = self.kept.take()?;
-        let same = kept.head == head && kept.last == last && Arc::ptr_eq(&kept.runtime, runtime);
-        same.then_some((kept.req, kept.refusal))
+    ) -> Option<(&mut RequestHeader, &mut Template)> {
+        let same = self.kept.as_ref().is_some_and(|kept| {
+            kept.head == head && kept.last == last && Arc::ptr_eq(&kept.runtime, runtime)
+        });
+        if !same {
+            self.kept = None;
+        }
+        let kept = self.kept.as_mut()?;
+        Some((&mut kept.req, &mut kept.refusal))
     }
 
-    /// Keep `req`, parsed from `head` and canonical, with the refusal it got.
+    /// Keep `refusal`, the answer to `head`: with `parsed`, the head's parse (canonical), or
+    /// for the head kept already (`parsed` is `None`: [`Self::same`] lent its parse).
     pub(super) fn keep(
         &mut self,
         head: &[u8],
-        runtime: Arc<Runtime>,
+        runtime: &Arc<Runtime>,
         last: bool,
-        req: RequestHeader,
+        parsed: Option<RequestHeader>,
         refusal: Template,
     ) {
-        self.kept = Some(Kept {
-            runtime,
-            head: head.to_vec(),
-            last,
-            req,
-            refusal,
-        });
+        match (parsed, self.kept.as_mut()) {
+            (Some(req), _) => {
+                self.kept = Some(Kept {
+                    runtime: runtime.clone(),
+                    head: head.to_vec(),
+                    last,
+                    req,
+                    refusal,
+                })
+            }
+            (None, Some(kept)) => kept.refusal = refusal,
+            // Not reached: only `same` lends a parse, and only of a kept head.
+            (None, None) => {}
+        }
     }
 }
 
@@ -81,6 +94,13 @@ pub(super) struct Sent {
     pub body_len: usize,
     pub bytes: Vec<u8>,
     pub keep_alive: bool,
+}
+
+impl Repeat {
+    /// The kept answer, as [`Template::again`] last patched it or as it was built.
+    pub(super) fn answer(&self) -> Option<&Sent> {
+        self.kept.as_ref().map(|kept| &kept.refusal.sent)
+    }
 }
 
 #[cfg(test)]
@@ -128,31 +148,42 @@ impl Template {
         }
     }
 
-    /// The kept answer for a request refused on `decision` with `ctx`'s request id and timing,
-    /// or `None` when it would differ from it in more than those values.
-    pub(super) fn again(&self, decision: &Decision, ctx: &Ctx) -> Option<Sent> {
+    /// The kept answer, patched for a request refused on `decision` with `ctx`'s request id
+    /// and timing; `None` (and nothing patched) when it would differ in more than those.
+    pub(super) fn again(&mut self, decision: &Decision, ctx: &Ctx) -> Option<&Sent> {
         if !decision.answers_as(&self.decision) {
             return None;
         }
-        let mut sent = self.sent.clone();
-        let bytes = &mut sent.bytes;
-        // Ids first: a kept id the client chose (not a generated one) is the same again, and
-        // is left as it is, so its occurrences may be anywhere.
-        if ctx.request_id != self.request_id {
-            let id = ctx.request_id.as_bytes();
-            for &at in &self.id_at {
-                place(bytes, at..at + self.request_id.len(), id)?;
-            }
-        }
+        // A kept id the client chose (not a generated one) is the same again, and is left as it
+        // is, so its occurrences may be anywhere; a generated one occurs only where it was put.
+        let id = Some(ctx.request_id.as_bytes()).filter(|id| **id != *self.request_id.as_bytes());
         let date = pingora::protocols::http::date::get_cached_date();
-        let timing = ctx.runtime.headers.timing(&ctx.downstream());
-        let values = std::iter::once((http::header::DATE, Some(date))).chain(timing);
-        for (name, value) in values {
+        let [took, total] = ctx.runtime.headers.timing(&ctx.downstream());
+        let values = [(http::header::DATE, Some(date)), took, total];
+        let mut patches: [Option<(Range<usize>, &[u8])>; 3] = Default::default();
+        for (patch, (name, value)) in patches.iter_mut().zip(&values) {
             let Some(value) = value else { continue };
-            let (_, at) = self.fields.iter().find(|(n, _)| *n == name)?;
-            place(bytes, at.clone(), value.as_bytes())?;
+            let (_, at) = self.fields.iter().find(|(n, _)| n == name)?;
+            *patch = Some((at.clone(), value.as_bytes()));
         }
-        Some(sent)
+        // Every value fits, or nothing is written.
+        let fits = |at: &Range<usize>, value: &[u8]| at.len() == value.len();
+        let ids_fit = id.is_none_or(|id| id.len() == self.request_id.len());
+        if !ids_fit || !patches.iter().flatten().all(|(at, v)| fits(at, v)) {
+            return None;
+        }
+        let bytes = &mut self.sent.bytes;
+        if let Some(id) = id {
+            for &at in &self.id_at {
+                place(bytes, at..at + id.len(), id)?;
+            }
+            self.request_id.clear();
+            self.request_id.push_str(&ctx.request_id);
+        }
+        for (at, value) in patches.into_iter().flatten() {
+            place(bytes, at, value)?;
+        }
+        Some(&self.sent)
     }
 }
 
