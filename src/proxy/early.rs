@@ -400,17 +400,7 @@ routes = ["api"]
         assert!(answer_once(&proxy, unlimited.as_bytes(), client, false).is_none());
 
         // Counted as the limiter counts a refusal, and as a request.
-        let metrics = proxy.metrics.render();
-        let metrics = String::from_utf8_lossy(&metrics);
-        assert!(
-            metrics
-                .contains("rampart_ratelimit_decisions_total{outcome=\"limited\",policy=\"p\"} 5"),
-            "{metrics}"
-        );
-        assert!(
-            metrics.contains("http_requests_total{method=\"GET\",route=\"api\",status=\"429\"} 3"),
-            "the gate's GETs: {metrics}"
-        );
+        assert_counted(&proxy, 5, 3);
     }
 
     /// `bytes` as text, with the values that differ per request (the request id, wherever
@@ -481,17 +471,21 @@ routes = ["api"]
         );
         assert!(head_req.bytes.ends_with(b"\r\n\r\n"));
 
+        // The check's refusal and every answer's; the GETs the gate answered.
+        assert_counted(&proxy, 9, 7);
+    }
+
+    /// The policy's refusals so far, and the 429s to a GET on the route.
+    fn assert_counted(proxy: &Proxy, limited: u32, gets: u32) {
         let metrics = proxy.metrics.render();
         let metrics = String::from_utf8_lossy(&metrics);
-        assert!(
-            metrics
-                .contains("rampart_ratelimit_decisions_total{outcome=\"limited\",policy=\"p\"} 9"),
-            "the check's refusal and every answer's: {metrics}"
+        let refusals = format!(
+            "rampart_ratelimit_decisions_total{{outcome=\"limited\",policy=\"p\"}} {limited}\n"
         );
-        assert!(
-            metrics.contains("http_requests_total{method=\"GET\",route=\"api\",status=\"429\"} 7"),
-            "the gate's GETs: {metrics}"
-        );
+        assert!(metrics.contains(&refusals), "{refusals}: {metrics}");
+        let answered =
+            format!("http_requests_total{{method=\"GET\",route=\"api\",status=\"429\"}} {gets}\n");
+        assert!(metrics.contains(&answered), "{answered}: {metrics}");
     }
 
     /// `answer` on a connection of its own, the answer owned.
