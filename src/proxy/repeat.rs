@@ -85,22 +85,19 @@ impl Repeat {
             (None, None) => {}
         }
     }
+
+    /// The kept answer, as [`Template::again`] last patched it or as it was built.
+    pub(super) fn answer(&self) -> Option<&Sent> {
+        self.kept.as_ref().map(|kept| &kept.refusal.sent)
+    }
 }
 
 /// An early answer as it is written, with what the access log needs of it.
-#[derive(Clone)]
 pub(super) struct Sent {
     pub status: u16,
     pub body_len: usize,
     pub bytes: Vec<u8>,
     pub keep_alive: bool,
-}
-
-impl Repeat {
-    /// The kept answer, as [`Template::again`] last patched it or as it was built.
-    pub(super) fn answer(&self) -> Option<&Sent> {
-        self.kept.as_ref().map(|kept| &kept.refusal.sent)
-    }
 }
 
 #[cfg(test)]

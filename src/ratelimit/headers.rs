@@ -17,7 +17,7 @@ const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-r
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// A self-made answer instead of proxying.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: u16,
     pub detail: String,
@@ -60,16 +60,7 @@ impl Decision {
     /// policies with the same numbers in the same order, so [`Self::write_headers`] writes the
     /// same fields. The connection gate sends a kept refusal again on it (`proxy::repeat`).
     pub fn answers_as(&self, other: &Decision) -> bool {
-        let same_refusal = match (&self.refusal, &other.refusal) {
-            (Some(a), Some(b)) => {
-                a.status == b.status
-                    && a.retry_after_secs == b.retry_after_secs
-                    && a.detail == b.detail
-            }
-            (None, None) => true,
-            _ => false,
-        };
-        same_refusal
+        self.refusal == other.refusal
             && self.legacy_headers == other.legacy_headers
             && self.verdicts.len() == other.verdicts.len()
             && self.verdicts.iter().zip(&other.verdicts).all(|(a, b)| {
