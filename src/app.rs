@@ -137,6 +137,7 @@ pub fn build_with(
             config.metrics.server_timing,
         ),
         config.access_log.clone(),
+        config.server.threads,
     );
     let mut service = Service::new("rampart".to_string(), gate);
     service.add_listener(client_listener(&config.server.listen.to_string()));

@@ -114,6 +114,27 @@ fn idle_keep_alive_connections_are_closed_at_the_keepalive_timeout() {
     assert!(conn.buffered().is_empty(), "closed without a word");
 }
 
+/// SIGTERM closes a keep-alive connection waiting for its next request, without a word,
+/// long before its idle timer or the grace period would end.
+#[test]
+fn idle_keep_alive_connections_are_closed_when_shutting_down() {
+    let up = echo();
+    let r = LoggedBinary::start(
+        &format!(
+            "{}[limits]\nkeepalive_timeout = \"60s\"\n",
+            route_all(&up.addr)
+        ),
+        "grace_period = \"30s\"",
+    );
+    let mut conn = HttpConn::connect(r.addr).expect("connect");
+    conn.send("GET", "/a", &[], None, false).expect("send");
+    assert_eq!(conn.read_response(false).expect("response").status, 200);
+    r.begin_shutdown();
+    conn.closed_within(Duration::from_secs(10))
+        .expect("the idle connection was closed at shutdown");
+    assert!(conn.buffered().is_empty(), "closed without a word");
+}
+
 #[test]
 fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
     let up = echo();

@@ -14,12 +14,12 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
-use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::limits::chunked::Chunked;
 use crate::limits::head::{self, Framing, Scan, Scanner};
 
+use super::stopping::Stopping;
 use super::wait::{HeadRead, Wait};
 use super::{HOLD_MAX, LINGER, LINGER_BYTES};
 
@@ -141,10 +141,9 @@ impl Conn {
         &mut self,
         limits: &head::Limits,
         wait: Wait,
-        shutdown: &ShutdownWatch,
+        stopping: &Stopping,
     ) -> HeadRead {
         self.scanner = Scanner::default();
-        let mut shutdown = shutdown.clone();
         let mut idle = wait.idle.filter(|_| self.buf.is_empty());
         let mut deadline = std::time::Instant::now() + idle.unwrap_or(wait.head);
         loop {
@@ -176,7 +175,7 @@ impl Conn {
             // Shutting down closes a connection idle between requests; a fresh one still gets
             // its first request served (its client has just connected and is sending it).
             let between_requests = idle.is_some();
-            if *shutdown.borrow_and_update() && self.buf.is_empty() && between_requests {
+            if stopping.is_set() && self.buf.is_empty() && between_requests {
                 return HeadRead::Closed("shutting down");
             }
             let room = (limits.section + 1).saturating_sub(self.buf.len()).max(1);
@@ -210,7 +209,7 @@ impl Conn {
                         HeadRead::TimedOut
                     };
                 }
-                _ = shutdown.changed(), if empty && between_requests => {
+                () = stopping.wait(), if empty && between_requests => {
                     return HeadRead::Closed("shutting down");
                 }
             };

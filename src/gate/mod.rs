@@ -50,9 +50,11 @@ use crate::metrics::{self, Metrics};
 use crate::respond::{self, LocalResponse};
 
 mod conn;
+mod stopping;
 mod wait;
 
 use conn::Conn;
+use stopping::Stopping;
 use wait::{peer_ip, HeadRead, Refused, RequestLine, Wait};
 
 /// Bytes of a next request held while Pingora finishes the current one; past this the gate
@@ -104,11 +106,14 @@ pub struct Gate<SV, E> {
     metrics: Arc<Metrics>,
     headers: Headers,
     access_log: accesslog::Config,
+    /// Set when the server begins to stop ([`ServerApp::cleanup`]); read per request.
+    stopping: Stopping,
 }
 
 impl<SV, E> Gate<SV, E> {
     /// `app` is configured here too: HTTP/2's head size and idle connections follow
-    /// `[limits]` as HTTP/1's do.
+    /// `[limits]` as HTTP/1's do. `threads`: the service's worker threads.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mut app: HttpProxy<SV>,
         early: Arc<E>,
@@ -117,6 +122,7 @@ impl<SV, E> Gate<SV, E> {
         metrics: Arc<Metrics>,
         headers: Headers,
         access_log: accesslog::Config,
+        threads: usize,
     ) -> Self {
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2_idle_timeout = Some(limits.keepalive_timeout.0);
@@ -136,6 +142,7 @@ impl<SV, E> Gate<SV, E> {
             metrics,
             headers,
             access_log,
+            stopping: Stopping::new(threads),
         }
     }
 }
@@ -212,7 +219,9 @@ where
         None
     }
 
+    /// Pingora calls this once its listeners stop accepting, as the server begins to stop.
     async fn cleanup(&self) {
+        self.stopping.stop();
         self.app.http_cleanup().await;
     }
 }
@@ -245,7 +254,7 @@ where
             } else {
                 Wait::idle(&self.limits)
             };
-            let refusal = match conn.read_head(&self.head, wait, shutdown).await {
+            let refusal = match conn.read_head(&self.head, wait, &self.stopping).await {
                 HeadRead::Ready if crowded => Refused::new(
                     503,
                     Reason::ClientConnections,
@@ -257,7 +266,7 @@ where
                         .limits
                         .max_requests_per_connection
                         .saturating_sub(served);
-                    let last = budget == 0 || *shutdown.borrow();
+                    let last = budget == 0 || self.stopping.is_set();
                     if let Some(answer) = conn
                         .bodiless_head()
                         .and_then(|head| self.early.answer(&mut memo, head, peer, tls, last))
@@ -284,7 +293,7 @@ where
                         log::debug!("request framing ended apart from Pingora's; closing");
                         return;
                     }
-                    if *shutdown.borrow() {
+                    if self.stopping.is_set() {
                         return;
                     }
                     settings = persisted;

@@ -431,12 +431,17 @@ impl LoggedBinary {
         log
     }
 
-    /// SIGTERM (graceful shutdown), then wait for the exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    /// SIGTERM (graceful shutdown), without waiting for the exit.
+    pub fn begin_shutdown(&self) {
         let pid = self.child.id().to_string();
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status();
+    }
+
+    /// SIGTERM (graceful shutdown), then wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.begin_shutdown();
         let deadline = Instant::now() + READY;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
