@@ -16,13 +16,17 @@
 //! `upstream_response_filter` and `logging` report outcomes. The probes run in the load
 //! balancer's background service.
 //!
-//! Invariants: an address is "up" when both signals say so; `rampart_upstream_healthy
+//! Invariants: an address is "up" when both signals say so; `troubled` counts the addresses
+//! whose state is anything but the resting one (probe up, no failed request, not ejected), so
+//! while it is 0 the request path answers [`GroupHealth::usable`] and records a success
+//! without taking the group's lock; `rampart_upstream_healthy
 //! {upstream,addr}` is that state (1/0), and each change of it is logged exactly once (warn
 //! when an address goes down, info when it comes back), never per request or per probe. The
 //! state lives here, not in pingora's own health flag: [`Probe`] always reports success to
 //! pingora, so pingora neither flips nor logs, and one place owns the combined state.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -81,6 +85,12 @@ impl Addr {
     fn up(&self) -> bool {
         self.probe_up && !self.ejected
     }
+
+    /// Anything but the resting state: a request's success or a usable check has something
+    /// to read or reset.
+    fn troubled(&self) -> bool {
+        !self.probe_up || self.ejected || self.fails > 0
+    }
 }
 
 /// The health of one upstream group's addresses, shared by its probe and the request path.
@@ -89,6 +99,10 @@ pub struct GroupHealth {
     thresholds: Thresholds,
     gauge: IntGaugeVec,
     addrs: Mutex<HashMap<SocketAddr, Addr>>,
+    /// How many of `addrs` are [`Addr::troubled`]; written under the lock, read without it.
+    /// Two lock round trips per proxied request on a lock every worker shares cost more than
+    /// the rest of the health bookkeeping; with every address at rest there is nothing to do.
+    troubled: AtomicUsize,
 }
 
 impl GroupHealth {
@@ -99,7 +113,20 @@ impl GroupHealth {
             thresholds,
             gauge,
             addrs: Mutex::new(HashMap::new()),
+            troubled: AtomicUsize::new(0),
         }
+    }
+
+    /// Count the troubled addresses again, under the lock that changed them.
+    fn recount(&self, addrs: &HashMap<SocketAddr, Addr>) {
+        let troubled = addrs.values().filter(|a| a.troubled()).count();
+        self.troubled.store(troubled, Ordering::Release);
+    }
+
+    /// Every address at rest: usable, and a success changes nothing. A change made at the
+    /// same moment on another worker is ordered after this request's look.
+    fn at_rest(&self) -> bool {
+        self.troubled.load(Ordering::Acquire) == 0
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Addr>> {
@@ -131,11 +158,15 @@ impl GroupHealth {
                 Addr::new(label, now)
             });
         }
+        self.recount(&addrs);
     }
 
     /// Whether `backend` may get a request now: up, or taken out by failed requests whose
     /// `fail_timeout` has passed (it is tried again). Unknown addresses are usable.
     pub fn usable(&self, backend: &Backend) -> bool {
+        if self.at_rest() {
+            return true;
+        }
         self.lock()
             .get(&backend.addr)
             .is_none_or(|a| a.probe_up && (!a.ejected || Instant::now() >= a.until))
@@ -199,6 +230,9 @@ impl GroupHealth {
             self.request_failed(backend, &format!("answered {status}"));
             return;
         }
+        if self.at_rest() {
+            return;
+        }
         self.update(backend, |a, _| {
             a.fails = 0;
             let was = a.ejected;
@@ -218,7 +252,14 @@ impl GroupHealth {
         let Some(a) = addrs.get_mut(&backend.addr) else {
             return;
         };
-        let Some(why) = change(a, &self.thresholds) else {
+        let was_troubled = a.troubled();
+        let why = change(a, &self.thresholds);
+        match (was_troubled, a.troubled()) {
+            (false, true) => drop(self.troubled.fetch_add(1, Ordering::AcqRel)),
+            (true, false) => drop(self.troubled.fetch_sub(1, Ordering::AcqRel)),
+            _ => {}
+        }
+        let Some(why) = why else {
             return;
         };
         let up = a.up();
@@ -329,6 +370,41 @@ mod tests {
         h.request_answered(&b, 404);
         assert!(h.is_up(&b));
         assert_eq!(gauge(&h), 1);
+    }
+
+    #[test]
+    fn troubled_counts_the_addresses_away_from_rest_and_at_rest_nothing_locks() {
+        let (h, a) = group(2, Duration::from_secs(60));
+        let b = Backend::new("127.0.0.1:2").expect("backend");
+        h.set_addresses(&BTreeSet::from([a.clone(), b.clone()]));
+        let troubled = |h: &GroupHealth| h.troubled.load(Ordering::Acquire);
+        assert_eq!(troubled(&h), 0);
+        h.request_failed(&a, "refused");
+        assert_eq!(troubled(&h), 1, "one failed request, not yet ejected");
+        h.probe_result(&b, Err("refused".into()));
+        h.probe_result(&b, Err("refused".into()));
+        assert_eq!(troubled(&h), 2);
+        assert!(h.usable(&a) && !h.usable(&b));
+        h.request_answered(&a, 200);
+        assert_eq!(troubled(&h), 1, "a success reset the count");
+        h.set_addresses(&BTreeSet::from([a.clone()]));
+        assert_eq!(troubled(&h), 0, "the troubled address is gone");
+
+        // At rest the request path reads the count alone: it answers while the lock is held.
+        let h = Arc::new(h);
+        let held = h.lock();
+        let (done, answered) = std::sync::mpsc::channel();
+        let worker = {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                h.request_answered(&a, 200);
+                let _ = done.send(h.usable(&a));
+            })
+        };
+        let usable = answered.recv_timeout(Duration::from_secs(5));
+        drop(held);
+        worker.join().expect("worker");
+        assert_eq!(usable, Ok(true), "the request path waited for the lock");
     }
 
     #[test]
