@@ -253,15 +253,16 @@ impl GroupHealth {
             return;
         };
         let was_troubled = a.troubled();
-        let why = change(a, &self.thresholds);
-        match (was_troubled, a.troubled()) {
-            (false, true) => drop(self.troubled.fetch_add(1, Ordering::AcqRel)),
-            (true, false) => drop(self.troubled.fetch_sub(1, Ordering::AcqRel)),
-            _ => {}
+        if let Some(why) = change(a, &self.thresholds) {
+            self.report(a, &why);
         }
-        let Some(why) = why else {
-            return;
-        };
+        if a.troubled() != was_troubled {
+            self.recount(&addrs);
+        }
+    }
+
+    /// Say on the gauge and in the log that `a`'s combined state flipped, if it did.
+    fn report(&self, a: &mut Addr, why: &str) {
         let up = a.up();
         if up == a.reported_up {
             return;
