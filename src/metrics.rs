@@ -442,13 +442,18 @@ impl Metrics {
     }
 
     /// An upstream answered after `took`; a 5xx also counts as an error of the group.
-    pub fn upstream_response(&self, upstream: &str, status: u16, took: std::time::Duration) {
+    /// `latency`: the group's `upstream_duration` series, resolved when it was built.
+    pub fn upstream_response(
+        &self,
+        latency: &prometheus::Histogram,
+        upstream: &str,
+        status: u16,
+        took: std::time::Duration,
+    ) {
         if !self.per_request {
             return;
         }
-        self.upstream_duration
-            .with_label_values(&[upstream])
-            .observe(took.as_secs_f64());
+        latency.observe(took.as_secs_f64());
         if status >= 500 {
             self.upstream_error(upstream, "5xx");
         }

@@ -96,6 +96,7 @@ impl Runtime {
             &compression,
             running.map_or(&[][..], |r| r.router.upstreams()),
             &metrics.upstream_healthy,
+            &metrics.upstream_duration,
         )?;
         let redis = match running
             .and_then(|r| r.redis.as_ref())

@@ -326,6 +326,7 @@ impl ProxyHttp for Proxy {
                 let took = sent_at.elapsed();
                 ctx.upstream.response_time = Some(took);
                 self.metrics.upstream_response(
+                    &route.upstream.latency,
                     &route.upstream.name,
                     upstream_response.status.as_u16(),
                     took,

@@ -17,7 +17,7 @@ mod upstream;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prometheus::IntGaugeVec;
+use prometheus::{HistogramVec, IntGaugeVec};
 
 use crate::types::{ByteSize, Name};
 use crate::{compress, cors};
@@ -86,7 +86,8 @@ impl Router {
     /// The routes of a validated config, with their upstream groups, CORS and compression
     /// policies resolved to shared handles. `config::validate` has checked every name a route
     /// refers to, so [`Unresolved`] only reports a config that skipped it. `healthy_gauge`:
-    /// `rampart_upstream_healthy{upstream,addr}`, which the groups keep current.
+    /// `rampart_upstream_healthy{upstream,addr}`, which the groups keep current; `latency`:
+    /// `rampart_upstream_response_seconds{upstream}`, each group's series resolved once.
     ///
     /// `running`: the groups of the configuration being replaced (empty at start); a group
     /// with the same name and settings is reused rather than rebuilt.
@@ -97,6 +98,7 @@ impl Router {
         compression: &compress::Policies,
         running: &[Arc<Upstream>],
         healthy_gauge: &IntGaugeVec,
+        latency: &HistogramVec,
     ) -> Result<Self, Unresolved> {
         let groups: BTreeMap<&Name, Arc<Upstream>> = upstreams
             .iter()
@@ -107,7 +109,9 @@ impl Router {
                     .cloned();
                 (
                     name,
-                    kept.unwrap_or_else(|| Arc::new(Upstream::new(name, c, healthy_gauge.clone()))),
+                    kept.unwrap_or_else(|| {
+                        Arc::new(Upstream::new(name, c, healthy_gauge.clone(), latency))
+                    }),
                 )
             })
             .collect();
@@ -197,10 +201,17 @@ mod tests {
         };
         let gauge = IntGaugeVec::new(prometheus::Opts::new("g", "g"), &["upstream", "addr"])
             .expect("gauge");
+        let latency =
+            HistogramVec::new(prometheus::HistogramOpts::new("h", "h"), &["upstream"]).expect("h");
         Route {
             name: Name::from_static("r"),
             prefix: prefix.into(),
-            upstream: Arc::new(Upstream::new(&Name::from_static("u"), &cfg, gauge)),
+            upstream: Arc::new(Upstream::new(
+                &Name::from_static("u"),
+                &cfg,
+                gauge,
+                &latency,
+            )),
             strip_prefix: strip,
             rewrite: rewrite.map(String::from),
             forward_original_path: false,

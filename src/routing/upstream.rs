@@ -14,7 +14,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, RetryType};
-use prometheus::IntGaugeVec;
+use prometheus::{Histogram, HistogramVec, IntGaugeVec};
 
 use crate::health::{GroupHealth, Probe, Thresholds};
 use crate::types::{HostPort, Name};
@@ -35,6 +35,10 @@ pub struct Upstream {
     /// `Host` sent when the group names one, or when the client sent none (HTTP/1.0): the
     /// configured `host`, else the first address.
     host_header: HeaderValue,
+    /// `rampart_upstream_response_seconds{upstream}` of this group, resolved once: looking it
+    /// up by label per request hashes the name, takes the family's lock and clones an `Arc`
+    /// on a cache line every worker writes.
+    pub latency: Histogram,
     /// The idle timeout learned from the group's `Keep-Alive: timeout=`, in milliseconds
     /// (`u64::MAX`: none seen yet).
     learned_idle_ms: AtomicU64,
@@ -47,8 +51,14 @@ pub(super) const FRESH_POOL: u64 = 1;
 impl Upstream {
     /// The load balancer is returned unstarted: the runtime's background tasks run its
     /// discovery and health checks, after one discovery before it serves (at start and on
-    /// reload). `healthy_gauge`: `rampart_upstream_healthy{upstream,addr}`.
-    pub fn new(name: &Name, config: &UpstreamConfig, healthy_gauge: IntGaugeVec) -> Self {
+    /// reload). `healthy_gauge`: `rampart_upstream_healthy{upstream,addr}`; `latency`:
+    /// `rampart_upstream_response_seconds`.
+    pub fn new(
+        name: &Name,
+        config: &UpstreamConfig,
+        healthy_gauge: IntGaugeVec,
+        latency: &HistogramVec,
+    ) -> Self {
         let health = Arc::new(GroupHealth::new(
             name,
             Thresholds {
@@ -86,6 +96,7 @@ impl Upstream {
             balancer: Arc::new(balancer),
             health,
             host_header,
+            latency: latency.with_label_values(&[name.as_str()]),
             learned_idle_ms: AtomicU64::new(u64::MAX),
         }
     }
