@@ -11,7 +11,18 @@
 //! because the crate lacks it (purpleprotocol/mimalloc_rust pull request 170, open); the only
 //! `unsafe` in Rampart.
 //!
-//! Invariant: every block returned is aligned to its layout's alignment.
+//! Large blocks (above [`LARGE`]: a whole response body gathered for gzip, libdeflate's
+//! state) come from the C library's `malloc` instead. mimalloc 3 advises its arenas
+//! `MADV_HUGEPAGE`, so the kernel backs every 2 MiB of arena a block touches with a huge
+//! page: right for the small blocks every request makes (turning huge pages off cost 6-14% of
+//! a passthrough's CPU here), wasteful for 64 connections' 150 KB bodies, which held the peak
+//! RSS of a whole bench run at 74-78 MiB. The C library's heap uses ordinary pages and hands
+//! freed ones back (BENCHMARKS.md, session 13: peak 63-65 MiB with this split, for a
+//! few percent more CPU on the 150 KB gzip). [`init`] also sets mimalloc's purge delay to
+//! the 10 ms the deployment files set, so freed small pages go back within 10 ms too.
+//!
+//! Invariant: every block returned is aligned to its layout's alignment, and every block is
+//! freed by the allocator that made it: [`from_libc`] decides both from the layout alone.
 
 #![allow(unsafe_code)]
 
@@ -24,8 +35,35 @@ use libmimalloc_sys as mi;
 /// start aligned to more.
 const WORD: usize = std::mem::align_of::<usize>();
 
-/// mimalloc as the global allocator.
+/// Blocks above this size come from the C library (the module header says why). Pingora's
+/// 64 KiB body read buffer, made for every proxied response, stays with mimalloc.
+const LARGE: usize = 64 * 1024;
+
+/// The alignment every C library `malloc` block has on the platforms Rampart builds for
+/// (glibc's and macOS's `MALLOC_ALIGNMENT` on 64-bit targets).
+const LIBC_ALIGN: usize = 16;
+
+/// mimalloc as the global allocator, the C library's for large blocks.
 pub struct MiMalloc;
+
+/// Whether a block of this layout is the C library's. The same answer for the same layout,
+/// which `GlobalAlloc` passes again when it frees or resizes the block.
+fn from_libc(align: usize, size: usize) -> bool {
+    size > LARGE && align <= LIBC_ALIGN
+}
+
+/// `mi_option_purge_delay` of mimalloc.h (15 in mimalloc 2 and 3), which libmimalloc-sys does
+/// not name. The unit test reads it back to check the number.
+const PURGE_DELAY: mi::mi_option_t = 15;
+
+/// Called first in `main`: mimalloc returns freed memory to the system after 10 ms instead of
+/// its default 1 s (lower peak RSS), unless `MIMALLOC_PURGE_DELAY` chooses otherwise.
+pub fn init() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets an option mimalloc reads at each purge; any value is valid.
+        unsafe { mi::mi_option_set(PURGE_DELAY, 10) };
+    }
+}
 
 /// Whether a block of `size` bytes from the plain calls has alignment `align`. A size below the
 /// alignment could be served from a smaller class: the aligned calls then.
@@ -54,25 +92,56 @@ unsafe fn new_block(
 // SAFETY: each call passes the layout's size (and, for the aligned calls, its alignment, a
 // power of two as `Layout` guarantees) to the mimalloc function with the same contract as the
 // `GlobalAlloc` method; `plain` holds only where mimalloc's plain blocks have the alignment.
-// `mi_free` and `mi_realloc` take any block mimalloc returned, aligned or not.
+// `mi_free` and `mi_realloc` take any block mimalloc returned, aligned or not. The C library's
+// calls get only layouts `from_libc` accepts, whose alignment its blocks always have, and
+// only blocks they made (`from_libc` gives the same answer for the layout on free).
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if from_libc(layout.align(), layout.size()) {
+            return unsafe { libc::malloc(layout.size()) }.cast();
+        }
         unsafe { new_block(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if from_libc(layout.align(), layout.size()) {
+            return unsafe { libc::calloc(1, layout.size()) }.cast();
+        }
         unsafe { new_block(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if from_libc(layout.align(), layout.size()) {
+            return unsafe { libc::free(ptr.cast()) };
+        }
         unsafe { mi::mi_free(ptr.cast::<c_void>()) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let (was_libc, is_libc) = (
+            from_libc(layout.align(), layout.size()),
+            from_libc(layout.align(), new_size),
+        );
+        if was_libc && is_libc {
+            return unsafe { libc::realloc(ptr.cast(), new_size) }.cast();
+        }
+        if was_libc || is_libc {
+            // Across the boundary: a block from the other allocator, the bytes, the old freed.
+            // SAFETY: `new_size` is non-zero and fits `isize` when rounded to the alignment,
+            // as `GlobalAlloc::realloc` requires of its caller.
+            let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+            let new = unsafe { self.alloc(new_layout) };
+            if !new.is_null() {
+                let kept = layout.size().min(new_size);
+                unsafe { std::ptr::copy_nonoverlapping(ptr, new, kept) };
+                unsafe { self.dealloc(ptr, layout) };
+            }
+            return new;
+        }
         if plain(layout.align(), new_size) {
             unsafe { mi::mi_realloc(ptr.cast::<c_void>(), new_size) }.cast()
         } else {
@@ -126,6 +195,51 @@ mod tests {
         }
         for (ptr, layout) in live {
             unsafe { MiMalloc.dealloc(ptr, layout) };
+        }
+    }
+
+    /// `PURGE_DELAY` is mimalloc's purge delay: 1000 ms by default in mimalloc 3, 10 after
+    /// `init` (the test environment sets no `MIMALLOC_PURGE_DELAY`).
+    #[test]
+    fn init_sets_the_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // mimalloc 3's default for option 15 (only this test calls `init`): the right number.
+        assert_eq!(unsafe { mi::mi_option_get(PURGE_DELAY) }, 1000);
+        init();
+        assert_eq!(unsafe { mi::mi_option_get(PURGE_DELAY) }, 10);
+    }
+
+    /// Around the C library's threshold and well above it, at alignments it serves and
+    /// beyond: aligned, zeroed when asked, and the bytes kept when a block grows from
+    /// mimalloc's side to the C library's and shrinks back.
+    #[test]
+    fn large_blocks_cross_between_the_allocators_and_keep_their_bytes() {
+        for size in [LARGE - 1, LARGE, LARGE + 1, 150_000, 2 << 20] {
+            for align in [1, 8, 16, 32, 4096] {
+                let layout = |size| Layout::from_size_align(size, align).expect("layout");
+                unsafe {
+                    let zeroed = MiMalloc.alloc_zeroed(layout(size));
+                    assert!(aligned(zeroed, align), "zeroed {size}/{align}");
+                    assert!(all(zeroed, size, 0), "zeroed {size}/{align}");
+                    MiMalloc.dealloc(zeroed, layout(size));
+                    let small = 1000;
+                    let block = MiMalloc.alloc(layout(small));
+                    block.write_bytes(0x5A, small);
+                    let grown = MiMalloc.realloc(block, layout(small), size);
+                    assert!(aligned(grown, align), "grown {size}/{align}");
+                    assert!(all(grown, small, 0x5A), "grown {size}/{align}");
+                    grown.write_bytes(0x3C, size);
+                    let larger = MiMalloc.realloc(grown, layout(size), size * 2);
+                    assert!(aligned(larger, align), "larger {size}/{align}");
+                    assert!(all(larger, size, 0x3C), "larger {size}/{align}");
+                    let shrunk = MiMalloc.realloc(larger, layout(size * 2), small);
+                    assert!(aligned(shrunk, align), "shrunk {size}/{align}");
+                    assert!(all(shrunk, small, 0x3C), "shrunk {size}/{align}");
+                    MiMalloc.dealloc(shrunk, layout(small));
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use rampart::{app, config, demo, signal};
 static GLOBAL: rampart::alloc::MiMalloc = rampart::alloc::MiMalloc;
 
 fn main() -> ExitCode {
+    rampart::alloc::init();
     let cli = Cli::parse();
     rampart::logging::init();
 
