@@ -14,12 +14,13 @@
 //! Large blocks (above [`LARGE`]: a whole response body gathered for gzip, libdeflate's
 //! state) come from the C library's `malloc` instead. mimalloc 3 advises its arenas
 //! `MADV_HUGEPAGE`, so the kernel backs every 2 MiB of arena a block touches with a huge
-//! page: right for the small blocks every request makes (turning huge pages off cost 6-14% of
+//! page: right for the small blocks every request makes (turning huge pages off cost 5-14% of
 //! a passthrough's CPU here), wasteful for 64 connections' 150 KB bodies, which held the peak
 //! RSS of a whole bench run at 74-78 MiB. The C library's heap uses ordinary pages and hands
-//! freed ones back (BENCHMARKS.md, session 13: peak 63-65 MiB with this split, for a
-//! few percent more CPU on the 150 KB gzip). [`init`] also sets mimalloc's purge delay to
-//! the 10 ms the deployment files set, so freed small pages go back within 10 ms too.
+//! freed ones back: peak 63-65 MiB with this split, for 16-21% more CPU on the 150 KB gzip
+//! (its pages are faulted in again; it still runs well ahead of nginx). [`init`] also sets
+//! mimalloc's purge delay to the 10 ms the deployment files set, so freed small pages go back
+//! within 10 ms too: peak 57-59 MiB (BENCHMARKS.md, session 13).
 //!
 //! Invariant: every block returned is aligned to its layout's alignment, and every block is
 //! freed by the allocator that made it: [`from_libc`] decides both from the layout alone.
