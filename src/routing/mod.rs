@@ -87,7 +87,7 @@ impl Router {
     /// policies resolved to shared handles. `config::validate` has checked every name a route
     /// refers to, so [`Unresolved`] only reports a config that skipped it. `healthy_gauge`:
     /// `rampart_upstream_healthy{upstream,addr}`, which the groups keep current; `latency`:
-    /// `rampart_upstream_response_seconds{upstream}`, each group's series resolved once.
+    /// `rampart_upstream_request_duration_seconds{upstream}`, each group's series resolved once.
     ///
     /// `running`: the groups of the configuration being replaced (empty at start); a group
     /// with the same name and settings is reused rather than rebuilt.

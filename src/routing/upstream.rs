@@ -35,7 +35,7 @@ pub struct Upstream {
     /// `Host` sent when the group names one, or when the client sent none (HTTP/1.0): the
     /// configured `host`, else the first address.
     host_header: HeaderValue,
-    /// `rampart_upstream_response_seconds{upstream}` of this group, resolved once: looking it
+    /// `rampart_upstream_request_duration_seconds{upstream}` of this group, resolved once: looking it
     /// up by label per request hashes the name, takes the family's lock and clones an `Arc`
     /// on a cache line every worker writes.
     pub latency: Histogram,
@@ -52,7 +52,7 @@ impl Upstream {
     /// The load balancer is returned unstarted: the runtime's background tasks run its
     /// discovery and health checks, after one discovery before it serves (at start and on
     /// reload). `healthy_gauge`: `rampart_upstream_healthy{upstream,addr}`; `latency`:
-    /// `rampart_upstream_response_seconds`.
+    /// `rampart_upstream_request_duration_seconds`.
     pub fn new(
         name: &Name,
         config: &UpstreamConfig,
