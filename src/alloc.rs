@@ -200,16 +200,20 @@ mod tests {
     }
 
     /// `PURGE_DELAY` is mimalloc's purge delay: 1000 ms by default in mimalloc 3, 10 after
-    /// `init` (the test environment sets no `MIMALLOC_PURGE_DELAY`).
+    /// `init`, and an operator's `MIMALLOC_PURGE_DELAY` left as it is.
     #[test]
-    fn init_sets_the_purge_delay() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
-        }
-        // mimalloc 3's default for option 15 (only this test calls `init`): the right number.
-        assert_eq!(unsafe { mi::mi_option_get(PURGE_DELAY) }, 1000);
+    fn init_sets_the_purge_delay_unless_the_environment_does() {
+        // Only this test calls `init`, so this is mimalloc's own value.
+        let before = unsafe { mi::mi_option_get(PURGE_DELAY) };
         init();
-        assert_eq!(unsafe { mi::mi_option_get(PURGE_DELAY) }, 10);
+        let after = unsafe { mi::mi_option_get(PURGE_DELAY) };
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            assert_eq!(after, before, "the environment's value was replaced");
+        } else {
+            // mimalloc 3's default for option 15: the right number.
+            assert_eq!(before, 1000);
+            assert_eq!(after, 10);
+        }
     }
 
     /// Around the C library's threshold and well above it, at alignments it serves and
