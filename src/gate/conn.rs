@@ -20,13 +20,9 @@ use crate::limits::chunked::Chunked;
 use crate::limits::head::{self, Framing, Scan, Scanner};
 
 use super::stopping::Stopping;
+use super::timer::HeadTimer;
 use super::wait::{HeadRead, Wait};
 use super::{HOLD_MAX, LINGER, LINGER_BYTES};
-
-/// The longest wait for a head on Pingora's shared timers. Under steady traffic each worker
-/// thread holds one of them per 10 ms tick of the wait until it expires: 7,500 at the default
-/// 75 s `keepalive_timeout`, 12,000 at this bound.
-const SHARED_TIMER_MAX: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The most one read of a request head takes from the socket.
 const HEAD_READ: usize = 8192;
@@ -78,6 +74,8 @@ pub struct Conn {
     pub(super) eof: bool,
     /// The framing was not followed to its end: never reuse the connection.
     pub(super) poisoned: bool,
+    /// The wait for the next head (armed once, kept across the connection's requests).
+    timer: HeadTimer,
 }
 
 impl std::fmt::Debug for Conn {
@@ -100,6 +98,7 @@ impl Conn {
             scanner: Scanner::default(),
             eof: false,
             poisoned: false,
+            timer: HeadTimer::default(),
         }
     }
 
@@ -145,7 +144,7 @@ impl Conn {
     ) -> HeadRead {
         self.scanner = Scanner::default();
         let mut idle = wait.idle.filter(|_| self.buf.is_empty());
-        let mut deadline = std::time::Instant::now() + idle.unwrap_or(wait.head);
+        self.timer.set(idle.unwrap_or(wait.head));
         loop {
             match self.scanner.scan(&self.buf, limits) {
                 Scan::Complete(len) => {
@@ -184,25 +183,12 @@ impl Conn {
             // Read into the buffer's spare room: no zeroed chunk to fill and copy on every head.
             self.buf.reserve(HEAD_ROOM);
             let mut spare = (&mut self.buf).limit(max);
-            // The read first: a head already sent (pipelined, or arrived) is read without a
-            // timer. Pingora's timer rather than tokio's: tokio's is registered and removed
-            // under a lock per request, and a new earliest deadline wakes the worker parked on
-            // the timer (an eventfd write per request); Pingora's shares one timer per 10 ms
-            // tick, so a deadline is up to 10 ms late. But Pingora keeps each of its timers
-            // until its deadline, so a longer wait (a `keepalive_timeout` over
-            // [`SHARED_TIMER_MAX`]) takes tokio's, which leaves when the read wins.
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let timer = async {
-                if left <= SHARED_TIMER_MAX {
-                    pingora_timeout::fast_timeout::fast_sleep(left).await;
-                } else {
-                    tokio::time::sleep(left).await;
-                }
-            };
+            // The read first: a head already sent (pipelined, or arrived) is read without
+            // waiting on the timer.
             let read = tokio::select! {
                 biased;
                 read = self.inner.read_buf(&mut spare) => read,
-                () = timer => {
+                () = self.timer.expired() => {
                     return if idle.is_some() || empty {
                         HeadRead::Closed("idle too long")
                     } else {
@@ -217,7 +203,7 @@ impl Conn {
                 Ok(0) => self.eof = true,
                 Ok(_) => {
                     if idle.take().is_some() {
-                        deadline = std::time::Instant::now() + wait.head;
+                        self.timer.set(wait.head);
                     }
                 }
                 Err(_) => return HeadRead::Closed("read error"),

@@ -51,6 +51,7 @@ use crate::respond::{self, LocalResponse};
 
 mod conn;
 mod stopping;
+mod timer;
 mod wait;
 
 use conn::Conn;
@@ -248,7 +249,6 @@ where
         let mut served = 0;
         let mut memo = E::Memo::default();
         loop {
-            let started = Instant::now();
             let wait = if first {
                 Wait::first(&self.limits)
             } else {
@@ -311,7 +311,10 @@ where
                     return;
                 }
             };
-            self.refuse(&mut conn, refusal, peer, tls, started).await;
+            // Timed from here, as a proxied request is from its parsed head: the wait for the
+            // head is not the proxy's processing.
+            self.refuse(&mut conn, refusal, peer, tls, Instant::now())
+                .await;
             return;
         }
     }
@@ -326,8 +329,8 @@ where
             }
             Ok::<_, std::io::Error>(())
         };
-        let sent = tokio::time::timeout(self.limits.send_timeout.0, write).await;
-        matches!(sent, Ok(Ok(()))) && answer.keep_alive
+        let sent = within(self.limits.send_timeout.0, write).await;
+        matches!(sent, Some(Ok(()))) && answer.keep_alive
     }
 
     /// A Pingora session over `conn`, with the body and send timers and the keep-alive state
@@ -370,8 +373,8 @@ where
             conn.inner.flush().await?;
             conn.inner.shutdown().await
         };
-        let sent = tokio::time::timeout(self.limits.send_timeout.0, write).await;
-        if matches!(sent, Ok(Ok(()))) {
+        let sent = within(self.limits.send_timeout.0, write).await;
+        if matches!(sent, Some(Ok(()))) {
             conn.linger().await;
         }
         let method = http::Method::from_bytes(line.method.as_bytes()).ok();
@@ -431,5 +434,17 @@ where
         );
         resp.set(CONTENT_LENGTH, HeaderValue::from(local.body.len()));
         (respond::to_h1(resp, b"", false), local.body)
+    }
+}
+
+/// `write`'s output if it completes within `limit`. It is polled once before any timer is
+/// made: an answer usually fits the socket's buffer and completes at once, and tokio's timeout
+/// reads the clock when it is made (and, once pending, registers under its driver's lock).
+async fn within<F: std::future::Future>(limit: std::time::Duration, write: F) -> Option<F::Output> {
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => tokio::time::timeout(limit, write).await.ok(),
     }
 }

@@ -1,7 +1,9 @@
 //! A bounded table of per-bucket entries (policy index, client identity), kept by `refused` and
 //! `lease` on the Redis store.
 //!
-//! Nested maps, so a lookup borrows the identity instead of building a key. At most
+//! One map of identities per policy, indexed by the policy's position in the configuration (a
+//! handful: no hashing for that half of the key), so a lookup borrows the identity instead of
+//! building a key. At most
 //! [`CAPACITY`] entries: when full, the stale ones (as the caller judges them) are swept before
 //! an insert, but at most once per [`SWEEP_EVERY`]; otherwise the insert is refused and the
 //! caller goes to Redis as if the table did not exist. So a flood of new clients costs one
@@ -17,7 +19,8 @@ pub const CAPACITY: usize = 16_384;
 pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 pub struct Table<V> {
-    map: HashMap<usize, HashMap<String, V>>,
+    /// By policy index; grown to the highest index inserted.
+    map: Vec<HashMap<String, V>>,
     len: usize,
     last_sweep: Option<Instant>,
 }
@@ -25,7 +28,7 @@ pub struct Table<V> {
 impl<V> Default for Table<V> {
     fn default() -> Self {
         Self {
-            map: HashMap::new(),
+            map: Vec::new(),
             len: 0,
             last_sweep: None,
         }
@@ -38,22 +41,19 @@ impl<V> Table<V> {
     }
 
     pub fn get(&self, policy: usize, identity: &str) -> Option<&V> {
-        self.map.get(&policy)?.get(identity)
+        self.map.get(policy)?.get(identity)
     }
 
     pub fn get_mut(&mut self, policy: usize, identity: &str) -> Option<&mut V> {
-        self.map.get_mut(&policy)?.get_mut(identity)
+        self.map.get_mut(policy)?.get_mut(identity)
     }
 
     pub fn remove(&mut self, policy: usize, identity: &str) {
-        let Some(clients) = self.map.get_mut(&policy) else {
+        let Some(clients) = self.map.get_mut(policy) else {
             return;
         };
         if clients.remove(identity).is_some() {
             self.len -= 1;
-        }
-        if clients.is_empty() {
-            self.map.remove(&policy);
         }
     }
 
@@ -76,19 +76,21 @@ impl<V> Table<V> {
                 return false;
             }
             self.last_sweep = Some(now);
-            for clients in self.map.values_mut() {
+            for clients in &mut self.map {
                 clients.retain(|_, v| !stale(v));
             }
-            self.map.retain(|_, clients| !clients.is_empty());
-            self.len = self.map.values().map(HashMap::len).sum();
+            self.len = self.map.iter().map(HashMap::len).sum();
             if self.len >= CAPACITY {
                 return false;
             }
         }
-        self.map
-            .entry(policy)
-            .or_default()
-            .insert(identity.to_string(), value);
+        if self.map.len() <= policy {
+            self.map.resize_with(policy + 1, HashMap::new);
+        }
+        let Some(clients) = self.map.get_mut(policy) else {
+            return false;
+        };
+        clients.insert(identity.to_string(), value);
         self.len += 1;
         true
     }
