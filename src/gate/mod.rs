@@ -311,10 +311,7 @@ where
                     return;
                 }
             };
-            // Timed from here, as a proxied request is from its parsed head: the wait for the
-            // head is not the proxy's processing.
-            self.refuse(&mut conn, refusal, peer, tls, Instant::now())
-                .await;
+            self.refuse(&mut conn, refusal, peer, tls).await;
             return;
         }
     }
@@ -354,14 +351,10 @@ where
 
     /// Answer a refused head (problem+json with the security headers, `Connection: close`),
     /// log and count it, then close after a short lingering read.
-    async fn refuse(
-        &self,
-        conn: &mut Conn,
-        refused: Refused,
-        peer: Option<IpAddr>,
-        tls: bool,
-        started: Instant,
-    ) {
+    async fn refuse(&self, conn: &mut Conn, refused: Refused, peer: Option<IpAddr>, tls: bool) {
+        // Timed from here, as a proxied request is from its parsed head: the wait for the head
+        // is not the proxy's processing.
+        let started = Instant::now();
         let request_id = uuid::Uuid::new_v4().to_string();
         let line = RequestLine::of(conn.head_bytes());
         let (mut bytes, body) = self.response(&refused, &request_id, tls, started);

@@ -50,18 +50,9 @@ pub(super) struct HeadTimer {
     deadline: Duration,
     /// The tokio timer, armed the first time a wait has to sleep.
     sleep: Option<Pin<Box<Sleep>>>,
-    /// When `sleep` fires, on the coarse clock; `None` once it has fired (it must be armed
-    /// again before it is awaited).
+    /// When `sleep` fires, on the coarse clock; `None` before it is armed and once it has
+    /// fired (it must be armed again before it is awaited).
     fires: Option<Duration>,
-}
-
-impl std::fmt::Debug for HeadTimer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeadTimer")
-            .field("deadline", &self.deadline)
-            .field("fires", &self.fires)
-            .finish()
-    }
 }
 
 impl HeadTimer {
@@ -77,18 +68,16 @@ impl HeadTimer {
             let Some(left) = self.deadline.checked_sub(now).filter(|d| !d.is_zero()) else {
                 return;
             };
-            let arm = left.min(ARM_MAX);
-            match (&mut self.sleep, self.fires) {
-                // Armed to fire by the deadline: if that is early, the loop arms it again.
-                (Some(_), Some(fires)) if fires <= self.deadline => {}
-                (Some(sleep), _) => {
-                    sleep.as_mut().reset(Instant::now() + arm);
-                    self.fires = Some(now + arm);
+            // Armed to fire by the deadline: if that is early, the loop arms it again.
+            let in_time = self.fires.is_some_and(|fires| fires <= self.deadline);
+            if !in_time {
+                let arm = left.min(ARM_MAX);
+                let at = Instant::now() + arm;
+                match self.sleep.as_mut() {
+                    Some(sleep) => sleep.as_mut().reset(at),
+                    None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
                 }
-                (None, _) => {
-                    self.sleep = Some(Box::pin(tokio::time::sleep(arm)));
-                    self.fires = Some(now + arm);
-                }
+                self.fires = Some(now + arm);
             }
             if let Some(sleep) = self.sleep.as_mut() {
                 sleep.as_mut().await;
