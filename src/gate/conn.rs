@@ -17,7 +17,7 @@ use pingora::protocols::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::limits::chunked::Chunked;
-use crate::limits::head::{self, Framing, Scan, Scanner};
+use crate::limits::head::{self, Framing, Recent, Scan, Scanner};
 
 use super::stopping::Stopping;
 use super::timer::HeadTimer;
@@ -70,6 +70,8 @@ pub struct Conn {
     pub(super) release: Release,
     /// The head the gate is scanning.
     pub(super) scanner: Scanner,
+    /// The last head accepted, so the same head again is not checked again.
+    recent: Recent,
     /// The client closed its side.
     pub(super) eof: bool,
     /// The framing was not followed to its end: never reuse the connection.
@@ -96,6 +98,7 @@ impl Conn {
             approved: 0,
             release: Release::Hold,
             scanner: Scanner::default(),
+            recent: Recent::default(),
             eof: false,
             poisoned: false,
             timer: HeadTimer::default(),
@@ -148,7 +151,7 @@ impl Conn {
         loop {
             match self.scanner.scan(&self.buf, limits) {
                 Scan::Complete(len) => {
-                    return match head::check(&self.buf[..len], limits) {
+                    return match self.recent.check(&self.buf[..len], limits) {
                         Ok(head) => {
                             let body = match head.framing {
                                 Framing::None => Body::Length(0),
