@@ -47,10 +47,11 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn identify(
+    /// `forwarded`: the request's `X-Forwarded-For` and `X-Forwarded-Proto`, asked for only
+    /// when the peer is a trusted proxy (two header lookups saved on every other request).
+    pub fn identify<'h>(
         peer: Option<IpAddr>,
-        forwarded_for: Option<&[u8]>,
-        forwarded_proto: Option<&[u8]>,
+        forwarded: impl FnOnce() -> (Option<&'h [u8]>, Option<&'h [u8]>),
         tls: bool,
         trusted: &Cidrs,
     ) -> Self {
@@ -59,6 +60,7 @@ impl Client {
         let mut ip = peer;
         let mut scheme = if tls { "https" } else { "http" };
         if via_trusted_proxy {
+            let (forwarded_for, forwarded_proto) = forwarded();
             if let Some(xff) = forwarded_for.and_then(|v| std::str::from_utf8(v).ok()) {
                 // Walk from the right: entries added by our own trusted proxies are skipped,
                 // the first untrusted one is the client. Garbage stops the walk (keep what we
@@ -168,8 +170,7 @@ mod tests {
     fn untrusted_peer_cannot_spoof() {
         let c = Client::identify(
             ip("203.0.113.9"),
-            Some(b"1.1.1.1"),
-            Some(b"https"),
+            || (Some(b"1.1.1.1"), Some(b"https")),
             false,
             &trusted(),
         );
@@ -181,8 +182,7 @@ mod tests {
     fn trusted_peer_right_most_untrusted() {
         let c = Client::identify(
             ip("10.0.0.2"),
-            Some(b"6.6.6.6, 198.51.100.7, 10.0.0.9"),
-            Some(b"https"),
+            || (Some(b"6.6.6.6, 198.51.100.7, 10.0.0.9"), Some(b"https")),
             false,
             &trusted(),
         );
@@ -194,8 +194,7 @@ mod tests {
     fn garbage_entry_stops() {
         let c = Client::identify(
             ip("10.0.0.2"),
-            Some(b"6.6.6.6, nonsense"),
-            None,
+            || (Some(b"6.6.6.6, nonsense"), None),
             false,
             &trusted(),
         );

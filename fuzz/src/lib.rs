@@ -233,7 +233,7 @@ pub fn client_identify(data: &[u8]) {
     let xfp = lines.next();
     let net = |t: &str| Cidr::try_from(t.to_string()).expect("network");
     let trusted = Cidrs::new(&[net("10.0.0.0/8"), net("127.0.0.1"), net("::1")]);
-    let c = Client::identify(peer, xff, xfp, tls, &trusted);
+    let c = Client::identify(peer, || (xff, xfp), tls, &trusted);
     assert!(c.scheme == "http" || c.scheme == "https");
     let canonical_peer = peer.map(|p| match p {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),

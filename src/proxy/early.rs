@@ -34,8 +34,8 @@ use crate::ratelimit::Here;
 use crate::respond;
 use crate::runtime::Runtime;
 
-use super::repeat::{Repeat, Sent, Template};
-use super::steps::{held_hit, identify, limited, serve_hit};
+use super::repeat::{Known, Repeat, Sent, Template};
+use super::steps::{held_hit, identify, identify_request, limited, serve_hit};
 use super::Proxy;
 
 impl Early for Proxy {
@@ -55,26 +55,26 @@ impl Early for Proxy {
             return None;
         }
         let mut parsed = None;
-        let (req, kept) = match repeat.same(head, &runtime, last) {
-            Some((req, refusal)) => (req, Some(refusal)),
-            None => (parsed.insert(request_header(head)?), None),
+        let (req, seen) = match repeat.same(head, &runtime, last) {
+            Some(again) => (again.req, Seen::Again(again.known, again.refusal)),
+            None => (parsed.insert(request_header(head)?), Seen::First(peer)),
         };
         let mut ctx = Ctx::new(runtime);
-        identify(req, peer, tls, &mut ctx);
-        let reply = self.early(req, &mut ctx, refusing, last, kept);
-        if let Some(reply) = &reply {
+        let reply = self.early(req, tls, &mut ctx, refusing, last, seen);
+        if let Some((reply, _)) = &reply {
             let (status, body_len) = reply.recorded();
             self.metrics.request_started();
             self.record(req, &ctx, status, body_len, None);
         }
         ctx.unfinished.finish();
-        match reply? {
+        let (reply, known) = reply?;
+        match reply {
             Reply::Hit(sent) => Some(sent.owned()),
             // `limited` left the decision in `ctx`; the answer is kept with it, and lent.
             Reply::Refused(sent) => match ctx.ratelimit.take() {
                 Some(decision) => {
                     let refusal = Template::new(sent, decision, &ctx);
-                    repeat.keep(head, &ctx.runtime, last, parsed, refusal);
+                    repeat.keep(head, &ctx.runtime, last, parsed.zip(known), refusal);
                     repeat.answer().map(Sent::lent)
                 }
                 None => Some(sent.owned()),
@@ -82,6 +82,13 @@ impl Early for Proxy {
             Reply::Again { .. } => repeat.answer().map(Sent::lent),
         }
     }
+}
+
+/// The head being answered: seen for the first time on this connection (from this peer), or
+/// the kept refusal's head again (`repeat`).
+enum Seen<'k> {
+    First(Option<IpAddr>),
+    Again(&'k Known, &'k mut Template),
 }
 
 impl Sent {
@@ -143,24 +150,57 @@ impl Proxy {
     /// `request_filter`'s steps up to the rate limits; then, for a fresh hit held here, the
     /// limiter's decision when it needs no store and the hit or the refusal; otherwise only a
     /// known refusal. A step that answers itself (400, 404, the public metrics, a preflight,
-    /// 503) leaves the request to Pingora, which takes it again from the start. `kept`: the
-    /// connection's last refusal, for this same head (`req` is its parse, already canonical).
+    /// 503) leaves the request to Pingora, which takes it again from the start. For a head
+    /// seen for the first time, what it was found to be comes back with the reply, to be kept
+    /// with a refusal; the kept head again (`req` is its parse, already canonical) uses what
+    /// was found then, and runs only the steps that depend on the moment.
     fn early(
         &self,
         req: &mut RequestHeader,
+        tls: bool,
         ctx: &mut Ctx,
         refusing: bool,
         last: bool,
-        kept: Option<&mut Template>,
-    ) -> Option<Reply> {
-        if kept.is_none() {
-            path::canonicalize(req).ok()?;
+        seen: Seen<'_>,
+    ) -> Option<(Reply, Option<Known>)> {
+        // `known`: Ok, what the kept head was found to be; Err, a first sight's route, what
+        // it is found to be made below once needed (and returned in `first`).
+        let mut first = None;
+        let (known, kept) = match seen {
+            Seen::First(peer) => {
+                identify(req, peer, tls, ctx);
+                path::canonicalize(req).ok()?;
+                let route = self.before_limits(req, ctx).ok()?;
+                (Err(route), None)
+            }
+            Seen::Again(known, refusal) => {
+                identify_request(req, tls, ctx);
+                ctx.client = known.client.clone();
+                // The other steps of `before_limits` passed this head under this generation
+                // from this client, and depend on nothing else.
+                self.limits_on_route(req, ctx, &known.route).ok()?;
+                (Ok(known), Some(refusal))
+            }
+        };
+        let held = held_hit(req, ctx);
+        if held.is_none() && !refusing {
+            return None;
         }
-        let route = self.before_limits(req, ctx).ok()?;
-        let decision = if let Some(held) = held_hit(req, ctx) {
-            let limiter = &ctx.runtime.ratelimit;
-            let Here::Decided(decision) = limiter.check_here(req, &route.name, ctx.client.as_ref())
-            else {
+        let known: &Known = match known {
+            Ok(known) => known,
+            Err(route) => {
+                let limiter = &ctx.runtime.ratelimit;
+                let charges = limiter.charges(req, &route.name, ctx.client.as_ref());
+                first.insert(Known {
+                    client: ctx.client.clone(),
+                    route,
+                    charges,
+                })
+            }
+        };
+        let limiter = &ctx.runtime.ratelimit;
+        let decision = if let Some(held) = held {
+            let Here::Decided(decision) = limiter.check_here(&known.charges) else {
                 return None;
             };
             match decision {
@@ -168,14 +208,12 @@ impl Proxy {
                 decision => {
                     ctx.ratelimit = decision;
                     let hit = serve_hit(req, held, ctx);
-                    return Some(Reply::Hit(Sent::of(hit.header, &hit.body, req, last)));
+                    let sent = Sent::of(hit.header, &hit.body, req, last);
+                    return Some((Reply::Hit(sent), None));
                 }
             }
-        } else if refusing {
-            let limiter = &ctx.runtime.ratelimit;
-            limiter.known_refusal(req, &route.name, ctx.client.as_ref())?
         } else {
-            return None;
+            limiter.known_refusal(&known.charges)?
         };
         if let Some(sent) = kept.and_then(|kept| kept.again(&decision, ctx)) {
             let again = Reply::Again {
@@ -183,11 +221,12 @@ impl Proxy {
                 body_len: sent.body_len,
             };
             ctx.ratelimit = Some(decision);
-            return Some(again);
+            return Some((again, None));
         }
         let refusal = limited(decision, ctx)?;
         let (resp, body) = respond::prepare(&ctx.runtime.headers, req, ctx, refusal);
-        Some(Reply::Refused(Sent::of(resp, &body, req, last)))
+        let sent = Sent::of(resp, &body, req, last);
+        Some((Reply::Refused(sent), first))
     }
 }
 
@@ -286,7 +325,11 @@ routes = ["api"]
 "#;
 
     fn proxy() -> Proxy {
-        let config = crate::config::parse("test.toml", CONFIG, &BTreeMap::new()).expect("config");
+        proxy_of(CONFIG)
+    }
+
+    fn proxy_of(text: &str) -> Proxy {
+        let config = crate::config::parse("test.toml", text, &BTreeMap::new()).expect("config");
         let metrics = Arc::new(Metrics::new(&config.metrics).expect("metrics"));
         let first = Runtime::build(config, 1, &metrics, None).expect("runtime");
         Proxy {
@@ -473,6 +516,38 @@ routes = ["api"]
 
         // The check's refusal and every answer's; the GETs the gate answered.
         assert_counted(&proxy, 9, 7);
+    }
+
+    /// The kept head again skips the steps its first sight passed, not the limits that depend
+    /// on the moment: with its client's requests in flight at their limit, it is left to
+    /// Pingora (which answers 503), and answered again once a slot is free.
+    #[tokio::test]
+    async fn a_kept_head_is_held_to_the_in_flight_limit_again() {
+        let proxy = proxy_of(&format!(
+            "{CONFIG}\n[limits]\nmax_inflight_per_client = 1\n"
+        ));
+        let peer = IpAddr::from([192, 0, 2, 1]);
+        let get = "GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n";
+        for _ in 0..3 {
+            checked(&proxy, get).await;
+        }
+        let mut repeat = Repeat::default();
+        let answered = |repeat: &mut Repeat| {
+            proxy
+                .answer(repeat, get.as_bytes(), Some(peer), false, false)
+                .is_some()
+        };
+        assert!(answered(&mut repeat), "refused, and kept");
+        assert!(answered(&mut repeat), "the kept head again");
+        let runtime = proxy.live.current();
+        let mut in_flight = crate::limits::RequestState::default();
+        assert!(runtime
+            .limits
+            .admit(None, None, Some(peer), &mut in_flight)
+            .is_ok());
+        assert!(!answered(&mut repeat), "the client's one slot is taken");
+        drop(in_flight);
+        assert!(answered(&mut repeat), "free again");
     }
 
     /// The policy's refusals so far, and the 429s to a GET on the route.

@@ -6,15 +6,18 @@
 //! again, usually on one connection. Parsing each head, then building each refusal (the
 //! problem body, some 17 fields, their bytes), cost about as much as the gate's read and write
 //! together (BENCHMARKS.md, session 11). Kept, the head's parse and the answer's bytes are used
-//! again; what decides the answer still runs for every request (`steps::identify`,
-//! `before_limits`, the limiter's decision), and the request is counted and recorded as any.
+//! again, and so is what the head was found to be ([`Known`]: its client, its route, the
+//! limiter's charges); what depends on the moment still runs for every request (the request
+//! id, the in-flight limits, the limiter's decision), and the request is counted and recorded
+//! as any.
 //!
 //! Invariant: kept bytes are sent again only for a byte-identical head on the same connection
 //! (so the same peer and TLS), under the same configuration generation, with the same `last`,
 //! for a decision that writes the same fields and body (`Decision::answers_as`). What differs
 //! per request is patched in place at the same length: the request id wherever the kept one
 //! occurs, the timing fields (`Headers::timing`) and `Date`. Anything else, or a value of
-//! another length, builds the answer again.
+//! another length, builds the answer again. [`Known`] follows from the head, the peer, TLS and
+//! the generation alone, so the same conditions make it true again.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -22,8 +25,10 @@ use std::sync::Arc;
 use http::HeaderName;
 use pingora::http::RequestHeader;
 
+use crate::client::Client;
 use crate::ctx::Ctx;
-use crate::ratelimit::Decision;
+use crate::ratelimit::{Charge, Decision};
+use crate::routing::Route;
 use crate::runtime::Runtime;
 
 /// What one connection keeps between its early answers: nothing, or the last refused head.
@@ -38,18 +43,37 @@ struct Kept {
     last: bool,
     /// `head` parsed, its path canonical.
     req: RequestHeader,
+    known: Known,
     refusal: Template,
 }
 
+/// What a refused head was found to be the first time, which the same head on the same
+/// connection under the same generation is again.
+pub(super) struct Known {
+    /// Who sent it (`steps::identify`): from the peer, TLS and the forwarding fields.
+    pub client: Option<Client>,
+    /// Where its path goes; the steps of `before_limits` before the route passed it.
+    pub route: Arc<Route>,
+    /// The limiter's charges (`Limiter::charges`): from the route, the client and the head.
+    pub charges: Vec<Charge>,
+}
+
+/// The kept head seen again: its parse, what it is, and the refusal last sent to it.
+pub(super) struct Again<'k> {
+    pub req: &'k mut RequestHeader,
+    pub known: &'k Known,
+    pub refusal: &'k mut Template,
+}
+
 impl Repeat {
-    /// The parse and refusal kept for `head`, if it is the kept head again under the same
-    /// generation and `last`. A different head forgets what was kept.
+    /// What is kept for `head`, if it is the kept head again under the same generation and
+    /// `last`. A different head forgets what was kept.
     pub(super) fn same(
         &mut self,
         head: &[u8],
         runtime: &Arc<Runtime>,
         last: bool,
-    ) -> Option<(&mut RequestHeader, &mut Template)> {
+    ) -> Option<Again<'_>> {
         let same = self.kept.as_ref().is_some_and(|kept| {
             kept.head == head && kept.last == last && Arc::ptr_eq(&kept.runtime, runtime)
         });
@@ -57,26 +81,32 @@ impl Repeat {
             self.kept = None;
         }
         let kept = self.kept.as_mut()?;
-        Some((&mut kept.req, &mut kept.refusal))
+        Some(Again {
+            req: &mut kept.req,
+            known: &kept.known,
+            refusal: &mut kept.refusal,
+        })
     }
 
-    /// Keep `refusal`, the answer to `head`: with `parsed`, the head's parse (canonical), or
-    /// for the head kept already (`parsed` is `None`: [`Self::same`] lent its parse).
+    /// Keep `refusal`, the answer to `head`: with `first`, the head's parse (canonical) and
+    /// what it was found to be, or for the head kept already (`first` is `None`:
+    /// [`Self::same`] lent them).
     pub(super) fn keep(
         &mut self,
         head: &[u8],
         runtime: &Arc<Runtime>,
         last: bool,
-        parsed: Option<RequestHeader>,
+        first: Option<(RequestHeader, Known)>,
         refusal: Template,
     ) {
-        match (parsed, self.kept.as_mut()) {
-            (Some(req), _) => {
+        match (first, self.kept.as_mut()) {
+            (Some((req, known)), _) => {
                 self.kept = Some(Kept {
                     runtime: runtime.clone(),
                     head: head.to_vec(),
                     last,
                     req,
+                    known,
                     refusal,
                 })
             }

@@ -82,6 +82,23 @@ impl Proxy {
             let detail = "no route matches this path";
             return Err(LocalResponse::problem(404, detail, &ctx.request_id));
         };
+        self.limits_on_route(req, ctx, &route)?;
+        if let Some(policy) = route.cors.as_ref() {
+            if let Some(answer) = preflight(policy, req, &ctx.request_id) {
+                return Err(answer);
+            }
+        }
+        Ok(route)
+    }
+
+    /// The step of [`Self::before_limits`] once the route is chosen: its compression, and the
+    /// body size and in-flight limits (413, 503).
+    pub(super) fn limits_on_route(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut Ctx,
+        route: &Arc<Route>,
+    ) -> Result<(), LocalResponse> {
         ctx.compress.use_route(route.compression.as_ref());
         ctx.route = Some(route.clone());
         let length = req
@@ -97,12 +114,7 @@ impl Proxy {
             let local = LocalResponse::problem(r.status, r.detail, &ctx.request_id);
             return Err(local.with_headers(r.retry_after_header()));
         }
-        if let Some(policy) = route.cors.as_ref() {
-            if let Some(answer) = preflight(policy, req, &ctx.request_id) {
-                return Err(answer);
-            }
-        }
-        Ok(route)
+        Ok(())
     }
 
     /// A fresh cache hit this process holds (`Cache::held_hit`, `Cache::serve_hit`), with what
@@ -130,18 +142,28 @@ const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-for
 /// Request id, TLS, client identity and the client's `Accept-Encoding`, from the request and
 /// the connection's peer.
 pub(super) fn identify(req: &RequestHeader, peer: Option<IpAddr>, tls: bool, ctx: &mut Ctx) {
+    identify_request(req, tls, ctx);
+    let forwarded = |name| {
+        req.headers
+            .get(name)
+            .map(|v: &http::HeaderValue| v.as_bytes())
+    };
+    ctx.client = Some(Client::identify(
+        peer,
+        || (forwarded(X_FORWARDED_FOR), forwarded(X_FORWARDED_PROTO)),
+        ctx.tls,
+        &ctx.runtime.trusted,
+    ));
+}
+
+/// [`identify`] but for the client: request id, TLS and `Accept-Encoding`. The gate's kept
+/// refusal (`proxy::repeat`) knows the client of its head already.
+pub(super) fn identify_request(req: &RequestHeader, tls: bool, ctx: &mut Ctx) {
     ctx.request_id = headers::request_id(req);
     ctx.unfinished
         .begin(&ctx.request_id, &req.method, &req.uri, ctx.started);
     ctx.tls = tls;
     ctx.compress.request(&ctx.runtime.compression, req);
-    ctx.client = Some(Client::identify(
-        peer,
-        req.headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()),
-        req.headers.get(X_FORWARDED_PROTO).map(|v| v.as_bytes()),
-        ctx.tls,
-        &ctx.runtime.trusted,
-    ));
 }
 
 /// The entry [`Proxy::fresh_hit`] would send, looked up without counting (`Cache::held_hit`).

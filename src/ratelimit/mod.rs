@@ -112,8 +112,16 @@ impl Limiter {
         }
     }
 
-    /// The charges of the request on `route` from `client`, one per policy of the route.
-    fn charges(&self, req: &RequestHeader, route: &str, client: Option<&Client>) -> Vec<Charge> {
+    /// The charges of the request on `route` from `client`, one per policy of the route: what
+    /// [`Self::known_refusal`] and [`Self::check_here`] decide on. They follow from the
+    /// request, the route and the client alone, so the gate keeps them with a refusal it may
+    /// send again (`proxy::repeat`); they are this limiter's (its policies' indices).
+    pub fn charges(
+        &self,
+        req: &RequestHeader,
+        route: &str,
+        client: Option<&Client>,
+    ) -> Vec<Charge> {
         self.policies
             .iter()
             .enumerate()
@@ -142,19 +150,14 @@ impl Limiter {
     /// and counted exactly as [`Self::check`] would decide it, without charging, without the
     /// store and without waiting; `None` when that is not known (then `check` decides).
     /// The connection gate asks this before Pingora parses a request (`proxy::early`).
-    pub fn known_refusal(
-        &self,
-        req: &RequestHeader,
-        route: &str,
-        client: Option<&Client>,
-    ) -> Option<Decision> {
+    /// `charges`: [`Self::charges`] of the request.
+    pub fn known_refusal(&self, charges: &[Charge]) -> Option<Decision> {
         if self.fallback.load(Ordering::Relaxed) {
             return None;
         }
-        let charges = self.charges(req, route, client);
-        let policies = self.policies_of(&charges);
-        let outcome = self.refused.answer(&policies, &charges)?;
-        Some(self.decision(&charges, outcome, false))
+        let policies = self.policies_of(charges);
+        let outcome = self.refused.answer(&policies, charges)?;
+        Some(self.decision(charges, outcome, false))
     }
 
     /// Charge the request on `route` from `client` to every policy of the route. `None`: no
@@ -228,15 +231,14 @@ impl Limiter {
     /// memory store; on Redis for a known refusal or a request leased tokens admit.
     /// [`Here::Decided`]: charged and counted exactly as `check` would; [`Here::AskStore`]:
     /// nothing charged, only `check` can decide. The connection gate answers a fresh cache hit
-    /// with it (`proxy::early`).
-    pub fn check_here(&self, req: &RequestHeader, route: &str, client: Option<&Client>) -> Here {
-        let charges = self.charges(req, route, client);
+    /// with it (`proxy::early`). `charges`: [`Self::charges`] of the request.
+    pub fn check_here(&self, charges: &[Charge]) -> Here {
         if charges.is_empty() {
             return Here::Decided(None);
         }
-        let policies = self.policies_of(&charges);
-        match self.outcome_here(&policies, &charges) {
-            Some(outcome) => Here::Decided(Some(self.decision(&charges, outcome, false))),
+        let policies = self.policies_of(charges);
+        match self.outcome_here(&policies, charges) {
+            Some(outcome) => Here::Decided(Some(self.decision(charges, outcome, false))),
             None => Here::AskStore,
         }
     }
