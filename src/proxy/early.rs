@@ -13,7 +13,9 @@
 //! for the request id, the date and the timings, and it is counted the same. It runs the
 //! same steps in the same order (`steps::identify`, the canonical path, `before_limits`,
 //! the rate limits, the fresh hit), builds the response with the same calls
-//! (`respond::prepare`, `steps::serve_hit`) and records it like `logging` does. A step that
+//! (`respond::prepare`, `steps::serve_hit`) and records it like `logging` does; for the
+//! connection's kept head again (`repeat`), the steps whose outcome follows from the head, the
+//! peer and the generation alone are not run again but taken from its first sight. A step that
 //! cannot decide without waiting (the limiter needs Redis: `Here::AskStore`) or that would
 //! answer otherwise (404, 400, a preflight, a miss) leaves the request to Pingora, which
 //! decides it from the start: nothing was charged or counted here.
