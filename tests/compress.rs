@@ -724,3 +724,104 @@ fn cache_hits_keep_their_encoding() {
         }
     }
 }
+
+/// A replica keeps an entry in its near tier (`[cache] local_bytes`) just before another replica
+/// revalidates it in Redis: the copies it makes from the version it holds are refused (the
+/// entry changed), and then it reads the current version and its hits are served from a copy
+/// again. Before, it compressed every hit until its version's freshness ran out (seen in the
+/// bench as scenario g slowing down about 12x after the entry's first expiry).
+#[test]
+fn a_replica_holding_a_replaced_version_gets_copies_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let revalidations = Arc::new(AtomicUsize::new(0));
+    let seen = revalidations.clone();
+    let content = body(40_000);
+    let served = content.clone();
+    // Stale after 1 s; a 304 keeps it fresh for 30 s. The first revalidation (A's) answers
+    // in 200 ms, the second (B's, sent 50 ms later on the same stale entry) in 1 s, so B
+    // writes its version well after A read A's.
+    let up = Upstream::start(move |req| {
+        if req.header("if-none-match") == Some("\"v1\"") {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let late = if n == 0 { 200 } else { 1000 };
+            return Reply::ok("")
+                .status(304)
+                .header("etag", "\"v1\"")
+                .header("cache-control", "max-age=30")
+                .delay(Duration::from_millis(late));
+        }
+        Reply::json(served.clone())
+            .header("etag", "\"v1\"")
+            .header("cache-control", "max-age=1")
+    });
+    let redis = Redis::start();
+    let config = format!(
+        "{}read_timeout = \"5s\"\n[[routes]]\nname = \"kpis\"\nprefix = \"/api/\"\nupstream = \"u\"\n\
+         cache = \"kpis\"\n[store]\nredis_url = \"{}\"\ntimeout = \"1s\"\n\
+         [cache.policies.kpis]\nttl = \"1s\"\n",
+        upstream_toml("u", &[&up.addr]),
+        redis.url()
+    );
+    let (a, b) = (Rampart::start(&config), Rampart::start(&config));
+    let path = "/api/v1/dashboard/kpis";
+    assert_eq!(
+        get_with(&a, path, "identity").header("x-cache"),
+        Some("MISS")
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    // Both replicas find the stale entry and revalidate it; A's version lands first.
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    let on_a = std::thread::spawn(move || {
+        let mut conn = HttpConn::connect(a_addr).expect("connect a");
+        conn.send("GET", path, &[], None, false).expect("send");
+        conn.read_response(false).expect("a's revalidation")
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let on_b = std::thread::spawn(move || {
+        let mut conn = HttpConn::connect(b_addr).expect("connect b");
+        conn.send("GET", path, &[], None, false).expect("send");
+        conn.read_response(false).expect("b's revalidation")
+    });
+    assert_eq!(
+        on_a.join().expect("a").header("x-cache"),
+        Some("REVALIDATED")
+    );
+    // A reads A's version from Redis and keeps it near, fresh for 30 s.
+    let kept = get_with(&a, path, "identity");
+    assert_eq!(kept.header("x-cache"), Some("HIT"));
+    assert_eq!(
+        on_b.join().expect("b").header("x-cache"),
+        Some("REVALIDATED")
+    );
+    assert_eq!(revalidations.load(Ordering::SeqCst), 2, "both revalidated");
+
+    let gzip_in = || {
+        sample(
+            &a.metrics(),
+            r#"rampart_compression_bytes_in_total{encoding="gzip"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    let copied = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        let hit = get_with(&a, path, "gzip");
+        assert_eq!(hit.header("x-cache"), Some("HIT"));
+        assert_eq!(decode(&hit), content);
+        hit.header("content-length").is_some()
+    });
+    assert!(copied, "A's hits are served from a copy within a second");
+    let compressed = gzip_in();
+    for _ in 0..3 {
+        let hit = get_with(&a, path, "gzip");
+        assert_eq!(hit.header("content-encoding"), Some("gzip"));
+        assert_eq!(decode(&hit), content);
+    }
+    assert_eq!(gzip_in(), compressed, "hits on the copy compress nothing");
+    assert_eq!(
+        up.count(),
+        3,
+        "one fill and two revalidations reached the origin"
+    );
+}

@@ -259,6 +259,17 @@ impl MemoryStorage {
         self.lock().remove(tag, entry)
     }
 
+    /// The entry, only while it is still the version `source` names (same internal meta).
+    pub(super) fn delete_version(&self, source: &Source) -> bool {
+        let mut inner = self.lock();
+        let same = inner
+            .groups
+            .get(&source.tag)
+            .and_then(|g| g.get(&source.entry))
+            .is_some_and(|slot| slot.internal == source.internal);
+        same && inner.remove(&source.tag, &source.entry)
+    }
+
     /// Every entry of one URL.
     pub fn purge_tag(&self, tag: &str) -> u64 {
         let mut inner = self.lock();

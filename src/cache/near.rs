@@ -243,6 +243,15 @@ impl Near {
         self.store.put_copy(source, coding, body);
     }
 
+    /// Redis refused a copy made from `source`: its entry was revalidated, refilled or went
+    /// since this tier kept it (a read from Redis can be kept just after another request or
+    /// replica replaced what it read). That version goes from here, so the next lookup reads
+    /// the current one and its copies can be made; kept, it would be compressed again on every
+    /// hit until it expired (up to its whole freshness).
+    pub(super) fn forget_version(&self, source: &Source) {
+        self.store.delete_version(source);
+    }
+
     /// This replica purged a URL: its entries go at once (the others' at their next poll).
     pub(super) fn forget_url(&self, tag: &str) {
         self.store.purge_tag(tag);

@@ -344,7 +344,8 @@ impl RedisStorage {
     }
 
     /// Keep `body` as the copy in `coding` of the entry `source` names, if that entry is still
-    /// the one it was made from (PUT_COPY).
+    /// the one it was made from (PUT_COPY), here and in the near tier; when it is not, the
+    /// near tier forgets the version the copy was made from.
     pub(super) async fn put_copy(&self, source: &Source, coding: Coding, body: Bytes) -> bool {
         let key = self.key(&source.tag);
         let copies = self.copy_key(&source.tag);
@@ -366,14 +367,14 @@ impl RedisStorage {
                     .invoke_async::<i64>(&mut c)
                     .await
             })
-            .await
-            .is_ok_and(|stored| stored == 1);
-        if stored {
-            if let Some(near) = &self.near {
-                near.put_copy(source, coding, body);
-            }
+            .await;
+        let stored = stored.ok();
+        match (stored, &self.near) {
+            (Some(1), Some(near)) => near.put_copy(source, coding, body),
+            (Some(_), Some(near)) => near.forget_version(source),
+            _ => {}
         }
-        stored
+        stored == Some(1)
     }
 
     /// Give up the claim `token` holds (its request stored nothing), so waiters move on at
