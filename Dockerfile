@@ -51,13 +51,12 @@ COPY --from=builder /out/rampart /usr/local/bin/rampart
 COPY deploy/docker/healthcheck.sh /usr/local/bin/rampart-healthcheck
 COPY config/proxy.toml /etc/rampart/proxy.toml
 
-# MIMALLOC_PURGE_DELAY: freed memory goes back to the system after 100 ms instead of mimalloc
-# 3's 1 s (Rampart's own default too; written out so it is visible and easy to change). Not
-# 10 ms: every proxied response's body buffer was then faulted in again, 0.45-0.56 page faults
-# per passthrough against 0.16-0.22, for no lower peak RSS (BENCHMARKS.md, session 16).
+# MIMALLOC_PURGE_DELAY: freed memory goes back to the system after 10 ms instead of mimalloc
+# 3's 1 s. With 64 connections fetching 150 KB gzipped bodies the peak RSS was 63-67 MiB
+# instead of 73-106 MiB, at a CPU cost within the noise (BENCHMARKS.md, "Late night").
 ENV RAMPART_CONFIG=/etc/rampart/proxy.toml \
     RUST_LOG=info \
-    MIMALLOC_PURGE_DELAY=100
+    MIMALLOC_PURGE_DELAY=10
 
 # Numeric so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001

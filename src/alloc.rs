@@ -19,11 +19,8 @@
 //! RSS of a whole bench run at 74-78 MiB. The C library's heap uses ordinary pages and hands
 //! freed ones back: peak 63-65 MiB with this split, for 16-21% more CPU on the 150 KB gzip
 //! (its pages are faulted in again; it still runs well ahead of nginx). [`init`] also sets
-//! mimalloc's purge delay to 100 ms instead of its 1 s, so freed small pages go back soon too
-//! (BENCHMARKS.md, sessions 13 and 16). Not shorter: at 10 ms the pages of the 64 KiB body
-//! buffer every proxied response gets were handed back between requests and faulted in again
-//! (0.45-0.56 page faults per passthrough against 0.16-0.22 at 100 ms, and 2.5 times the
-//! `madvise` calls), for no lower peak (56.2 against 56.4 MiB through the bench's scenarios).
+//! mimalloc's purge delay to the 10 ms the deployment files set, so freed small pages go back
+//! within 10 ms too: peak 57-59 MiB (BENCHMARKS.md, session 13).
 //!
 //! Invariant: every block returned is aligned to its layout's alignment, and every block is
 //! freed by the allocator that made it: [`from_libc`] decides both from the layout alone.
@@ -60,15 +57,12 @@ fn from_libc(align: usize, size: usize) -> bool {
 /// not name. The unit test reads it back to check the number.
 const PURGE_DELAY: mi::mi_option_t = 15;
 
-/// The purge delay [`init`] sets, in milliseconds (the module header says why this one).
-const PURGE_DELAY_MS: std::ffi::c_long = 100;
-
-/// Called first in `main`: mimalloc returns freed memory to the system after 100 ms instead of
+/// Called first in `main`: mimalloc returns freed memory to the system after 10 ms instead of
 /// its default 1 s (lower peak RSS), unless `MIMALLOC_PURGE_DELAY` chooses otherwise.
 pub fn init() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets an option mimalloc reads at each purge; any value is valid.
-        unsafe { mi::mi_option_set(PURGE_DELAY, PURGE_DELAY_MS) };
+        unsafe { mi::mi_option_set(PURGE_DELAY, 10) };
     }
 }
 
@@ -205,7 +199,7 @@ mod tests {
         }
     }
 
-    /// `PURGE_DELAY` is mimalloc's purge delay: 1000 ms by default in mimalloc 3, 100 after
+    /// `PURGE_DELAY` is mimalloc's purge delay: 1000 ms by default in mimalloc 3, 10 after
     /// `init`, and an operator's `MIMALLOC_PURGE_DELAY` left as it is.
     #[test]
     fn init_sets_the_purge_delay_unless_the_environment_does() {
@@ -218,7 +212,7 @@ mod tests {
         } else {
             // mimalloc 3's default for option 15: the right number.
             assert_eq!(before, 1000);
-            assert_eq!(after, 100);
+            assert_eq!(after, 10);
         }
     }
 
