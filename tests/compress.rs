@@ -732,25 +732,40 @@ fn cache_hits_keep_their_encoding() {
 /// bench as scenario g slowing down about 12x after the entry's first expiry).
 #[test]
 fn a_replica_holding_a_replaced_version_gets_copies_again() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
     let revalidations = Arc::new(AtomicUsize::new(0));
-    let seen = revalidations.clone();
+    // B's revalidation has reached the origin; the test lets it be answered (A holds A's
+    // version near).
+    let (b_arrived, release_b) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (seen, arrived, release) = (revalidations.clone(), b_arrived.clone(), release_b.clone());
     let content = body(40_000);
     let served = content.clone();
-    // Stale after 1 s; a 304 keeps it fresh for 30 s. The first revalidation (A's) answers
-    // in 200 ms, the second (B's, sent 50 ms later on the same stale entry) in 1 s, so B
-    // writes its version well after A read A's.
+    // Stale after 1 s; a 304 keeps it fresh for 30 s. The order is forced, whatever the
+    // machine's load (each replica's request carries its own X-Request-Id, which Rampart
+    // forwards): A's revalidation is answered only once B's has arrived (so both found the
+    // same stale entry), and B's only once the test lets it (after A read A's version).
     let up = Upstream::start(move |req| {
         if req.header("if-none-match") == Some("\"v1\"") {
-            let n = seen.fetch_add(1, Ordering::SeqCst);
-            let late = if n == 0 { 200 } else { 1000 };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let wait_for = if req.header("x-request-id") == Some("revalidate-on-b") {
+                arrived.store(true, Ordering::SeqCst);
+                &release
+            } else {
+                &arrived
+            };
+            let deadline = Instant::now() + Duration::from_secs(4);
+            while !wait_for.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             return Reply::ok("")
                 .status(304)
                 .header("etag", "\"v1\"")
-                .header("cache-control", "max-age=30")
-                .delay(Duration::from_millis(late));
+                .header("cache-control", "max-age=30");
         }
         Reply::json(served.clone())
             .header("etag", "\"v1\"")
@@ -775,13 +790,14 @@ fn a_replica_holding_a_replaced_version_gets_copies_again() {
     let (a_addr, b_addr) = (a.addr, b.addr);
     let on_a = std::thread::spawn(move || {
         let mut conn = HttpConn::connect(a_addr).expect("connect a");
-        conn.send("GET", path, &[], None, false).expect("send");
+        let id = [("X-Request-Id", "revalidate-on-a")];
+        conn.send("GET", path, &id, None, false).expect("send");
         conn.read_response(false).expect("a's revalidation")
     });
-    std::thread::sleep(Duration::from_millis(50));
     let on_b = std::thread::spawn(move || {
         let mut conn = HttpConn::connect(b_addr).expect("connect b");
-        conn.send("GET", path, &[], None, false).expect("send");
+        let id = [("X-Request-Id", "revalidate-on-b")];
+        conn.send("GET", path, &id, None, false).expect("send");
         conn.read_response(false).expect("b's revalidation")
     });
     assert_eq!(
@@ -791,6 +807,7 @@ fn a_replica_holding_a_replaced_version_gets_copies_again() {
     // A reads A's version from Redis and keeps it near, fresh for 30 s.
     let kept = get_with(&a, path, "identity");
     assert_eq!(kept.header("x-cache"), Some("HIT"));
+    release_b.store(true, Ordering::SeqCst);
     assert_eq!(
         on_b.join().expect("b").header("x-cache"),
         Some("REVALIDATED")
