@@ -71,6 +71,57 @@ async fn outage_is_bounded_counted_and_recovered() {
     );
 }
 
+/// One slow answer falls back alone: a Redis that stalls through one call (frozen, as one
+/// starved of CPU) fails that call at the deadline but starts no outage; stalled through
+/// [`rampart::redis::TIMEOUTS_FOR_OUTAGE`] calls in a row, it is down until it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_answer_is_no_outage_but_a_stalled_redis_is() {
+    let redis = Redis::start();
+    let (store, metrics) = store_for(&redis, 150);
+    assert_eq!(ping(&store).await.expect("ping"), "PONG");
+
+    // Several times: which of the two equal deadlines (Rampart's, redis-rs's response
+    // timeout) fires first varies from call to call, and either must count as a timeout.
+    for round in 0..6 {
+        redis.pause();
+        let started = Instant::now();
+        let slow = ping(&store).await;
+        let waited = started.elapsed();
+        redis.resume();
+        assert!(
+            matches!(slow, Err(rampart::redis::Error::Timeout(_))),
+            "round {round}: {slow:?}"
+        );
+        assert!(waited < Duration::from_secs(1), "bounded: {waited:?}");
+        assert!(
+            !store.is_down(),
+            "round {round}: one slow answer is no outage"
+        );
+        assert_eq!(ping(&store).await.expect("ping"), "PONG");
+    }
+
+    redis.pause();
+    for _ in 0..rampart::redis::TIMEOUTS_FOR_OUTAGE {
+        assert!(ping(&store).await.is_err(), "redis is frozen");
+    }
+    assert!(
+        store.is_down(),
+        "a Redis that stalls call after call is down"
+    );
+    let text = String::from_utf8(metrics.render()).expect("utf8");
+    assert!(
+        text.contains("rampart_store_up{backend=\"redis\"} 0"),
+        "{text}"
+    );
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ping(&store).await.is_err() {
+        assert!(Instant::now() < deadline, "it never answered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!store.is_down());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_at_start_is_not_fatal() {
     let port = free_port();

@@ -12,11 +12,13 @@
 //!
 //! Invariants: no call outlives `store.timeout`; every call is timed and every failure counted
 //! (`rampart_store_*{backend="redis"}`); an outage is logged once when it starts and once when
-//! it ends, never per request; an outage starts at a failed connection or error, or at
-//! [`TIMEOUTS_FOR_OUTAGE`] timeouts in a row (one slow answer under load is that call's fallback,
-//! not an outage for every request); while Redis is known down, features skip it except one probe
-//! per [`PROBE_INTERVAL`] ([`Redis::should_try`], one gate for every feature). A background
-//! check every `store.health_interval` keeps `rampart_store_up` true even without traffic.
+//! it ends, never per request; an outage starts at a failed connection or error, at a failed
+//! health check, or at [`TIMEOUTS_FOR_OUTAGE`] timeouts in a row (one slow answer under load is
+//! that call's fallback, not an outage for every request; redis-rs's own response timeout is
+//! the same deadline, so it counts as a timeout too); while Redis is known down, features skip
+//! it except one probe per [`PROBE_INTERVAL`] ([`Redis::should_try`], one gate for every
+//! feature). A background check every `store.health_interval` keeps `rampart_store_up` true
+//! even without traffic.
 //!
 //! A cluster is up only while every primary answers: a dead primary is one outage for every
 //! feature until its replica is promoted, not a flicker between healthy nodes and the dead
@@ -152,6 +154,20 @@ enum Slot {
     Failed(ErrorKind, String),
 }
 
+/// What a call's outcome says about the store as a whole (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A feature's call on a cluster that is up: it reached one primary, so its answer says
+    /// nothing about the others and ends no outage.
+    Keyed,
+    /// A feature's call on one node, or a cluster probe (every primary checked first): its
+    /// answer ends an outage.
+    Probe,
+    /// The background health check: it PINGs every node, so it ends an outage when it passes
+    /// and starts one when it fails in any way, a timeout included.
+    Check,
+}
+
 /// The shared Redis store.
 pub struct Redis {
     /// What it was built from (a reload with the same `[store]` keeps this store).
@@ -283,7 +299,12 @@ impl Redis {
     {
         let cluster = self.is_cluster();
         let probe = cluster && self.is_down();
-        self.timed(op, !cluster || probe, async {
+        let role = if cluster && !probe {
+            Role::Keyed
+        } else {
+            Role::Probe
+        };
+        self.timed(op, role, async {
             let conn = if probe {
                 self.checked_connection().await?
             } else {
@@ -308,7 +329,7 @@ impl Redis {
 
     /// Whether every node answers PING now (see [`Redis::check`]); ends an outage when it does.
     pub async fn health(&self) -> Result<(), Error> {
-        self.timed("ping", true, async {
+        self.timed("ping", Role::Check, async {
             self.checked_connection().await.map(drop)
         })
         .await
@@ -362,12 +383,12 @@ impl Redis {
         Ok(())
     }
 
-    /// `fut` under the store deadline, timed and counted as `op`; its failure starts an outage,
-    /// its success ends one only when `ends_outage`.
+    /// `fut` under the store deadline, timed and counted as `op`; what its outcome says about
+    /// the outage depends on its `role`.
     async fn timed<T>(
         &self,
         op: &'static str,
-        ends_outage: bool,
+        role: Role,
         fut: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, Error> {
         let started = Instant::now();
@@ -375,7 +396,7 @@ impl Redis {
         let result = tokio::time::timeout(self.timeout, fut).await;
         let result = match result {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Error::Redis(e)),
+            Ok(Err(e)) => Err(self.store_error(e)),
             Err(_) => Err(Error::Timeout(self.timeout)),
         };
         self.metrics
@@ -385,7 +406,7 @@ impl Redis {
         match &result {
             Ok(_) => {
                 self.reset_timeouts();
-                if ends_outage {
+                if role != Role::Keyed {
                     self.mark_up();
                 }
             }
@@ -395,7 +416,7 @@ impl Redis {
                     .store_errors
                     .with_label_values(&[BACKEND, op])
                     .inc();
-                if self.starts_outage(e, began_ms) {
+                if self.starts_outage(e, role, began_ms) {
                     self.mark_down(op, e);
                 }
             }
@@ -411,18 +432,31 @@ impl Redis {
         }
     }
 
+    /// A failure redis-rs reports: its own response timeout is the store deadline seen from
+    /// inside (Rampart sets it to `store.timeout`, and whichever timer a tick fires first
+    /// wins), so it is a [`Error::Timeout`] like Rampart's own, not an error of Redis.
+    fn store_error(&self, e: RedisError) -> Error {
+        if e.is_timeout() {
+            Error::Timeout(self.timeout)
+        } else {
+            Error::Redis(e)
+        }
+    }
+
     /// Whether this failure of a call that began at `began_ms` makes (or continues) an
-    /// outage: any error, or the [`TIMEOUTS_FOR_OUTAGE`]th timeout in a row; a single slow
-    /// answer falls back for its own call only. A call that began before the last outage
-    /// ended failed in that outage (it was in flight when a probe found Redis back): it
-    /// neither starts a new one nor counts toward the next run of timeouts (calls stuck on a
-    /// dead cluster primary time out just after its replica is promoted).
-    fn starts_outage(&self, e: &Error, began_ms: u64) -> bool {
+    /// outage: any error, any failed health check (it asks every node once per interval, so
+    /// its timeout is a node not answering, not one slow answer among many), or the
+    /// [`TIMEOUTS_FOR_OUTAGE`]th timeout in a row; a single slow answer falls back for its
+    /// own call only. A call that began before the last outage ended failed in that outage
+    /// (it was in flight when a probe found Redis back): it neither starts a new one nor
+    /// counts toward the next run of timeouts (calls stuck on a dead cluster primary time
+    /// out just after its replica is promoted).
+    fn starts_outage(&self, e: &Error, role: Role, began_ms: u64) -> bool {
         if began_ms < self.up_since_ms.load(Ordering::Relaxed) {
             return false;
         }
         match e {
-            Error::Timeout(_) if !self.is_down() => {
+            Error::Timeout(_) if role != Role::Check && !self.is_down() => {
                 self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_FOR_OUTAGE
             }
             Error::Timeout(_) | Error::Redis(_) => {
@@ -571,16 +605,19 @@ mod tests {
         let redis = unreachable_redis();
         let timeout = || Error::Timeout(Duration::from_millis(50));
         let now = 0;
-        assert!(!redis.starts_outage(&timeout(), now));
-        assert!(!redis.starts_outage(&timeout(), now));
+        assert!(!redis.starts_outage(&timeout(), Role::Probe, now));
+        assert!(!redis.starts_outage(&timeout(), Role::Probe, now));
         redis.reset_timeouts(); // an answer
-        assert!(!redis.starts_outage(&timeout(), now));
-        assert!(!redis.starts_outage(&timeout(), now));
-        assert!(redis.starts_outage(&timeout(), now), "the third in a row");
-        let refused = Error::Redis(RedisError::from((ErrorKind::IoError, "refused")));
-        assert!(redis.starts_outage(&refused, now));
+        assert!(!redis.starts_outage(&timeout(), Role::Probe, now));
+        assert!(!redis.starts_outage(&timeout(), Role::Probe, now));
         assert!(
-            !redis.starts_outage(&timeout(), now),
+            redis.starts_outage(&timeout(), Role::Probe, now),
+            "the third in a row"
+        );
+        let refused = Error::Redis(RedisError::from((ErrorKind::IoError, "refused")));
+        assert!(redis.starts_outage(&refused, Role::Probe, now));
+        assert!(
+            !redis.starts_outage(&timeout(), Role::Probe, now),
             "the error ended the run"
         );
     }
@@ -594,14 +631,33 @@ mod tests {
         let refused = Error::Redis(RedisError::from((ErrorKind::IoError, "refused")));
         redis.up_since_ms.store(1_000, Ordering::Relaxed); // recovered at 1 s
         for _ in 0..5 {
-            assert!(!redis.starts_outage(&timeout(), 900));
+            assert!(!redis.starts_outage(&timeout(), Role::Probe, 900));
         }
-        assert!(!redis.starts_outage(&refused, 999));
-        assert!(!redis.starts_outage(&timeout(), 1_000));
-        assert!(!redis.starts_outage(&timeout(), 1_100));
+        assert!(!redis.starts_outage(&refused, Role::Probe, 999));
+        assert!(!redis.starts_outage(&timeout(), Role::Probe, 1_000));
+        assert!(!redis.starts_outage(&timeout(), Role::Probe, 1_100));
         assert!(
-            redis.starts_outage(&timeout(), 1_200),
+            redis.starts_outage(&timeout(), Role::Probe, 1_200),
             "the third timeout begun since the recovery"
         );
+    }
+
+    /// redis-rs's own response timeout is the store deadline: a timeout, not an error.
+    #[test]
+    fn a_redis_rs_timeout_counts_as_a_timeout() {
+        let redis = unreachable_redis();
+        let timed_out = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(matches!(redis.store_error(timed_out), Error::Timeout(_)));
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(redis.store_error(refused), Error::Redis(_)));
+    }
+
+    /// The health check asks every node: its first timeout is an outage.
+    #[test]
+    fn a_health_check_that_times_out_starts_an_outage() {
+        let redis = unreachable_redis();
+        let timeout = Error::Timeout(Duration::from_millis(50));
+        assert!(!redis.starts_outage(&timeout, Role::Keyed, 0));
+        assert!(redis.starts_outage(&timeout, Role::Check, 0));
     }
 }

@@ -157,6 +157,25 @@ impl Redis {
         self.try_cmd(&["INFO", section]).unwrap_or_default()
     }
 
+    /// Freeze the server (SIGSTOP): connections stay open, nothing is answered, as a Redis
+    /// starved of CPU; [`Redis::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.as_ref().expect("a running redis-server").id();
+        let status = std::process::Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {which} {pid}");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
