@@ -34,6 +34,8 @@ pub trait Fields {
     fn get(&self, name: &HeaderName) -> Option<&HeaderValue>;
     /// Every value under `name`, in order.
     fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue>;
+    /// The names present (a name may repeat).
+    fn names(&self) -> impl Iterator<Item = &HeaderName>;
     /// `name: value`, replacing what was under `name`.
     fn set(&mut self, name: HeaderName, value: HeaderValue);
     /// `name: value` after what is under `name` already.
@@ -64,6 +66,10 @@ impl Fields for ResponseHeader {
 
     fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> {
         self.headers.get_all(name).iter()
+    }
+
+    fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.headers.keys()
     }
 
     // Pingora's inserts fail only for a name or value that does not parse; both are parsed.
@@ -160,6 +166,10 @@ impl Fields for Bare {
 
     fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> {
         self.parts.headers.get_all(name).iter()
+    }
+
+    fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.parts.headers.keys()
     }
 
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
@@ -394,6 +404,10 @@ impl Fields for Response {
             .iter()
             .filter(move |f| f.is(key, name))
             .map(|f| &f.value)
+    }
+
+    fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.fields.iter().map(|f| &f.name)
     }
 
     fn set(&mut self, name: HeaderName, value: HeaderValue) {

@@ -30,6 +30,10 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// A change to one field of the upstream request: its new value, or `None` to remove it.
 pub struct Edit(pub HeaderName, pub Option<HeaderValue>);
 
+/// The most fields `upstream_request_filter` writes: [`Headers::forward`]'s five and
+/// `Connection`.
+const UPSTREAM_EDITS_MAX: usize = 6;
+
 /// `edits` written into the upstream request. `preserve_case`: through Pingora's inserts,
 /// which keep the client's spelling of names in its case map. Otherwise into `http`'s map
 /// taken apart from the request, one insert each (why: `fields::Bare`); names then go out
@@ -53,6 +57,9 @@ pub fn edit_upstream_request(
     let end_stream = req.send_end_stream();
     let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts = http::request::Parts::from(std::mem::replace(req, empty));
+    // The map was cloned from the client's request at its exact size: room for the fields
+    // added up front is one growth instead of several (callgrind: three per request).
+    parts.headers.reserve(UPSTREAM_EDITS_MAX);
     for Edit(name, value) in edits {
         match value {
             Some(value) => drop(parts.headers.insert(name, value)),
@@ -255,21 +262,39 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// (`HttpUpstreamRequestPolicy::standard`) already strips the same set, nominated fields
 /// included, and forwards only a WebSocket upgrade. Framing is not affected: Pingora reads the
 /// upstream body from the raw header it parsed, and frames the client's copy itself.
+///
+/// Why one pass over the names first: a response usually carries one of these fields at
+/// most (`Connection: keep-alive`), and a removal costs a lookup whether the name is there or
+/// not (callgrind: seven lookups and a name made for `keep-alive`, per proxied response).
 pub fn remove_hop_by_hop(resp: &mut impl Fields) {
+    let mut present = 0u8;
+    for name in resp.names() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return; // no `Connection`, so nothing nominated either
+    }
     let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let nominated: Vec<HeaderName> = resp
         .get_all(&header::CONNECTION)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        // Connection options, not field names: `keep-alive` is in the list below, and
+        // `close` is a reserved name no field may have (RFC 9110 section 7.6.1).
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in &nominated {
         if !(upgrade && *name == header::UPGRADE) {
             resp.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        if !(upgrade && (*name == header::CONNECTION || *name == header::UPGRADE)) {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        let kept = upgrade && (*name == header::CONNECTION || *name == header::UPGRADE);
+        if present & (1 << i) != 0 && !kept {
             resp.remove(name);
         }
     }
@@ -365,6 +390,29 @@ mod tests {
             star.headers.get("vary").map(|v| v.as_bytes()),
             Some(&b"*"[..])
         );
+    }
+
+    /// Only what is there goes: `Connection` and what it nominates, the rest untouched; a
+    /// response without any of these fields is left as it is.
+    #[test]
+    fn a_lone_connection_field_is_removed_with_what_it_names() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        for (k, v) in [
+            ("content-type", "application/json"),
+            ("connection", "keep-alive, X-Debug"),
+            ("x-debug", "1"),
+            ("etag", "\"v1\""),
+        ] {
+            resp.append_header(k.to_string(), v).expect("h");
+        }
+        crate::fields::Bare::edit(&mut resp, remove_hop_by_hop);
+        let names: Vec<&str> = resp.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "etag"]);
+
+        let mut plain = ResponseHeader::build(200, None).expect("resp");
+        plain.append_header("etag", "\"v2\"").expect("h");
+        remove_hop_by_hop(&mut plain);
+        assert_eq!(plain.headers.len(), 1);
     }
 
     #[test]

@@ -7,9 +7,10 @@
 #
 # The binary runs under valgrind with instrumentation off; 200 keep-alive requests warm it up
 # (pools, caches, the limiter's state), then N more on one connection are counted, each
-# carrying only Host (as wrk's). GZ=1 asks for gzip. Prints the total per request and the
-# profile's path (OUT, default /tmp/rampart-callgrind.out); read it with callgrind_annotate,
-# or with scripts/bench/callers.py OUT FUNCTION N for who calls what, how often.
+# carrying only Host (as wrk's). GZ=1 asks for gzip; CG_OPTS passes more callgrind options
+# (e.g. --separate-callers=5: which caller's inserts grow a header map). Prints the total per
+# request and the profile's path (OUT, default /tmp/rampart-callgrind.out); read it with
+# callgrind_annotate, or with scripts/bench/callers.py OUT FUNCTION N for who calls what.
 # Needs ../shared/bench started (the origin on :18001/:18002); a config with redis_url needs
 # the bench's Redis (:16379), flushed first.
 set -euo pipefail
@@ -20,7 +21,7 @@ gz=()
 [ "${GZ:-0}" != 1 ] || gz=(gzip)
 ! grep -q '^redis_url' "$cfg" || redis-cli -p 16379 FLUSHALL >/dev/null
 rm -f "$out" "$out".*
-RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+RUST_LOG=warn valgrind --tool=callgrind ${CG_OPTS:-} --instr-atstart=no --callgrind-out-file="$out" \
   "$bin" run --config "$cfg" 2>"$out.log" & pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 for _ in $(seq 120); do curl -s -o /dev/null "http://127.0.0.1:$port/health" && break; sleep 0.5; done

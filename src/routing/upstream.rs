@@ -105,6 +105,13 @@ impl Upstream {
     /// Usable addresses first; when none is, any untried one (so a recovered upstream is
     /// used at once and the client sees the real connect error otherwise).
     pub fn select(&self, tried: &[Backend]) -> Option<Backend> {
+        // One address (most groups): it, unless tried, whatever its health, which is what the
+        // two passes below come to. Pingora's selection would build an iterator and a set of
+        // the addresses it has seen to find it (callgrind: 1.7k instructions per request).
+        let addresses = self.balancer.backends().get_backend();
+        if let (1, Some(only)) = (addresses.len(), addresses.first()) {
+            return (!tried.contains(only)).then(|| only.clone());
+        }
         let untried = |b: &Backend| !tried.contains(b);
         let n = self.config.addrs.len().max(1) * 4;
         self.balancer
