@@ -13,12 +13,12 @@
 //! Invariants: no call outlives `store.timeout`; every call is timed and every failure counted
 //! (`rampart_store_*{backend="redis"}`); an outage is logged once when it starts and once when
 //! it ends, never per request; an outage starts at a failed connection or error, at a failed
-//! health check, or at [`TIMEOUTS_FOR_OUTAGE`] timeouts in a row (one slow answer under load is
-//! that call's fallback, not an outage for every request; redis-rs's own response timeout is
-//! the same deadline, so it counts as a timeout too); while Redis is known down, features skip
-//! it except one probe per [`PROBE_INTERVAL`] ([`Redis::should_try`], one gate for every
-//! feature). A background check every `store.health_interval` keeps `rampart_store_up` true
-//! even without traffic.
+//! health check of a cluster, or at [`TIMEOUTS_FOR_OUTAGE`] timeouts in a row (one slow answer
+//! under load is that call's fallback, not an outage for every request; redis-rs's own response
+//! timeout is the same deadline, so it counts as a timeout too); while Redis is known down,
+//! features skip it except one probe per [`PROBE_INTERVAL`] ([`Redis::should_try`], one gate
+//! for every feature). A background check every `store.health_interval` keeps
+//! `rampart_store_up` true even without traffic.
 //!
 //! A cluster is up only while every primary answers: a dead primary is one outage for every
 //! feature until its replica is promoted, not a flicker between healthy nodes and the dead
@@ -163,8 +163,11 @@ enum Role {
     /// A feature's call on one node, or a cluster probe (every primary checked first): its
     /// answer ends an outage.
     Probe,
-    /// The background health check: it PINGs every node, so it ends an outage when it passes
-    /// and starts one when it fails in any way, a timeout included.
+    /// The background health check of a cluster: it PINGs every primary, so it ends an
+    /// outage when it passes and starts one when it fails in any way, a timeout included.
+    /// Keyed calls answered by the healthy primaries end every run of timeouts, so only the
+    /// check sees a primary that stopped answering. (On one node the check is a `Probe`: its
+    /// single slow answer is no outage either.)
     Check,
 }
 
@@ -329,7 +332,12 @@ impl Redis {
 
     /// Whether every node answers PING now (see [`Redis::check`]); ends an outage when it does.
     pub async fn health(&self) -> Result<(), Error> {
-        self.timed("ping", Role::Check, async {
+        let role = if self.is_cluster() {
+            Role::Check
+        } else {
+            Role::Probe
+        };
+        self.timed("ping", role, async {
             self.checked_connection().await.map(drop)
         })
         .await
@@ -444,8 +452,7 @@ impl Redis {
     }
 
     /// Whether this failure of a call that began at `began_ms` makes (or continues) an
-    /// outage: any error, any failed health check (it asks every node once per interval, so
-    /// its timeout is a node not answering, not one slow answer among many), or the
+    /// outage: any error, any failed health check of a cluster ([`Role::Check`]), or the
     /// [`TIMEOUTS_FOR_OUTAGE`]th timeout in a row; a single slow answer falls back for its
     /// own call only. A call that began before the last outage ended failed in that outage
     /// (it was in flight when a probe found Redis back): it neither starts a new one nor
@@ -652,7 +659,7 @@ mod tests {
         assert!(matches!(redis.store_error(refused), Error::Redis(_)));
     }
 
-    /// The health check asks every node: its first timeout is an outage.
+    /// A cluster's health check asks every primary: its first timeout is an outage.
     #[test]
     fn a_health_check_that_times_out_starts_an_outage() {
         let redis = unreachable_redis();
