@@ -223,16 +223,10 @@ impl MemoryStorage {
     pub(super) fn put_copy(&self, source: &Source, coding: Coding, body: Bytes) -> bool {
         let weight = copy_weight(&body);
         let mut inner = self.lock();
-        let Some(slot) = inner
-            .groups
-            .get_mut(&source.tag)
-            .and_then(|g| g.get_mut(&source.entry))
-        else {
+        let Some(slot) = inner.version_mut(source) else {
             return false;
         };
-        if slot.internal != source.internal
-            || slot.copies.iter().any(|(have, _)| *have == coding)
-            || slot.weight + weight > self.budget
+        if slot.copies.iter().any(|(have, _)| *have == coding) || slot.weight + weight > self.budget
         {
             return false;
         }
@@ -262,12 +256,7 @@ impl MemoryStorage {
     /// The entry, only while it is still the version `source` names (same internal meta).
     pub(super) fn delete_version(&self, source: &Source) -> bool {
         let mut inner = self.lock();
-        let same = inner
-            .groups
-            .get(&source.tag)
-            .and_then(|g| g.get(&source.entry))
-            .is_some_and(|slot| slot.internal == source.internal);
-        same && inner.remove(&source.tag, &source.entry)
+        inner.version_mut(source).is_some() && inner.remove(&source.tag, &source.entry)
     }
 
     /// Every entry of one URL.
@@ -300,6 +289,15 @@ fn copy_weight(body: &Bytes) -> usize {
 }
 
 impl Inner {
+    /// The entry `source` names, only while it is still that version (same internal meta):
+    /// a copy made from an older version, or a request to drop one, must not reach a newer.
+    fn version_mut(&mut self, source: &Source) -> Option<&mut Slot> {
+        self.groups
+            .get_mut(&source.tag)
+            .and_then(|g| g.get_mut(&source.entry))
+            .filter(|slot| slot.internal == source.internal)
+    }
+
     fn remove(&mut self, tag: &str, entry: &str) -> bool {
         let Some(group) = self.groups.get_mut(tag) else {
             return false;

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use super::*;
 
 /// How a [`Redis`] is configured beyond the defaults.
@@ -160,20 +163,17 @@ impl Redis {
     /// Freeze the server (SIGSTOP): connections stay open, nothing is answered, as a Redis
     /// starved of CPU; [`Redis::resume`] thaws it.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        self.signal(Signal::SIGSTOP);
     }
 
     pub fn resume(&self) {
-        self.signal("-CONT");
+        self.signal(Signal::SIGCONT);
     }
 
-    fn signal(&self, which: &str) {
+    fn signal(&self, signal: Signal) {
         let pid = self.child.as_ref().expect("a running redis-server").id();
-        let status = std::process::Command::new("kill")
-            .args([which, &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill {which} {pid}");
+        let pid = Pid::from_raw(i32::try_from(pid).expect("pid"));
+        kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to redis-server {pid}: {e}"));
     }
 
     pub fn kill(&mut self) {
