@@ -51,12 +51,10 @@ COPY --from=builder /out/rampart /usr/local/bin/rampart
 COPY deploy/docker/healthcheck.sh /usr/local/bin/rampart-healthcheck
 COPY config/proxy.toml /etc/rampart/proxy.toml
 
-# MIMALLOC_PURGE_DELAY: freed memory goes back to the system after 10 ms instead of mimalloc
-# 3's 1 s. With 64 connections fetching 150 KB gzipped bodies the peak RSS was 63-67 MiB
-# instead of 73-106 MiB, at a CPU cost within the noise (BENCHMARKS.md, "Late night").
+# Rampart sets the allocator's purge delay itself (src/alloc.rs); MIMALLOC_PURGE_DELAY here
+# would override it.
 ENV RAMPART_CONFIG=/etc/rampart/proxy.toml \
-    RUST_LOG=info \
-    MIMALLOC_PURGE_DELAY=10
+    RUST_LOG=info
 
 # Numeric so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001

@@ -12,15 +12,21 @@
 //! `unsafe` in Rampart.
 //!
 //! Large blocks (above [`LARGE`]: a whole response body gathered for gzip, libdeflate's
-//! state) come from the C library's `malloc` instead. mimalloc 3 advises its arenas
+//! state, Pingora's 64 KiB body buffers, an encoded body's copy) come from the C library's
+//! `malloc` instead. mimalloc 3 advises its arenas
 //! `MADV_HUGEPAGE`, so the kernel backs every 2 MiB of arena a block touches with a huge
 //! page: right for the small blocks every request makes (turning huge pages off cost 5-14% of
 //! a passthrough's CPU here), wasteful for 64 connections' 150 KB bodies, which held the peak
 //! RSS of a whole bench run at 74-78 MiB. The C library's heap uses ordinary pages and hands
 //! freed ones back: peak 63-65 MiB with this split, for 16-21% more CPU on the 150 KB gzip
-//! (its pages are faulted in again; it still runs well ahead of nginx). [`init`] also sets
-//! mimalloc's purge delay to the 10 ms the deployment files set, so freed small pages go back
-//! within 10 ms too: peak 57-59 MiB (BENCHMARKS.md, session 13).
+//! (its pages are faulted in again; it still runs well ahead of nginx).
+//!
+//! [`init`] sets mimalloc's purge delay to 100 ms, which its arenas multiply by 10
+//! (`arena_purge_mult`): a freed small page goes back to the system after a second unused.
+//! Shorter delays made a passthrough fault pages in again at a steady rate (10 ms: 0.37-0.45
+//! faults per request, 30 ms: 0.23-0.31; 100 ms: 0.01-0.09), each a page zeroed by the kernel.
+//! The blocks from 16 KiB up, which made the peak in the 150 KB gzip, are the C library's so
+//! that the small pages held longer do not raise it (BENCHMARKS.md, session 18).
 //!
 //! Invariant: every block returned is aligned to its layout's alignment, and every block is
 //! freed by the allocator that made it: [`from_libc`] decides both from the layout alone.
@@ -38,7 +44,7 @@ const WORD: usize = std::mem::align_of::<usize>();
 
 /// Blocks above this size come from the C library (the module header says why). Pingora's
 /// 64 KiB body read buffer, made for every proxied response, stays with mimalloc.
-const LARGE: usize = 64 * 1024;
+const LARGE: usize = 16 * 1024;
 
 /// The alignment every C library `malloc` block has on the platforms Rampart builds for
 /// (glibc's and macOS's `MALLOC_ALIGNMENT` on 64-bit targets).
@@ -53,16 +59,19 @@ fn from_libc(align: usize, size: usize) -> bool {
     size > LARGE && align <= LIBC_ALIGN
 }
 
+/// The purge delay [`init`] sets, in milliseconds.
+const PURGE_DELAY_MS: std::os::raw::c_long = 100;
+
 /// `mi_option_purge_delay` of mimalloc.h (15 in mimalloc 2 and 3), which libmimalloc-sys does
 /// not name. The unit test reads it back to check the number.
 const PURGE_DELAY: mi::mi_option_t = 15;
 
-/// Called first in `main`: mimalloc returns freed memory to the system after 10 ms instead of
-/// its default 1 s (lower peak RSS), unless `MIMALLOC_PURGE_DELAY` chooses otherwise.
+/// Called first in `main`: mimalloc's purge delay is 100 ms (1 s in its arenas) instead of its
+/// default 1 s (10 s in its arenas), unless `MIMALLOC_PURGE_DELAY` chooses otherwise.
 pub fn init() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets an option mimalloc reads at each purge; any value is valid.
-        unsafe { mi::mi_option_set(PURGE_DELAY, 10) };
+        unsafe { mi::mi_option_set(PURGE_DELAY, PURGE_DELAY_MS) };
     }
 }
 
@@ -199,7 +208,7 @@ mod tests {
         }
     }
 
-    /// `PURGE_DELAY` is mimalloc's purge delay: 1000 ms by default in mimalloc 3, 10 after
+    /// `PURGE_DELAY` is mimalloc's purge delay: 1000 ms by default in mimalloc 3, 100 after
     /// `init`, and an operator's `MIMALLOC_PURGE_DELAY` left as it is.
     #[test]
     fn init_sets_the_purge_delay_unless_the_environment_does() {
@@ -212,7 +221,7 @@ mod tests {
         } else {
             // mimalloc 3's default for option 15: the right number.
             assert_eq!(before, 1000);
-            assert_eq!(after, 10);
+            assert_eq!(after, PURGE_DELAY_MS);
         }
     }
 
