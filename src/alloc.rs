@@ -42,8 +42,9 @@ use libmimalloc_sys as mi;
 /// start aligned to more.
 const WORD: usize = std::mem::align_of::<usize>();
 
-/// Blocks above this size come from the C library (the module header says why). Pingora's
-/// 64 KiB body read buffer, made for every proxied response, stays with mimalloc.
+/// Blocks above this size come from the C library (the module header says why), Pingora's
+/// 64 KiB body read buffer among them; mimalloc keeps the small blocks every request makes
+/// (its small pages hold blocks up to 10 KiB).
 const LARGE: usize = 16 * 1024;
 
 /// The alignment every C library `malloc` block has on the platforms Rampart builds for
@@ -60,7 +61,7 @@ fn from_libc(align: usize, size: usize) -> bool {
 }
 
 /// The purge delay [`init`] sets, in milliseconds.
-const PURGE_DELAY_MS: std::os::raw::c_long = 100;
+const PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// `mi_option_purge_delay` of mimalloc.h (15 in mimalloc 2 and 3), which libmimalloc-sys does
 /// not name. The unit test reads it back to check the number.
