@@ -38,6 +38,13 @@ pub trait Fields {
     fn names(&self) -> impl Iterator<Item = &HeaderName>;
     /// `name: value`, replacing what was under `name`.
     fn set(&mut self, name: HeaderName, value: HeaderValue);
+    /// `name: value` unless something is under `name` already (a field the upstream set
+    /// itself wins).
+    fn set_absent(&mut self, name: HeaderName, value: HeaderValue) {
+        if self.get(&name).is_none() {
+            self.set(name, value);
+        }
+    }
     /// `name: value` after what is under `name` already.
     fn add(&mut self, name: HeaderName, value: HeaderValue);
     fn remove(&mut self, name: &HeaderName);
@@ -174,6 +181,13 @@ impl Fields for Bare {
 
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
         self.parts.headers.insert(name, value);
+    }
+
+    // One lookup of the name instead of `get`, then `insert`'s own.
+    fn set_absent(&mut self, name: HeaderName, value: HeaderValue) {
+        if let header::Entry::Vacant(slot) = self.parts.headers.entry(name) {
+            slot.insert(value);
+        }
     }
 
     // A few dozen fields: never past http's 32,768.
@@ -509,6 +523,8 @@ mod tests {
         f.set(name("x-one"), value("2"));
         f.set(name("x-gone"), value("z"));
         f.remove(&name("x-gone"));
+        f.set_absent(name("x-one"), value("kept 2"));
+        f.set_absent(name("x-three"), value("3"));
         f.add(header::SET_COOKIE, HeaderValue::from_static("c"));
         f.set(header::SET_COOKIE, HeaderValue::from_static("d"));
     }
@@ -527,7 +543,12 @@ mod tests {
         let one = HeaderName::from_static("x-one");
         assert_eq!(
             Fields::get(&ours, &one),
-            Some(&HeaderValue::from_static("2"))
+            Some(&HeaderValue::from_static("2")),
+            "set_absent keeps what is there"
+        );
+        assert_eq!(
+            Fields::get(&ours, &HeaderName::from_static("x-three")),
+            Some(&HeaderValue::from_static("3"))
         );
         assert!(Fields::get(&ours, &HeaderName::from_static("x-gone")).is_none());
 

@@ -172,9 +172,7 @@ impl Headers {
     /// Security headers, the request id and timing, on any response Rampart sends.
     pub fn downstream(&self, resp: &mut impl Fields, request: &Downstream<'_>) {
         for (name, value) in &self.security {
-            if resp.get(name).is_none() {
-                resp.set(name.clone(), value.clone());
-            }
+            resp.set_absent(name.clone(), value.clone());
         }
         if request.tls {
             if let Some(hsts) = &self.hsts {

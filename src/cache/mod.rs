@@ -141,8 +141,10 @@ pub struct Cache {
     lock: &'static CacheKeyLockImpl,
     /// The lock's age timeout (the longest `lock_timeout`): a reload keeps the lock if equal.
     lock_age: StdDuration,
-    /// route name -> policy, for routes with an enabled policy.
-    policies: HashMap<Name, Arc<Policy>>,
+    /// route name -> policy, for routes with an enabled policy. Looked up up to three times a
+    /// request (the gate's early hit, `request_filter`, the held hit); its keys come from the
+    /// config, never from a client: no need for SipHash's resistance to chosen collisions.
+    policies: HashMap<Name, Arc<Policy>, foldhash::fast::RandomState>,
     /// (prefix, route name), longest first: the admin purge finds a URL's route like the router.
     prefixes: Vec<(String, Name)>,
     metrics: Arc<Metrics>,
@@ -176,7 +178,7 @@ impl Cache {
             .filter(|(_, c)| c.enabled)
             .map(|(n, c)| (n, Arc::new(Policy::new(n, c))))
             .collect();
-        let mut policies = HashMap::new();
+        let mut policies = HashMap::default();
         let mut prefixes = Vec::new();
         for r in routes {
             // A route naming a disabled policy does not cache (the switch exists for that).
