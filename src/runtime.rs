@@ -203,6 +203,14 @@ impl Live {
         self.current.load_full()
     }
 
+    /// The current generation for a short look that usually ends without a request (the
+    /// gate's early answer): held, it writes no reference count, which [`Self::current`] does
+    /// on a cache line every worker thread writes. `arc_swap::Guard::into_inner` makes it an
+    /// `Arc` when a request follows.
+    pub fn peek(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.current.load()
+    }
+
     /// The TLS certificate of the current generation (per handshake).
     pub fn certificate(&self) -> Option<Arc<CertifiedKey>> {
         self.current.load().certificate.clone()

@@ -51,11 +51,12 @@ impl Early for Proxy {
         tls: bool,
         last: bool,
     ) -> Option<Answer<'m>> {
-        let runtime = self.live.current();
-        let refusing = runtime.ratelimit.refuses_any();
-        if !refusing && !may_hit(&runtime, head) {
+        let current = self.live.peek();
+        let refusing = current.ratelimit.refuses_any();
+        if !refusing && !may_hit(&current, head) {
             return None;
         }
+        let runtime = arc_swap::Guard::into_inner(current);
         let mut parsed = None;
         let (req, seen) = match repeat.same(head, &runtime, last) {
             Some(again) => (again.req, Seen::Again(again.known, again.refusal)),
