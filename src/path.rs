@@ -26,6 +26,19 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Refusal> {
         // into a URI whose path does.
         return Err("path does not start with \"/\"");
     }
+    if is_canonical(path.as_bytes()) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let out = rebuilt(path)?;
+    if out == path {
+        Ok(Cow::Borrowed(path))
+    } else {
+        Ok(Cow::Owned(out))
+    }
+}
+
+/// The canonical form of `path` built segment by segment.
+fn rebuilt(path: &str) -> Result<String, Refusal> {
     let mut out = String::with_capacity(path.len());
     for segment in path.split('/').skip(1) {
         if segment.is_empty() {
@@ -41,11 +54,30 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Refusal> {
     if path.ends_with('/') || out.is_empty() {
         out.push('/');
     }
-    if out == path {
-        Ok(Cow::Borrowed(path))
-    } else {
-        Ok(Cow::Owned(out))
+    Ok(out)
+}
+
+/// Whether `path` (starting with `/`) is already its canonical form, in one pass over its
+/// bytes: no escape, no control byte, no empty segment but a trailing one, no dot segment.
+/// Most paths are; they then skip the segment-by-segment rebuild and its allocation, which
+/// callgrind put at about 900 instructions per request. Anything else takes the full path.
+fn is_canonical(path: &[u8]) -> bool {
+    let mut segment_start = 1;
+    for i in 1..=path.len() {
+        match path.get(i) {
+            Some(b'/') | None => {
+                let segment = &path[segment_start..i];
+                let last = i == path.len();
+                if (segment.is_empty() && !last) || segment == b"." || segment == b".." {
+                    return false;
+                }
+                segment_start = i + 1;
+            }
+            Some(&b) if b == b'%' || b.is_ascii_control() => return false,
+            Some(_) => {}
+        }
     }
+    true
 }
 
 /// Rewrite the request's target to its canonical path (query kept), or say why it has none.
@@ -127,6 +159,37 @@ mod tests {
 
     fn canon(p: &str) -> Result<String, Refusal> {
         canonical_path(p).map(Cow::into_owned)
+    }
+
+    /// On every path of up to four characters from this alphabet, the one-pass check never
+    /// calls a path canonical that the rebuild would change or refuse, and agrees with it on
+    /// every path without an escape.
+    #[test]
+    fn the_quick_check_agrees_with_the_rebuild() {
+        let alphabet = ["/", ".", "a", "%", "2", "e", "\u{7f}", "\u{1}", "\u{e9}"];
+        let mut paths = vec![String::from("/")];
+        for _ in 0..4 {
+            let longer: Vec<String> = paths
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                .collect();
+            paths.extend(longer);
+        }
+        paths.sort();
+        paths.dedup();
+        assert!(paths.len() > 6000);
+        for p in &paths {
+            let quick = is_canonical(p.as_bytes());
+            let full = rebuilt(p);
+            let canonical = full.as_deref() == Ok(p.as_str());
+            // An escape sends a path the long way even when it is canonical (`/%22`).
+            let agrees = if p.contains('%') {
+                !quick || canonical
+            } else {
+                quick == canonical
+            };
+            assert!(agrees, "{p:?}: quick {quick}, rebuilt {full:?}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use pingora::http::RequestHeader;
 
 use crate::client::Client;
 use crate::ctx::Ctx;
-use crate::ratelimit::{Charge, Decision};
+use crate::ratelimit::{Charge, Decision, PerPolicy};
 use crate::routing::Route;
 use crate::runtime::Runtime;
 
@@ -55,7 +55,7 @@ pub(super) struct Known {
     /// Where its path goes; the steps of `before_limits` before the route passed it.
     pub route: Arc<Route>,
     /// The limiter's charges (`Limiter::charges`): from the route, the client and the head.
-    pub charges: Vec<Charge>,
+    pub charges: PerPolicy<Charge>,
 }
 
 /// The kept head seen again: its parse, what it is, and the refusal last sent to it.

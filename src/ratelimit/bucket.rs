@@ -40,6 +40,8 @@ pub struct Policy {
     /// This policy's item of `RateLimit-Policy` (`"name";q=burst;w=window`), made once: it is
     /// the same on every response, and the whole header when the route has one policy.
     pub header_item: http::HeaderValue,
+    /// `burst` as the value of `X-RateLimit-Limit`, made once for the same reason.
+    pub burst_value: http::HeaderValue,
     /// The problem detail of a refusal by this policy, made once.
     pub refusal_detail: String,
 }
@@ -59,6 +61,7 @@ impl Policy {
                 "\"{name}\";q={burst};w={window_secs}"
             ))
             .unwrap_or(http::HeaderValue::from_static("")),
+            burst_value: crate::fields::number(burst),
             refusal_detail: format!("rate limit exceeded (policy \"{name}\")"),
             name: name.to_string(),
             key: c.key.clone(),
@@ -122,10 +125,15 @@ pub struct Charged {
     pub debt: u64,
 }
 
+/// One item per policy that applies to a request. A route has one or two policies, so these
+/// stay on the stack: as `Vec`s they were eight heap allocations per limited request (the
+/// charges, their policies, the buckets' guards and debts, the verdicts).
+pub type PerPolicy<T> = smallvec::SmallVec<[T; 2]>;
+
 /// Which of the request's buckets to charge, given each one's settled debt: all enforcing
 /// ones or none; report-only ones by their own verdict. The Lua script mirrors this.
-pub fn decide(policies: &[&Policy], debts: &[u64]) -> Vec<Charged> {
-    let admits: Vec<bool> = policies
+pub fn decide(policies: &[&Policy], debts: &[u64]) -> PerPolicy<Charged> {
+    let admits: PerPolicy<bool> = policies
         .iter()
         .zip(debts)
         .map(|(p, d)| p.admits(*d))

@@ -7,7 +7,7 @@
 
 use http::{HeaderName, HeaderValue};
 
-use super::bucket::Verdict;
+use super::bucket::{PerPolicy, Verdict};
 use crate::fields::Fields;
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -38,7 +38,7 @@ impl Refusal {
 #[derive(Debug, Clone)]
 pub struct Decision {
     /// One per applicable policy (empty when `on_store_error = "allow"` let it through).
-    pub verdicts: Vec<Verdict>,
+    pub verdicts: PerPolicy<Verdict>,
     pub legacy_headers: bool,
     /// `Some`: answer this instead of proxying (429, or 503 for `deny`).
     pub refusal: Option<Refusal>,
@@ -114,7 +114,7 @@ impl Decision {
                 .iter()
                 .min_by_key(|v| (v.policy.report_only, v.remaining));
             if let Some(v) = tightest {
-                resp.set(X_RATELIMIT_LIMIT, crate::fields::number(v.policy.burst));
+                resp.set(X_RATELIMIT_LIMIT, v.policy.burst_value.clone());
                 resp.set(X_RATELIMIT_REMAINING, crate::fields::number(v.remaining));
                 resp.set(X_RATELIMIT_RESET, crate::fields::number(v.reset_secs));
             }

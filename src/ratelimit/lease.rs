@@ -25,7 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::table::Table;
-use super::{Charge, Charged, Policy};
+use super::{Charge, Charged, PerPolicy, Policy};
 
 /// How long a replica may spend a lease; its unused tokens then go back to the bucket.
 pub const LIFETIME: Duration = Duration::from_millis(100);
@@ -80,7 +80,7 @@ impl Leases {
 
     /// The outcome of every charge when each is on a leased policy with a live lease here: one
     /// token taken from each; `None` (ask Redis) otherwise, with nothing taken.
-    pub fn take(&self, policies: &[&Policy], charges: &[Charge]) -> Option<Vec<Charged>> {
+    pub fn take(&self, policies: &[&Policy], charges: &[Charge]) -> Option<PerPolicy<Charged>> {
         if policies.iter().any(|p| p.lease == 0) {
             return None;
         }

@@ -23,7 +23,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::{decide, Charge, Charged, Policy};
+use super::{decide, Charge, Charged, PerPolicy, Policy};
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
@@ -100,10 +100,10 @@ impl MemoryBuckets {
 
     /// Charge one request to `charges` (policies in `Limiter` order); `policies[i]` is the
     /// policy of `charges[i]`.
-    pub fn charge(&self, policies: &[&Policy], charges: &[Charge]) -> Vec<Charged> {
+    pub fn charge(&self, policies: &[&Policy], charges: &[Charge]) -> PerPolicy<Charged> {
         let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let mut guards: Vec<MutexGuard<'_, Bucket>> = Vec::with_capacity(charges.len());
-        let mut debts = Vec::with_capacity(charges.len());
+        let mut guards: PerPolicy<MutexGuard<'_, Bucket>> = PerPolicy::new();
+        let mut debts: PerPolicy<u64> = PerPolicy::new();
         for (c, p) in charges.iter().zip(policies) {
             let Some(table) = self.tables.get(c.policy) else {
                 continue;

@@ -37,7 +37,7 @@ use crate::client::Client;
 use crate::metrics::Metrics;
 use crate::redis::Redis;
 
-pub use bucket::{decide, Charge, Charged, Policy, Verdict};
+pub use bucket::{decide, Charge, Charged, PerPolicy, Policy, Verdict};
 pub use config::{Config, Key, OnStoreError, PolicyConfig, Rate};
 pub use headers::{Decision, Refusal};
 
@@ -121,7 +121,7 @@ impl Limiter {
         req: &RequestHeader,
         route: &str,
         client: Option<&Client>,
-    ) -> Vec<Charge> {
+    ) -> PerPolicy<Charge> {
         self.policies
             .iter()
             .enumerate()
@@ -133,7 +133,7 @@ impl Limiter {
             .collect()
     }
 
-    fn policies_of(&self, charges: &[Charge]) -> Vec<&Policy> {
+    fn policies_of(&self, charges: &[Charge]) -> PerPolicy<&Policy> {
         charges
             .iter()
             .map(|c| self.policies[c.policy].as_ref())
@@ -246,7 +246,7 @@ impl Limiter {
     /// The outcome of every charge when it is decided in this process: by the memory store's
     /// buckets, or on Redis (unless fallen back) by a refusal known here or by leased tokens
     /// (`refused`, `lease`: why both are exact). `None`: ask Redis.
-    fn outcome_here(&self, policies: &[&Policy], charges: &[Charge]) -> Option<Vec<Charged>> {
+    fn outcome_here(&self, policies: &[&Policy], charges: &[Charge]) -> Option<PerPolicy<Charged>> {
         match &self.redis {
             // Refusals are learnt on this store too, so the gate can answer them
             // (`known_refusal`); the buckets are exact, and a refusal charged nothing.
@@ -266,8 +266,13 @@ impl Limiter {
 
     /// Every policy's verdict on its outcome, counted; the refusal, if an enforcing one
     /// refused.
-    fn decision(&self, charges: &[Charge], outcome: Vec<Charged>, fallback: bool) -> Decision {
-        let verdicts: Vec<Verdict> = charges
+    fn decision(
+        &self,
+        charges: &[Charge],
+        outcome: PerPolicy<Charged>,
+        fallback: bool,
+    ) -> Decision {
+        let verdicts: PerPolicy<Verdict> = charges
             .iter()
             .zip(outcome)
             .map(|(c, o)| self.policies[c.policy].verdict(o))
@@ -322,7 +327,7 @@ impl Limiter {
             self.count_fallback(&self.policies[c.policy].name);
         }
         Decision {
-            verdicts: Vec::new(),
+            verdicts: PerPolicy::new(),
             legacy_headers: self.legacy_headers,
             refusal: (self.on_store_error == OnStoreError::Deny).then(|| Refusal {
                 status: 503,
@@ -401,7 +406,7 @@ impl Counted {
 
 /// Redis's outcomes as this request's own: a lease's debt is reported as if only this
 /// request's token were taken (the rest are spent here later, `lease::Leases::take`).
-fn as_one_token(policies: &[&Policy], granted: Vec<lease::Granted>) -> Vec<Charged> {
+fn as_one_token(policies: &[&Policy], granted: Vec<lease::Granted>) -> PerPolicy<Charged> {
     policies
         .iter()
         .zip(granted)

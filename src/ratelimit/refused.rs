@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::table::Table;
-use super::{Charge, Charged, Policy};
+use super::{Charge, Charged, PerPolicy, Policy};
 
 /// What Redis said about a refused bucket, in this process's clock.
 #[derive(Clone, Copy)]
@@ -62,7 +62,7 @@ impl Default for Refused {
 impl Refused {
     /// The outcome of every charge when each is on an enforcing policy whose bucket is known
     /// refusing now; `None` (ask Redis) otherwise.
-    pub fn answer(&self, policies: &[&Policy], charges: &[Charge]) -> Option<Vec<Charged>> {
+    pub fn answer(&self, policies: &[&Policy], charges: &[Charge]) -> Option<PerPolicy<Charged>> {
         // No policy at all is nothing known: not an answer.
         if charges.is_empty() || policies.iter().any(|p| p.report_only) {
             return None;

@@ -198,7 +198,7 @@ impl Upstream {
     pub fn learn_keep_alive(&self, resp: &ResponseHeader) {
         let Some(secs) = resp
             .headers
-            .get("keep-alive")
+            .get(crate::headers::KEEP_ALIVE)
             .and_then(|v| keep_alive_timeout(v.as_bytes()))
         else {
             return;
