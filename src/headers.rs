@@ -33,8 +33,9 @@ pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub struct Edit(pub HeaderName, pub Option<HeaderValue>);
 
 /// The most fields `upstream_request_filter` writes: [`Headers::forward`]'s five and
-/// `Connection`.
-const UPSTREAM_EDITS_MAX: usize = 6;
+/// `Connection`. They are passed as one array: a chain of iterator adapters moved each edit
+/// through several layers (callgrind: about 770 instructions per request).
+pub const UPSTREAM_EDITS_MAX: usize = 6;
 
 /// `edits` written into the upstream request. `preserve_case`: through Pingora's inserts,
 /// which keep the client's spelling of names in its case map. Otherwise into `http`'s map
@@ -43,11 +44,11 @@ const UPSTREAM_EDITS_MAX: usize = 6;
 /// (absolute form, not UTF-8) takes Pingora's inserts too, since the parts cannot keep it.
 pub fn edit_upstream_request(
     req: &mut RequestHeader,
-    edits: impl IntoIterator<Item = Edit>,
+    edits: [Option<Edit>; UPSTREAM_EDITS_MAX],
     preserve_case: bool,
 ) {
     if preserve_case || !target_from_uri(req) {
-        for Edit(name, value) in edits {
+        for Edit(name, value) in edits.into_iter().flatten() {
             match value {
                 // Fails only for a name that does not parse; these are constants.
                 Some(value) => drop(req.insert_header(name, value)),
@@ -62,7 +63,7 @@ pub fn edit_upstream_request(
     // The map was cloned from the client's request at its exact size: room for the fields
     // added up front is one growth instead of several (callgrind: three per request).
     parts.headers.reserve(UPSTREAM_EDITS_MAX);
-    for Edit(name, value) in edits {
+    for Edit(name, value) in edits.into_iter().flatten() {
         match value {
             Some(value) => drop(parts.headers.insert(name, value)),
             None => drop(parts.headers.remove(&name)),
@@ -151,18 +152,29 @@ impl Headers {
         host: Option<&HeaderValue>,
     ) -> [Option<Edit>; 5] {
         let host = host.map(|h| Edit(header::HOST, Some(h.clone())));
-        let xff = client.peer.map(|peer| {
-            let peer = crate::client::ip_text(peer);
-            let xff = match headers.get(X_FORWARDED_FOR).map(|v| v.to_str()) {
-                Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
-                _ => peer,
-            };
-            Edit(X_FORWARDED_FOR, HeaderValue::try_from(xff).ok())
+        let peer = client.peer.map(|peer| {
+            (
+                peer,
+                HeaderValue::try_from(crate::client::ip_text(peer)).ok(),
+            )
         });
-        let real_ip = client
-            .ip
-            .map(|ip| HeaderValue::try_from(crate::client::ip_text(ip)).ok());
-        let real_ip = Edit(X_REAL_IP, real_ip.flatten());
+        let xff = peer.as_ref().map(|(_, peer_value)| {
+            let xff = match (headers.get(X_FORWARDED_FOR).map(|v| v.to_str()), peer_value) {
+                (Some(Ok(prev)), Some(peer)) if !prev.trim().is_empty() => {
+                    let peer = String::from_utf8_lossy(peer.as_bytes());
+                    HeaderValue::try_from(format!("{prev}, {peer}")).ok()
+                }
+                _ => peer_value.clone(),
+            };
+            Edit(X_FORWARDED_FOR, xff)
+        });
+        // Usually the client is the peer: its text is written once, for both fields.
+        let real_ip = match (client.ip, peer) {
+            (Some(ip), Some((peer, peer_value))) if ip == peer => peer_value,
+            (Some(ip), _) => HeaderValue::try_from(crate::client::ip_text(ip)).ok(),
+            (None, _) => None,
+        };
+        let real_ip = Edit(X_REAL_IP, real_ip);
         let proto = Edit(
             X_FORWARDED_PROTO,
             Some(HeaderValue::from_static(client.scheme)),

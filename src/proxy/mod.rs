@@ -291,12 +291,15 @@ impl ProxyHttp for Proxy {
         let host = route
             .upstream
             .host_for(upstream_request.headers.contains_key(http::header::HOST));
-        let forwarding = ctx.client.as_ref().map(|client| {
-            let headers = &upstream_request.headers;
-            ctx.runtime
-                .headers
-                .forward(headers, client, &ctx.request_id, host)
-        });
+        let [host, xff, real_ip, proto, id] = match ctx.client.as_ref() {
+            Some(client) => {
+                let headers = &upstream_request.headers;
+                ctx.runtime
+                    .headers
+                    .forward(headers, client, &ctx.request_id, host)
+            }
+            None => Default::default(),
+        };
         // The retry's own connection: closed after this response, never pooled.
         let close = ctx.upstream.fresh.then(|| {
             headers::Edit(
@@ -304,7 +307,7 @@ impl ProxyHttp for Proxy {
                 Some(http::HeaderValue::from_static("close")),
             )
         });
-        let edits = forwarding.into_iter().flatten().flatten().chain(close);
+        let edits = [host, xff, real_ip, proto, id, close];
         let preserve_case = ctx.runtime.config.server.preserve_header_case;
         headers::edit_upstream_request(upstream_request, edits, preserve_case);
         ctx.upstream.sent_at = Some(std::time::Instant::now());
