@@ -6,6 +6,10 @@
 #   e.g. scripts/bench/sched.sh 18090 rampart         # Rampart's workers are named "rampart"
 #        scripts/bench/sched.sh 18095 "Pingora HTTP"  # the floor's
 #
+# The name matches threads of every process: run one proxy at a time. Run as
+# target/release/rampart, Rampart's main thread is named "rampart" too; it sleeps throughout
+# and adds next to nothing (BENCHMARKS.md's figures ran a copy named otherwise).
+#
 # Prints, for the threads whose name starts with THREAD_NAME: how many times they were switched
 # out, by whom when preempted (still runnable) and who ran when they slept; who woke them; and
 # whom they woke (sched_wakeup events whose waker is one of them), with wrk's req/s. Needs

@@ -10,8 +10,8 @@
 # process's CPU ms per 1000 requests, its threads' involuntary and voluntary context switches
 # per 1000 requests (every thread's /proc/PID/task/TID/status), the process's minor page faults
 # per 1000 requests (an allocator handing pages back and taking them again shows here), and the
-# CPU ticks of each thread that ran (name:ticks; CLK_TCK per second). Run it on Rampart and on the floor in turns: on
-# this 2-core guest the machine drifts between minutes.
+# CPU ticks of each thread that ran (name:ticks; CLK_TCK per second). Run it on Rampart and on
+# the floor in turns: on this 2-core guest the machine drifts between minutes.
 # Env: SECS (5).
 set -euo pipefail
 pid=${1:?pid} port=${2:?port} runs=${3:?runs} path=${4:-/api/v1/small}
