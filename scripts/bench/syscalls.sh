@@ -8,9 +8,13 @@
 #
 # `strace -f -c` attached to every thread of PID during `wrk -t1 -c64 -d$SECS` on PATH
 # (/api/v1/small: scenario a), then each call's count divided by the requests wrk completed.
-# strace slows the process several times over, so the req/s it prints mean nothing: only the
-# counts per request are the figure. Env: SECS (3).
+# strace slows the process several times over, so wrk's req/s under it would mean nothing and
+# are not printed: only the counts per request are the figure. Env: SECS (3).
+# Needs strace (Debian package strace) and wrk (../shared/bench's setup.sh installs it).
 set -euo pipefail
+for tool in strace wrk; do
+  command -v "$tool" >/dev/null || { echo "syscalls.sh: $tool is not installed" >&2; exit 2; }
+done
 pid=${1:?PID} port=${2:?PORT} path=${3:-/api/v1/small}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
