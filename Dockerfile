@@ -20,8 +20,14 @@ RUN apt-get update \
 
 WORKDIR /src
 
+# Profile-guided: every crate, Pingora's too, is optimised with the profile of a training run
+# (pgo/rampart.profdata, remade by scripts/pgo.sh; `./dev release` builds the same way): about a
+# quarter less CPU per proxied request (BENCHMARKS.md, session 27). The path must be absolute.
+COPY pgo ./pgo
+ENV RUSTFLAGS="-Cprofile-use=/src/pgo/rampart.profdata"
+
 # Dependency layer: build every dependency against stub sources, so editing src/ does not
-# recompile Pingora (the slow part). Only Cargo.toml/Cargo.lock changes invalidate it.
+# recompile Pingora (the slow part). Only Cargo.toml/Cargo.lock (or profile) changes invalidate it.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src tests \
  && echo 'fn main() {}' > src/main.rs \
