@@ -34,7 +34,6 @@ profdata=${LLVM_PROFDATA:-$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-pr
 
 # A fixed folder, so the flags (and with them the instrumented build) stay the same between runs.
 raw=$PWD/target/pgo-generate/profraw
-rm -rf "$raw"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -42,6 +41,8 @@ trap cleanup EXIT
 RUSTFLAGS="-Cprofile-generate=$raw" cargo build --release --locked --bin rampart \
   --target-dir target/pgo-generate
 bin=target/pgo-generate/release/rampart
+# Emptied after the build: the build scripts, instrumented too, leave their profiles here.
+rm -rf "$raw"
 # Where each process writes its raw profile (%p: its pid), whatever the build was told.
 export LLVM_PROFILE_FILE="$raw/rampart-%p.profraw"
 
