@@ -9,7 +9,8 @@
 #    flags would rebuild every crate of the ordinary release build);
 # 2. runs it on the bench's configs, Redis store then memory store, with wrk on each of the
 #    bench's request kinds (passthrough, cache hit, slow origin, fresh gzip of 39 KB and 150 KB,
-#    cached gzip, br and zstd, a 429 flood) and curl on the refusals (404, 400, 413, 405);
+#    cached gzip, br and zstd, a 429 flood) and curl on a request with credentials (the cache
+#    bypassed), a dot-segment path (400), DELETE and POST (the origin's 405) and /metrics;
 # 3. stops it with SIGTERM (the profile is written as the process exits) and merges the raw
 #    profiles with llvm-profdata into pgo/rampart.profdata.
 #
